@@ -1,0 +1,91 @@
+//! The definition file format exactly as written, with the span of every value
+//! so that validation can point at it. README.md documents each key.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFile {
+    pub conversation: Option<Spanned<RawConversation>>,
+    #[serde(default)]
+    pub thread: Vec<Spanned<RawThread>>,
+    #[serde(default)]
+    pub coupon_pool: Vec<Spanned<RawPool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConversation {
+    pub name: Spanned<String>,
+    /// Free text, e.g. "Winback" (Listrak's campaign type); carried for reporting.
+    pub campaign: Option<String>,
+    pub list: Option<Spanned<String>>,
+    /// Default false: a contact enters at most once, ever.
+    pub allow_unlimited_entries: Option<Spanned<bool>>,
+    /// `restart` (default) or `parallel`; only with unlimited entries.
+    pub reentry: Option<Spanned<String>>,
+    /// Parallel mode: entries per contact before the oldest is exited. Default 16.
+    pub max_parallel_entries: Option<Spanned<u32>>,
+    /// Default `["checkout"]`.
+    pub purchase_events: Option<Spanned<Vec<String>>>,
+    /// Default `["subscribe"]`.
+    pub subscribe_events: Option<Spanned<Vec<String>>>,
+    /// Default `["unsubscribe"]`.
+    pub unsubscribe_events: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawThread {
+    pub name: Spanned<String>,
+    /// Default 1; among threads triggered by the same event the lowest wins.
+    pub rank: Option<Spanned<i64>>,
+    pub events: Option<Spanned<Vec<String>>>,
+    pub no_events_required: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub step: Vec<Spanned<RawStep>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStep {
+    pub id: Spanned<String>,
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    pub duration: Option<Spanned<String>>,
+    pub target: Option<Spanned<String>>,
+    pub filter: Option<Spanned<RawFilter>>,
+    pub action: Option<Spanned<String>>,
+    pub pool: Option<Spanned<String>>,
+    pub field: Option<Spanned<String>>,
+    pub expiration_field: Option<Spanned<String>>,
+    pub valid_for: Option<Spanned<String>>,
+    pub when_exhausted: Option<Spanned<String>>,
+    pub message: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFilter {
+    pub merchant: Option<Spanned<String>>,
+    pub last_order_before: Option<Spanned<String>>,
+    pub last_order_after: Option<Spanned<String>>,
+    pub min_orders: Option<Spanned<u64>>,
+    pub max_orders: Option<Spanned<u64>>,
+    pub min_total_spent: Option<Spanned<f64>>,
+    pub max_total_spent: Option<Spanned<f64>>,
+    pub subscribed_to: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub name: Spanned<String>,
+    /// One code per line; relative paths are relative to the definition file.
+    pub codes_file: Spanned<String>,
+    /// Default: a tenth of the pool, at least 1.
+    pub low_stock: Option<Spanned<u64>>,
+    /// RFC 3339; the expiration of every code unless the step sets `valid_for`.
+    pub expires_at: Option<Spanned<String>>,
+}

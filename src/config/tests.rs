@@ -1,0 +1,169 @@
+use super::*;
+
+fn load(text: &str) -> Result<Loaded, Invalid> {
+    load_with_codes(text, "A\nB\n")
+}
+
+fn load_with_codes(text: &str, codes: &str) -> Result<Loaded, Invalid> {
+    let codes = codes.to_string();
+    load_texts(&[(Path::new("conv.toml"), text)], &move |_p: &Path| Ok(codes.clone()))
+}
+
+fn messages(r: Result<Loaded, Invalid>) -> Vec<String> {
+    match r {
+        Ok(l) => l.warnings.iter().map(ToString::to_string).collect(),
+        Err(e) => e.diagnostics.iter().map(ToString::to_string).collect(),
+    }
+}
+
+const GOOD: &str = r#"
+[conversation]
+name = "Winback"
+allow_unlimited_entries = true
+
+[[thread]]
+name = "Winback Thread"
+no_events_required = true
+
+[[thread.step]]
+id = "wait-90"
+type = "wait"
+duration = "90d"
+
+[[thread.step]]
+id = "send"
+type = "message"
+message = "Winback Message"
+
+[[thread]]
+name = "Entry Thread"
+events = ["checkout"]
+rank = 2
+
+[[thread.step]]
+id = "to-wait"
+type = "goto"
+target = "wait-90"
+"#;
+
+#[test]
+fn good_file_compiles_with_defaults() {
+    let l = load(GOOD).expect("valid");
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    let c = &l.definitions.conversations[0];
+    assert_eq!(c.entry, EntryPolicy::Restart);
+    assert_eq!(c.triggers.get("checkout"), Some(&1));
+    assert_eq!(l.definitions.purchase_events, ["checkout"]);
+    assert_eq!(c.threads[0].rank, DEFAULT_RANK);
+}
+
+#[test]
+fn unknown_key_is_rejected_with_line() {
+    let text = GOOD.replace("duration = \"90d\"", "durration = \"90d\"");
+    let m = messages(load(&text));
+    assert!(m.iter().any(|m| m.starts_with("conv.toml:13:") && m.contains("unknown field `durration`")), "{m:?}");
+}
+
+#[test]
+fn dangling_goto_names_file_line_and_field() {
+    let text = GOOD.replace("target = \"wait-90\"", "target = \"wait-91\"");
+    let m = messages(load(&text));
+    assert_eq!(m, [r#"conv.toml:28:10: error: thread[1].step[0].target: no step has id "wait-91""#], "{m:?}");
+}
+
+#[test]
+fn bad_duration_is_rejected() {
+    let m = messages(load(&GOOD.replace("\"90d\"", "\"90 days\"")));
+    assert!(m.len() == 1 && m[0].contains("conv.toml:13:12: error: thread[0].step[0].duration: bad duration"), "{m:?}");
+}
+
+#[test]
+fn unreachable_no_event_thread_is_an_error() {
+    let text = GOOD.replace("type = \"goto\"\ntarget = \"wait-90\"", "type = \"wait\"\nduration = \"1d\"");
+    let m = messages(load(&text));
+    assert!(m.iter().any(|m| m.contains("error: thread[0]: thread \"Winback Thread\" has No Events Required")), "{m:?}");
+}
+
+#[test]
+fn goto_loop_without_wait_is_an_error_but_with_a_wait_is_fine() {
+    let with_back = GOOD.replace(
+        "message = \"Winback Message\"",
+        "message = \"Winback Message\"\n\n[[thread.step]]\nid = \"back\"\ntype = \"goto\"\ntarget = \"wait-90\"",
+    );
+    let m = messages(load(&with_back.replace("duration = \"90d\"", "duration = \"0\"")));
+    assert!(m.iter().any(|m| m.contains("error: thread[0].step[2]: GoTo loop with no wait in it (wait-90 → send → back → wait-90)")), "{m:?}");
+    // The same shape through a 90-day wait is a legitimate repeating campaign.
+    let m = messages(load(&with_back));
+    assert!(m.is_empty(), "{m:?}");
+}
+
+#[test]
+fn x_minus_one_rule_warns() {
+    let text = r#"
+[conversation]
+name = "F"
+[[thread]]
+name = "Filter"
+events = ["checkout"]
+[[thread.step]]
+id = "w"
+type = "wait"
+duration = "90d"
+[[thread.step]]
+id = "g"
+type = "goto"
+target = "m"
+filter = { last_order_before = "90d" }
+[[thread]]
+name = "Message"
+no_events_required = true
+[[thread.step]]
+id = "m"
+type = "message"
+message = "hi"
+"#;
+    let m = messages(load(text));
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert!(m[0].contains("warning: thread[0].step[1].filter.last_order_before: offset 90d is not one day less than the wait of 90d before it (X-1 = 89d)"), "{m:?}");
+    assert!(messages(load(&text.replace("\"90d\" }", "\"89d\" }"))).is_empty());
+}
+
+#[test]
+fn unknown_pool_and_missing_fields_are_all_reported() {
+    let text = GOOD.replace(
+        "[[thread.step]]\nid = \"send\"",
+        "[[thread.step]]\nid = \"coupon\"\ntype = \"action\"\naction = \"set_coupon_code\"\npool = \"nope\"\nfield = \"coupon\"\nwhen_exhausted = \"continue\"\n\n[[thread.step]]\nid = \"coupon2\"\ntype = \"action\"\n\n[[thread.step]]\nid = \"send\"",
+    );
+    let m = messages(load(&text));
+    assert!(m.iter().any(|m| m.contains("step[1].pool: no coupon pool is named \"nope\"")), "{m:?}");
+    for f in ["action", "pool", "field", "when_exhausted"] {
+        assert!(m.iter().any(|m| m.contains(&format!("step[2].{f}: a action step needs `{f}`"))), "{f}: {m:?}");
+    }
+}
+
+#[test]
+fn field_of_another_step_type_is_rejected() {
+    let m = messages(load(&GOOD.replace("message = \"Winback Message\"", "message = \"Winback Message\"\nduration = \"1d\"")));
+    assert!(m.iter().any(|m| m.contains("step[1].duration: `duration` does not apply to a message step")), "{m:?}");
+}
+
+#[test]
+fn duplicate_codes_are_rejected_with_their_line() {
+    let text = GOOD.to_string() + "\n[[coupon_pool]]\nname = \"p\"\ncodes_file = \"codes.txt\"\n";
+    let m = messages(load_with_codes(&text, "A\nB\n\nA\n"));
+    assert_eq!(m, ["codes.txt:4:1: error: code \"A\" already appears on line 1: a code may be handed out only once"]);
+}
+
+#[test]
+fn rank_picks_the_thread() {
+    let text = GOOD.to_string()
+        + "\n[[thread]]\nname = \"VIP\"\nevents = [\"checkout\"]\nrank = 1\n[[thread.step]]\nid = \"vip-msg\"\ntype = \"message\"\nmessage = \"vip\"\n";
+    let l = load(&text).expect("valid");
+    assert_eq!(l.definitions.conversations[0].triggers["checkout"], 2);
+}
+
+#[test]
+fn toml_syntax_error_has_a_line() {
+    let m = messages(load("[conversation\nname = 1"));
+    assert!(m[0].starts_with("conv.toml:1:"), "{m:?}");
+}

@@ -1,0 +1,139 @@
+//! Compiled, validated conversation definitions. Built only by `config::compile`,
+//! which has already checked every reference, so the engine indexes without checks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::time::{Duration, Timestamp};
+
+/// Index of a conversation in [`Definitions::conversations`].
+pub type ConvIdx = u16;
+/// Index of a thread in [`Conversation::threads`].
+pub type ThreadIdx = u16;
+/// Index of a step in [`Conversation::steps`] (steps of all threads, in definition order).
+pub type StepIdx = u32;
+/// Index of a pool in [`Definitions::pools`].
+pub type PoolIdx = u32;
+
+#[derive(Debug, Clone)]
+pub struct Definitions {
+    pub conversations: Vec<Conversation>,
+    pub pools: Vec<PoolDef>,
+    /// Union of every conversation's `purchase_events`: behaviour (last order date,
+    /// order count, total spent) is kept per contact, not per conversation.
+    pub purchase_events: Vec<String>,
+    pub subscribe_events: Vec<String>,
+    pub unsubscribe_events: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryPolicy {
+    /// `allow_unlimited_entries = false`: at most one entry per contact, ever.
+    Once,
+    /// A new trigger pulls the contact out of its current entry and starts again.
+    Restart,
+    /// Entries run side by side; beyond `max` the oldest is exited.
+    Parallel { max: u32 },
+}
+
+#[derive(Debug, Clone)]
+pub struct Conversation {
+    pub name: Arc<str>,
+    pub campaign: Option<String>,
+    /// When set, a message goes only to contacts whose latest subscription event
+    /// for this list says subscribed.
+    pub list: Option<Box<str>>,
+    pub entry: EntryPolicy,
+    pub threads: Vec<Thread>,
+    pub steps: Vec<Step>,
+    /// Event name → the thread it enters: the lowest rank, ties by definition order.
+    pub triggers: HashMap<String, ThreadIdx>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Thread {
+    pub name: Arc<str>,
+    pub rank: u32,
+    /// Empty for "No Events Required": entered only through a GoTo.
+    pub events: Vec<String>,
+    /// The thread's steps are `first_step..end_step`.
+    pub first_step: StepIdx,
+    pub end_step: StepIdx,
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub id: Arc<str>,
+    pub thread: ThreadIdx,
+    pub kind: StepKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum StepKind {
+    Wait(Duration),
+    Goto {
+        target: StepIdx,
+        filter: Option<Filter>,
+    },
+    SetCouponCode {
+        pool: PoolIdx,
+        field: Arc<str>,
+        expiration_field: Option<Arc<str>>,
+        /// Expiration = assignment instant + this; else the pool's fixed `expires_at`.
+        valid_for: Option<Duration>,
+        when_exhausted: ExhaustedOutcome,
+    },
+    Message {
+        message: Arc<str>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExhaustedOutcome {
+    /// The entry goes on to the next step without a (new) code.
+    Continue,
+    /// The entry exits with reason `coupon_pool_exhausted`.
+    Exit,
+}
+
+impl ExhaustedOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExhaustedOutcome::Continue => "continue",
+            ExhaustedOutcome::Exit => "exit",
+        }
+    }
+}
+
+/// A segment filter: every condition that is set must hold.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filter {
+    /// Restricts the order conditions to this merchant's orders.
+    pub merchant: Option<Box<str>>,
+    /// Last order date is before `now - offset` (no order: false).
+    pub last_order_before: Option<Duration>,
+    /// Last order date is at or after `now - offset` (no order: false).
+    pub last_order_after: Option<Duration>,
+    pub min_orders: Option<u64>,
+    pub max_orders: Option<u64>,
+    pub min_total_cents: Option<i64>,
+    pub max_total_cents: Option<i64>,
+    /// The contact's latest subscription event for this list says subscribed.
+    pub subscribed_to: Option<Box<str>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolDef {
+    pub name: Arc<str>,
+    pub codes: Arc<[Box<str>]>,
+    /// A `coupon_pool_low` transition is emitted once when the codes left fall to this.
+    pub low_stock: u64,
+    pub expires_at: Option<Timestamp>,
+}
+
+impl Conversation {
+    pub fn next_in_thread(&self, step: StepIdx) -> Option<StepIdx> {
+        let t = &self.threads[self.steps[step as usize].thread as usize];
+        (step + 1 < t.end_step).then_some(step + 1)
+    }
+}

@@ -1,0 +1,401 @@
+//! The conversation state machine. Pure: it reads the definitions, one contact's
+//! state and the coupon pools, and reports what happened as [`Effects`].
+//!
+//! The caller's loop (see `crate::sim::Simulator` for the in-memory one):
+//! 1. keep a partition clock (the highest event time seen);
+//! 2. before folding an event stamped `t`, fire every timer due at or before `t`
+//!    through [`Engine::on_timer`], in (expiry, contact, conversation, entry) order;
+//! 3. fold the event with [`Engine::on_event`];
+//! 4. apply the returned [`TimerChange`]s to its timer store and publish the
+//!    transitions; a timer already due (a late event) fires at once, at the clock.
+
+use std::sync::Arc;
+
+use super::coupon::{CouponPools, Take};
+use super::definition::{
+    ConvIdx, Conversation, Definitions, EntryPolicy, ExhaustedOutcome, Filter, StepIdx, StepKind,
+    ThreadIdx,
+};
+use super::event::{Event, EventError};
+use super::state::{ContactState, Entry, OrderStats};
+use super::time::Timestamp;
+use super::transition::{ExitReason, SuppressReason, Transition, TransitionKind, transition_id};
+
+/// Valid definitions never run this many steps without a wait (GoTo loops without
+/// a wait are rejected); the guard turns a bug into an `exited` instead of a hang.
+pub const MAX_STEPS_PER_RUN: u32 = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerChange {
+    Set { conversation: ConvIdx, entry: u32, at: Timestamp },
+    Cancel { conversation: ConvIdx, entry: u32, at: Timestamp },
+}
+
+/// What one call produced, appended in order.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub transitions: Vec<Transition>,
+    pub timers: Vec<TimerChange>,
+}
+
+impl Effects {
+    pub fn clear(&mut self) {
+        self.transitions.clear();
+        self.timers.clear();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Folded {
+    Applied,
+    /// Same `event_id` as a recent event of the contact: nothing changed.
+    Duplicate,
+}
+
+#[derive(Debug, Clone)]
+pub struct Engine {
+    defs: Arc<Definitions>,
+}
+
+impl Engine {
+    pub fn new(defs: Arc<Definitions>) -> Self {
+        Engine { defs }
+    }
+
+    pub fn definitions(&self) -> &Arc<Definitions> {
+        &self.defs
+    }
+
+    fn is_subscription_event(&self, name: &str) -> Option<bool> {
+        if self.defs.subscribe_events.iter().any(|n| n == name) {
+            Some(true)
+        } else if self.defs.unsubscribe_events.iter().any(|n| n == name) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// Refuses an event that cannot be folded, before it touches any state.
+    pub fn check_event(&self, ev: &Event) -> Result<(), EventError> {
+        ev.check_shape()?;
+        if self.is_subscription_event(&ev.name).is_some()
+            && ev.list_id.as_deref().is_none_or(str::is_empty)
+        {
+            return Err(EventError::MissingListId { name: ev.name.clone() });
+        }
+        Ok(())
+    }
+
+    /// Folds one event into the contact's state. Transitions it causes are
+    /// stamped with the event's own time, even when it arrives late.
+    pub fn on_event(
+        &self,
+        contact: &Arc<str>,
+        st: &mut ContactState,
+        ev: &Event,
+        pools: &mut CouponPools,
+        fx: &mut Effects,
+    ) -> Result<Folded, EventError> {
+        self.check_event(ev)?;
+        if !st.remember_event(&ev.event_id) {
+            return Ok(Folded::Duplicate);
+        }
+        let at = ev.occurred_at;
+        if self.defs.purchase_events.iter().any(|n| *n == ev.name) {
+            st.add_order(at, ev.merchant_id.as_deref(), ev.total_cents.unwrap_or(0));
+        }
+        if let (Some(subscribed), Some(list)) = (self.is_subscription_event(&ev.name), &ev.list_id) {
+            st.set_subscription(list, subscribed, at);
+        }
+        for (ci, conv) in self.defs.conversations.iter().enumerate() {
+            if let Some(&thread) = conv.triggers.get(ev.name.as_str()) {
+                let mut run = Run { engine: self, conv, ci: ci as ConvIdx, contact, st, pools, fx };
+                run.trigger(thread, ev);
+            }
+        }
+        Ok(Folded::Applied)
+    }
+
+    /// Fires the wait of `entry` that expires at `expires_at`, at instant `now`
+    /// (`now >= expires_at`; later only when the timer was set already overdue).
+    /// Returns false, changing nothing, for a timer that no longer matches a
+    /// waiting entry (it was cancelled by a re-entry).
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_timer(
+        &self,
+        contact: &Arc<str>,
+        st: &mut ContactState,
+        conversation: ConvIdx,
+        entry: u32,
+        expires_at: Timestamp,
+        now: Timestamp,
+        pools: &mut CouponPools,
+        fx: &mut Effects,
+    ) -> bool {
+        let Some(cs) = st.conversations.iter_mut().find(|c| c.conversation == conversation) else {
+            return false;
+        };
+        let Some(pos) = cs
+            .active
+            .iter()
+            .position(|e| e.seq == entry && e.waiting_until == Some(expires_at))
+        else {
+            return false;
+        };
+        let mut e = cs.active.remove(pos);
+        e.waiting_until = None;
+        let conv = &self.defs.conversations[conversation as usize];
+        let (pos, next) = (Some(e.step), conv.next_in_thread(e.step));
+        let mut run = Run { engine: self, conv, ci: conversation, contact, st, pools, fx };
+        if let Some(e) = run.run(e, pos, next, now) {
+            // Back in its place so parallel entries keep their age order.
+            let cs = st.conversation_mut(conversation);
+            let i = cs.active.partition_point(|x| x.seq < e.seq);
+            cs.active.insert(i, e);
+        }
+        true
+    }
+}
+
+/// Whether every condition of the filter holds for the contact at `now`.
+pub fn filter_matches(f: &Filter, st: &ContactState, now: Timestamp) -> bool {
+    let none = OrderStats::default();
+    let orders = match &f.merchant {
+        Some(m) => st.merchant_orders(m).unwrap_or(&none),
+        None => &st.orders,
+    };
+    if let Some(off) = f.last_order_before
+        && !orders.last_order_at.is_some_and(|l| l < now.saturating_sub(off))
+    {
+        return false;
+    }
+    if let Some(off) = f.last_order_after
+        && !orders.last_order_at.is_some_and(|l| l >= now.saturating_sub(off))
+    {
+        return false;
+    }
+    if f.min_orders.is_some_and(|m| orders.count < m) || f.max_orders.is_some_and(|m| orders.count > m) {
+        return false;
+    }
+    if f.min_total_cents.is_some_and(|m| orders.total_cents < m)
+        || f.max_total_cents.is_some_and(|m| orders.total_cents > m)
+    {
+        return false;
+    }
+    if let Some(list) = &f.subscribed_to
+        && !st.subscription(list).is_some_and(|s| s.subscribed)
+    {
+        return false;
+    }
+    true
+}
+
+/// One conversation's view of one contact while steps execute.
+struct Run<'a> {
+    engine: &'a Engine,
+    conv: &'a Conversation,
+    ci: ConvIdx,
+    contact: &'a Arc<str>,
+    st: &'a mut ContactState,
+    pools: &'a mut CouponPools,
+    fx: &'a mut Effects,
+}
+
+impl Run<'_> {
+    fn emit(&mut self, e: &mut Entry, at: Timestamp, step: Option<StepIdx>, kind: TransitionKind) {
+        let thread = match step {
+            Some(s) => self.conv.steps[s as usize].thread,
+            None => e.thread,
+        };
+        self.fx.transitions.push(Transition {
+            id: transition_id(&self.conv.name, self.contact, e.seq, e.transitions),
+            conversation: self.ci,
+            contact: self.contact.clone(),
+            at,
+            entry: e.seq,
+            thread,
+            step,
+            kind,
+        });
+        e.transitions += 1;
+    }
+
+    fn cancel_timer(&mut self, e: &Entry) {
+        if let Some(at) = e.waiting_until {
+            self.fx.timers.push(TimerChange::Cancel {
+                conversation: self.ci,
+                entry: e.seq,
+                at,
+            });
+        }
+    }
+
+    fn trigger(&mut self, thread: ThreadIdx, ev: &Event) {
+        let at = ev.occurred_at;
+        let policy = self.conv.entry;
+        let cs = self.st.conversation_mut(self.ci);
+        let seq = cs.entries_started + 1;
+        let mut replaced: Option<Entry> = None;
+        let mut evicted: Option<Entry> = None;
+        match policy {
+            EntryPolicy::Once => {
+                if cs.entries_started > 0 {
+                    return;
+                }
+            }
+            EntryPolicy::Restart => {
+                if let Some(cur) = cs.active.first() {
+                    // An older trigger arriving late is not a repeat purchase: the
+                    // running entry already started from a later one.
+                    if at < cur.started_at {
+                        return;
+                    }
+                    replaced = Some(cs.active.remove(0));
+                }
+            }
+            EntryPolicy::Parallel { max } => {
+                if cs.active.len() >= max as usize {
+                    evicted = Some(cs.active.remove(0));
+                }
+            }
+        }
+        cs.entries_started = seq;
+        if let Some(mut old) = evicted {
+            self.cancel_timer(&old);
+            let step = Some(old.step);
+            self.emit(&mut old, at, step, TransitionKind::Exited { reason: ExitReason::EntryLimit });
+        }
+        let mut e = Entry {
+            seq,
+            thread,
+            step: 0,
+            started_at: at,
+            waiting_until: None,
+            transitions: 0,
+        };
+        let kind = match replaced {
+            Some(old) => {
+                self.cancel_timer(&old);
+                TransitionKind::Reentered {
+                    event_id: ev.event_id.as_str().into(),
+                    event_name: ev.name.as_str().into(),
+                    previous_entry: old.seq,
+                    left_thread: old.thread,
+                    left_step: Some(old.step),
+                }
+            }
+            None => TransitionKind::Entered {
+                event_id: ev.event_id.as_str().into(),
+                event_name: ev.name.as_str().into(),
+            },
+        };
+        self.emit(&mut e, at, None, kind);
+        let t = &self.conv.threads[thread as usize];
+        let first = (t.first_step < t.end_step).then_some(t.first_step);
+        if let Some(e) = self.run(e, None, first, at) {
+            self.st.conversation_mut(self.ci).active.push(e);
+        }
+    }
+
+    /// Executes steps from `next` until the entry waits (returned, to be stored)
+    /// or exits (`None`). `pos` is the step the entry is at (`None`: its trigger).
+    fn run(
+        &mut self,
+        mut e: Entry,
+        mut pos: Option<StepIdx>,
+        mut next: Option<StepIdx>,
+        at: Timestamp,
+    ) -> Option<Entry> {
+        let mut budget = MAX_STEPS_PER_RUN;
+        loop {
+            let Some(s) = next else {
+                self.emit(&mut e, at, pos, TransitionKind::Exited { reason: ExitReason::EndOfThread });
+                return None;
+            };
+            if budget == 0 {
+                self.emit(&mut e, at, Some(s), TransitionKind::Exited { reason: ExitReason::StepLimit });
+                return None;
+            }
+            budget -= 1;
+            pos = Some(s);
+            e.step = s;
+            e.thread = self.conv.steps[s as usize].thread;
+            next = self.conv.next_in_thread(s);
+            match &self.conv.steps[s as usize].kind {
+                StepKind::Wait(d) if d.0 == 0 => {}
+                StepKind::Wait(d) => {
+                    let expires_at = at.saturating_add(*d);
+                    e.waiting_until = Some(expires_at);
+                    self.emit(&mut e, at, pos, TransitionKind::WaitStarted { expires_at, duration: *d });
+                    self.fx.timers.push(TimerChange::Set { conversation: self.ci, entry: e.seq, at: expires_at });
+                    return Some(e);
+                }
+                StepKind::Goto { target, filter } => {
+                    let taken = filter.as_ref().is_none_or(|f| filter_matches(f, self.st, at));
+                    self.emit(&mut e, at, pos, TransitionKind::Goto { target: *target, taken });
+                    if taken {
+                        next = Some(*target);
+                    }
+                }
+                StepKind::SetCouponCode { pool, field, expiration_field, valid_for, when_exhausted } => {
+                    match self.pools.take(*pool) {
+                        Take::Code { code, low } => {
+                            let expires_at = valid_for
+                                .map(|d| at.saturating_add(d))
+                                .or(self.engine.defs.pools[*pool as usize].expires_at);
+                            self.st.set_field(field, code.clone());
+                            if let (Some(f), Some(x)) = (expiration_field, expires_at) {
+                                self.st.set_field(f, x.to_rfc3339().into_boxed_str());
+                            }
+                            self.emit(
+                                &mut e,
+                                at,
+                                pos,
+                                TransitionKind::CouponAssigned {
+                                    pool: *pool,
+                                    code,
+                                    field: field.clone(),
+                                    expiration_field: expiration_field.clone(),
+                                    expires_at,
+                                },
+                            );
+                            if let Some(remaining) = low {
+                                self.emit(&mut e, at, pos, TransitionKind::CouponPoolLow { pool: *pool, remaining });
+                            }
+                        }
+                        Take::Exhausted => {
+                            self.emit(
+                                &mut e,
+                                at,
+                                pos,
+                                TransitionKind::CouponPoolExhausted { pool: *pool, outcome: *when_exhausted },
+                            );
+                            if *when_exhausted == ExhaustedOutcome::Exit {
+                                self.emit(
+                                    &mut e,
+                                    at,
+                                    pos,
+                                    TransitionKind::Exited { reason: ExitReason::CouponPoolExhausted },
+                                );
+                                return None;
+                            }
+                        }
+                    }
+                }
+                StepKind::Message { message } => {
+                    let gate = self.conv.list.as_deref().map(|list| match self.st.subscription(list) {
+                        Some(s) if s.subscribed => None,
+                        Some(_) => Some(SuppressReason::Unsubscribed),
+                        None => Some(SuppressReason::NotSubscribed),
+                    });
+                    let kind = match gate.flatten() {
+                        None => TransitionKind::Send { message: message.clone(), fields: self.st.fields.clone() },
+                        Some(reason) => TransitionKind::Suppressed { message: message.clone(), reason },
+                    };
+                    self.emit(&mut e, at, pos, kind);
+                }
+            }
+        }
+    }
+}

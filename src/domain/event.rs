@@ -1,0 +1,46 @@
+//! The input events the engine folds, already decoded from JSON or protobuf.
+
+use super::time::Timestamp;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub event_id: String,
+    pub name: String,
+    pub contact_id: String,
+    pub occurred_at: Timestamp,
+    pub merchant_id: Option<String>,
+    pub order_id: Option<String>,
+    /// Minor units (cents); JSON carries a decimal `total` that is rounded to cents.
+    pub total_cents: Option<i64>,
+    pub list_id: Option<String>,
+}
+
+/// Why an event was refused before it touched any state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("field `{0}` is empty")]
+    Empty(&'static str),
+    #[error("event `{name}` is a subscription event and needs `list_id`")]
+    MissingListId { name: String },
+    #[error("`total` must not be negative")]
+    NegativeTotal,
+}
+
+impl Event {
+    /// Checks that hold for every event whatever the definitions say.
+    pub fn check_shape(&self) -> Result<(), EventError> {
+        if self.event_id.is_empty() {
+            return Err(EventError::Empty("event_id"));
+        }
+        if self.name.is_empty() {
+            return Err(EventError::Empty("name"));
+        }
+        if self.contact_id.is_empty() {
+            return Err(EventError::Empty("contact_id"));
+        }
+        if self.total_cents.is_some_and(|t| t < 0) {
+            return Err(EventError::NegativeTotal);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,222 @@
+//! Per-contact state: behaviour, subscriptions, profile fields and the contact's
+//! entries in each conversation. Everything the engine needs to decide a step.
+
+use super::definition::{ConvIdx, StepIdx, ThreadIdx};
+use super::time::Timestamp;
+
+/// How many recent event ids a contact remembers for de-duplication. Redelivered
+/// events arrive close to the original (a producer retry, a replayed batch), and
+/// a bounded window keeps a contact's state small.
+pub const DEDUP_WINDOW: usize = 8;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderStats {
+    pub count: u64,
+    pub total_cents: i64,
+    pub last_order_at: Option<Timestamp>,
+}
+
+impl OrderStats {
+    fn add(&mut self, at: Timestamp, total_cents: i64) {
+        self.count += 1;
+        self.total_cents = self.total_cents.saturating_add(total_cents);
+        self.last_order_at = Some(self.last_order_at.map_or(at, |l| l.max(at)));
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MerchantStats {
+    pub merchant: Box<str>,
+    pub stats: OrderStats,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub list: Box<str>,
+    pub subscribed: bool,
+    /// Event time of the latest subscription event for this list.
+    pub at: Timestamp,
+}
+
+/// One run of a contact through a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// 1 for the contact's first entry in the conversation, then 2, ...
+    pub seq: u32,
+    pub thread: ThreadIdx,
+    /// The step the entry is at (the wait it sleeps in, or the next to run).
+    pub step: StepIdx,
+    /// Event time of the trigger that started the entry.
+    pub started_at: Timestamp,
+    pub waiting_until: Option<Timestamp>,
+    /// Transitions emitted so far; part of each transition's id.
+    pub transitions: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationState {
+    pub conversation: ConvIdx,
+    pub entries_started: u32,
+    pub active: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContactState {
+    /// xxh3-64 of the last [`DEDUP_WINDOW`] event ids, as a ring.
+    pub recent_events: Vec<u64>,
+    pub recent_next: u8,
+    pub orders: OrderStats,
+    pub merchants: Vec<MerchantStats>,
+    pub subscriptions: Vec<Subscription>,
+    /// Profile fields, sorted by name.
+    pub fields: Vec<(Box<str>, Box<str>)>,
+    pub conversations: Vec<ConversationState>,
+}
+
+impl ContactState {
+    /// Records `event_id`; false if it is among the recent ones already.
+    pub fn remember_event(&mut self, event_id: &str) -> bool {
+        let h = xxhash_rust::xxh3::xxh3_64(event_id.as_bytes());
+        if self.recent_events.contains(&h) {
+            return false;
+        }
+        if self.recent_events.len() < DEDUP_WINDOW {
+            self.recent_events.push(h);
+        } else {
+            self.recent_events[self.recent_next as usize] = h;
+        }
+        self.recent_next = ((self.recent_next as usize + 1) % DEDUP_WINDOW) as u8;
+        true
+    }
+
+    pub fn add_order(&mut self, at: Timestamp, merchant: Option<&str>, total_cents: i64) {
+        self.orders.add(at, total_cents);
+        if let Some(m) = merchant {
+            match self.merchants.iter_mut().find(|s| &*s.merchant == m) {
+                Some(s) => s.stats.add(at, total_cents),
+                None => {
+                    let mut stats = OrderStats::default();
+                    stats.add(at, total_cents);
+                    self.merchants.push(MerchantStats { merchant: m.into(), stats });
+                }
+            }
+        }
+    }
+
+    pub fn merchant_orders(&self, merchant: &str) -> Option<&OrderStats> {
+        self.merchants.iter().find(|s| &*s.merchant == merchant).map(|s| &s.stats)
+    }
+
+    /// Applies a subscription event unless a later one for the list is known
+    /// (event time decides; at equal times the later-arriving event wins).
+    pub fn set_subscription(&mut self, list: &str, subscribed: bool, at: Timestamp) {
+        match self.subscriptions.iter_mut().find(|s| &*s.list == list) {
+            Some(s) if s.at <= at => {
+                s.subscribed = subscribed;
+                s.at = at;
+            }
+            Some(_) => {}
+            None => self.subscriptions.push(Subscription { list: list.into(), subscribed, at }),
+        }
+    }
+
+    pub fn subscription(&self, list: &str) -> Option<&Subscription> {
+        self.subscriptions.iter().find(|s| &*s.list == list)
+    }
+
+    pub fn set_field(&mut self, name: &str, value: Box<str>) {
+        match self.fields.binary_search_by(|(k, _)| (**k).cmp(name)) {
+            Ok(i) => self.fields[i].1 = value,
+            Err(i) => self.fields.insert(i, (name.into(), value)),
+        }
+    }
+
+    pub fn conversation_mut(&mut self, conv: ConvIdx) -> &mut ConversationState {
+        let i = match self.conversations.iter().position(|c| c.conversation == conv) {
+            Some(i) => i,
+            None => {
+                self.conversations.push(ConversationState {
+                    conversation: conv,
+                    entries_started: 0,
+                    active: Vec::new(),
+                });
+                self.conversations.len() - 1
+            }
+        };
+        &mut self.conversations[i]
+    }
+
+    pub fn conversation(&self, conv: ConvIdx) -> Option<&ConversationState> {
+        self.conversations.iter().find(|c| c.conversation == conv)
+    }
+
+    /// Heap bytes owned by this state (for the memory-per-contact benchmark).
+    pub fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        self.recent_events.capacity() * size_of::<u64>()
+            + self.merchants.capacity() * size_of::<MerchantStats>()
+            + self.merchants.iter().map(|m| m.merchant.len()).sum::<usize>()
+            + self.subscriptions.capacity() * size_of::<Subscription>()
+            + self.subscriptions.iter().map(|s| s.list.len()).sum::<usize>()
+            + self.fields.capacity() * size_of::<(Box<str>, Box<str>)>()
+            + self.fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            + self.conversations.capacity() * size_of::<ConversationState>()
+            + self
+                .conversations
+                .iter()
+                .map(|c| c.active.capacity() * size_of::<Entry>())
+                .sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedup_window_remembers_the_last_events() {
+        let mut s = ContactState::default();
+        assert!(s.remember_event("e0"));
+        assert!(!s.remember_event("e0"));
+        for i in 1..DEDUP_WINDOW {
+            assert!(s.remember_event(&format!("e{i}")));
+        }
+        assert!(!s.remember_event("e0"), "still inside the window");
+        assert!(s.remember_event("e-new"));
+        assert!(s.remember_event("e0"), "pushed out of the window by e-new");
+    }
+
+    #[test]
+    fn later_subscription_event_wins_by_event_time() {
+        let mut s = ContactState::default();
+        s.set_subscription("master", true, Timestamp(10));
+        s.set_subscription("master", false, Timestamp(5));
+        assert!(s.subscription("master").unwrap().subscribed, "an older unsubscribe must not win");
+        s.set_subscription("master", false, Timestamp(10));
+        assert!(!s.subscription("master").unwrap().subscribed);
+    }
+
+    #[test]
+    fn orders_keep_the_latest_date_per_merchant() {
+        let mut s = ContactState::default();
+        s.add_order(Timestamp(20), Some("m1"), 100);
+        s.add_order(Timestamp(10), Some("m2"), 50);
+        s.add_order(Timestamp(5), Some("m1"), 1);
+        assert_eq!(s.orders.last_order_at, Some(Timestamp(20)));
+        assert_eq!(s.orders.count, 3);
+        assert_eq!(s.orders.total_cents, 151);
+        let m1 = s.merchant_orders("m1").unwrap();
+        assert_eq!((m1.count, m1.last_order_at), (2, Some(Timestamp(20))));
+        assert_eq!(s.merchant_orders("m2").unwrap().last_order_at, Some(Timestamp(10)));
+    }
+
+    #[test]
+    fn fields_stay_sorted() {
+        let mut s = ContactState::default();
+        s.set_field("z", "1".into());
+        s.set_field("a", "2".into());
+        s.set_field("z", "3".into());
+        let names: Vec<_> = s.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(names, ["a=2", "z=3"]);
+    }
+}

@@ -1,0 +1,14 @@
+//! winback: an event-sourced engine for winback conversations.
+//!
+//! `domain` is the pure state machine; `config` turns TOML files into validated
+//! definitions; `wire` encodes events and transitions (JSON lines, protobuf);
+//! `sim` drives the engine offline; `cli` is the command line.
+
+pub mod config;
+pub mod domain;
+
+/// Generated from `proto/winback/v1/winback.proto`.
+pub mod pb {
+    #![allow(clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/winback.v1.rs"));
+}
