@@ -4,8 +4,11 @@
 //! definitions; `wire` encodes events and transitions (JSON lines, protobuf);
 //! `sim` drives the engine offline; `cli` is the command line.
 
+pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod sim;
+pub mod wire;
 
 /// Generated from `proto/winback/v1/winback.proto`.
 pub mod pb {

@@ -349,6 +349,8 @@ fn compile_conversation(
             let id = s.get_ref().id.get_ref().trim().to_string();
             if id.is_empty() {
                 diags.push(src.diag(Severity::Error, Some(s.get_ref().id.span()), format!("thread[{ti}].step[{si}].id"), "must not be empty"));
+            } else if id == crate::wire::TRIGGER_STEP {
+                diags.push(src.diag(Severity::Error, Some(s.get_ref().id.span()), format!("thread[{ti}].step[{si}].id"), "\"trigger\" is reserved for the thread's trigger step"));
             } else if step_ids.insert(id.clone(), next_step).is_some() {
                 diags.push(src.diag(Severity::Error, Some(s.get_ref().id.span()), format!("thread[{ti}].step[{si}].id"), format!("step id {id:?} is used twice")));
             }

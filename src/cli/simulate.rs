@@ -1,0 +1,140 @@
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use chrono::Datelike;
+
+use super::{CliError, Format};
+use crate::domain::{Folded, Timestamp, Transition, TransitionKind};
+use crate::sim::Simulator;
+use crate::wire;
+
+pub struct Args {
+    pub config: Vec<PathBuf>,
+    pub events: PathBuf,
+    pub until: Option<String>,
+    pub out: Option<PathBuf>,
+    pub strict: bool,
+    pub format: Format,
+}
+
+#[derive(Default)]
+struct Summary {
+    lines: u64,
+    folded: u64,
+    duplicates: u64,
+    malformed: u64,
+    by_type: BTreeMap<&'static str, u64>,
+    sends_per_week: BTreeMap<(i32, u32), u64>,
+}
+
+impl Summary {
+    fn count(&mut self, t: &Transition) {
+        *self.by_type.entry(t.kind.type_name()).or_default() += 1;
+        if matches!(t.kind, TransitionKind::Send { .. })
+            && let Some(dt) = chrono::DateTime::from_timestamp_millis(t.at.0)
+        {
+            let w = dt.iso_week();
+            *self.sends_per_week.entry((w.year(), w.week())).or_default() += 1;
+        }
+    }
+
+    fn print(&self, clock: Option<Timestamp>) {
+        eprintln!(
+            "events: {} line(s), {} folded, {} duplicate(s) ignored, {} malformed skipped",
+            self.lines, self.folded, self.duplicates, self.malformed
+        );
+        if let Some(c) = clock {
+            eprintln!("clock: {c}");
+        }
+        let total: u64 = self.by_type.values().sum();
+        eprintln!("transitions: {total}");
+        for (t, n) in &self.by_type {
+            eprintln!("  {t:<22} {n}");
+        }
+        eprintln!("sends per week (ISO week of `at`):");
+        if self.sends_per_week.is_empty() {
+            eprintln!("  none");
+        }
+        for ((y, w), n) in &self.sends_per_week {
+            eprintln!("  {y}-W{w:02}  {n}");
+        }
+    }
+}
+
+pub fn run(args: &Args) -> Result<ExitCode, CliError> {
+    let until = match &args.until {
+        Some(u) => Some(Timestamp::parse_rfc3339(u).map_err(|reason| CliError::Until { value: u.clone(), reason })?),
+        None => None,
+    };
+    let Some(loaded) = super::load_definitions(&args.config) else {
+        return Ok(ExitCode::from(1));
+    };
+    let defs = Arc::new(loaded.definitions);
+    let input = File::open(&args.events).map_err(|source| CliError::Read { path: args.events.clone(), source })?;
+    let out_name = args.out.as_ref().map_or_else(|| "stdout".to_string(), |p| p.display().to_string());
+    let write_err = |source| CliError::Write { path: out_name.clone(), source };
+    let mut out: Box<dyn Write> = match &args.out {
+        Some(p) => Box::new(BufWriter::new(File::create(p).map_err(write_err)?)),
+        None => Box::new(BufWriter::new(std::io::stdout().lock())),
+    };
+
+    let mut sim = Simulator::new(defs.clone());
+    let mut summary = Summary::default();
+    let mut batch: Vec<Transition> = Vec::new();
+    let emit = |batch: &mut Vec<Transition>, out: &mut Box<dyn Write>, summary: &mut Summary| -> Result<(), CliError> {
+        for t in batch.drain(..) {
+            summary.count(&t);
+            let line = match args.format {
+                Format::Json => wire::json::encode_transition(&defs, &t),
+                Format::Text => wire::text::render(&defs, &t),
+            };
+            writeln!(out, "{line}").map_err(write_err)?;
+        }
+        Ok(())
+    };
+
+    let name = args.events.display().to_string();
+    for (n, line) in BufReader::new(input).lines().enumerate() {
+        let lineno = n + 1;
+        let line = line.map_err(|source| CliError::Read { path: args.events.clone(), source })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        summary.lines += 1;
+        let result = wire::json::decode_event(&line)
+            .map_err(|e| e.to_string())
+            .and_then(|ev| sim.feed(&ev, &mut batch).map(|f| (ev, f)).map_err(|e| format!("invalid event: {e}")));
+        match result {
+            Ok((_, Folded::Applied)) => summary.folded += 1,
+            Ok((ev, Folded::Duplicate)) => {
+                summary.duplicates += 1;
+                eprintln!("{name}:{lineno}: duplicate event_id {:?} for contact {:?}: ignored", ev.event_id, ev.contact_id);
+            }
+            Err(reason) => {
+                summary.malformed += 1;
+                eprintln!("{name}:{lineno}: {reason}");
+                if args.strict {
+                    emit(&mut batch, &mut out, &mut summary)?;
+                    out.flush().map_err(write_err)?;
+                    eprintln!("{name}:{lineno}: stopping (--strict)");
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+        emit(&mut batch, &mut out, &mut summary)?;
+    }
+    if let Some(u) = until {
+        if sim.clock().is_some_and(|c| u < c) {
+            eprintln!("warning: --until {u} is before the clock ({}); the clock never goes back", sim.clock().unwrap_or(u));
+        }
+        sim.advance_to(u, &mut batch);
+        emit(&mut batch, &mut out, &mut summary)?;
+    }
+    out.flush().map_err(write_err)?;
+    summary.print(sim.clock());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,137 @@
+//! The offline driver: the engine's caller loop over in-memory state. Used by
+//! `winback simulate`, the golden scenarios, the property tests and the fold
+//! benchmark. Pure like the domain: the clock moves only with events and
+//! [`Simulator::advance_to`].
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+
+use crate::domain::definition::ConvIdx;
+use crate::domain::engine::{Effects, Engine, Folded, TimerChange};
+use crate::domain::{ContactState, CouponPools, Definitions, Event, EventError, Timestamp, Transition};
+
+/// A pending wait: (expiry, contact index, conversation, entry). The tuple order
+/// is the firing order of timers due at the same instant.
+type TimerKey = (Timestamp, u32, ConvIdx, u32);
+
+pub struct Simulator {
+    engine: Engine,
+    index: HashMap<Arc<str>, u32>,
+    contacts: Vec<(Arc<str>, ContactState)>,
+    /// Cancelled waits stay until due and are then ignored by the engine (it
+    /// fires only a timer that matches a waiting entry), which keeps a re-entry
+    /// to one push instead of a search.
+    timers: BinaryHeap<Reverse<TimerKey>>,
+    pools: CouponPools,
+    clock: Option<Timestamp>,
+    fx: Effects,
+}
+
+impl Simulator {
+    pub fn new(defs: Arc<Definitions>) -> Self {
+        let pools = CouponPools::new(&defs);
+        Simulator {
+            engine: Engine::new(defs),
+            index: HashMap::new(),
+            contacts: Vec::new(),
+            timers: BinaryHeap::new(),
+            pools,
+            clock: None,
+            fx: Effects::default(),
+        }
+    }
+
+    pub fn definitions(&self) -> &Arc<Definitions> {
+        self.engine.definitions()
+    }
+
+    /// The partition clock: the highest instant seen so far.
+    pub fn clock(&self) -> Option<Timestamp> {
+        self.clock
+    }
+
+    pub fn contacts(&self) -> usize {
+        self.contacts.len()
+    }
+
+    pub fn contact(&self, id: &str) -> Option<&ContactState> {
+        self.index.get(id).map(|&i| &self.contacts[i as usize].1)
+    }
+
+    pub fn pools(&self) -> &CouponPools {
+        &self.pools
+    }
+
+    /// Timers held, including cancelled ones not yet due.
+    pub fn timers_held(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Heap bytes of all contact states, the index and the timer queue.
+    pub fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let states: usize = self.contacts.iter().map(|(id, s)| s.heap_bytes() + id.len() + 16).sum();
+        states
+            + self.contacts.capacity() * size_of::<(Arc<str>, ContactState)>()
+            + self.index.capacity() * (size_of::<(Arc<str>, u32)>() + 1)
+            + self.timers.capacity() * size_of::<Reverse<TimerKey>>()
+    }
+
+    /// Folds one event: fires the timers due at or before its time, folds it,
+    /// then fires whatever it made due already (a late event's expired wait).
+    pub fn feed(&mut self, ev: &Event, out: &mut Vec<Transition>) -> Result<Folded, EventError> {
+        self.engine.check_event(ev)?;
+        self.advance_to(ev.occurred_at, out);
+        let idx = match self.index.get(ev.contact_id.as_str()) {
+            Some(&i) => i,
+            None => {
+                let id: Arc<str> = Arc::from(ev.contact_id.as_str());
+                let i = self.contacts.len() as u32;
+                self.contacts.push((id.clone(), ContactState::default()));
+                self.index.insert(id, i);
+                i
+            }
+        };
+        self.fx.clear();
+        let (id, st) = &mut self.contacts[idx as usize];
+        let folded = self.engine.on_event(id, st, ev, &mut self.pools, &mut self.fx)?;
+        self.apply(idx, out);
+        if let Some(now) = self.clock {
+            self.fire_due(now, out);
+        }
+        Ok(folded)
+    }
+
+    /// Moves the clock to `t` (never back), firing every timer due by then in
+    /// order, each at its own expiry.
+    pub fn advance_to(&mut self, t: Timestamp, out: &mut Vec<Transition>) {
+        self.fire_due(t, out);
+        self.clock = Some(self.clock.map_or(t, |c| c.max(t)));
+    }
+
+    fn fire_due(&mut self, t: Timestamp, out: &mut Vec<Transition>) {
+        while let Some(&Reverse((at, contact, conv, entry))) = self.timers.peek() {
+            if at > t {
+                break;
+            }
+            self.timers.pop();
+            let now = self.clock.map_or(at, |c| c.max(at));
+            self.clock = Some(now);
+            self.fx.clear();
+            let (id, st) = &mut self.contacts[contact as usize];
+            if self.engine.on_timer(id, st, conv, entry, at, now, &mut self.pools, &mut self.fx) {
+                self.apply(contact, out);
+            }
+        }
+    }
+
+    fn apply(&mut self, contact: u32, out: &mut Vec<Transition>) {
+        for tc in self.fx.timers.drain(..) {
+            if let TimerChange::Set { conversation, entry, at } = tc {
+                self.timers.push(Reverse((at, contact, conversation, entry)));
+            }
+        }
+        out.append(&mut self.fx.transitions);
+    }
+}

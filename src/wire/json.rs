@@ -1,0 +1,250 @@
+//! JSON lines: the input event form and the transition form (README.md lists
+//! every field).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::step_name;
+use crate::domain::time::Timestamp;
+use crate::domain::transition::{Transition, TransitionKind};
+use crate::domain::{Definitions, Event};
+
+/// Why a JSON event line could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("invalid JSON event: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("invalid `occurred_at`: {0}")]
+    Timestamp(String),
+    #[error("invalid `total` {0}: must be a non-negative amount")]
+    Total(f64),
+}
+
+/// Unknown keys are ignored, so producers can carry more than winback reads.
+#[derive(Debug, Deserialize)]
+struct JsonEvent {
+    event_id: String,
+    name: String,
+    contact_id: String,
+    occurred_at: String,
+    #[serde(default)]
+    merchant_id: Option<String>,
+    #[serde(default)]
+    order_id: Option<String>,
+    #[serde(default)]
+    total: Option<f64>,
+    #[serde(default)]
+    list_id: Option<String>,
+}
+
+/// Amounts are kept in cents; a decimal `total` is rounded to the nearest cent.
+pub fn total_to_cents(total: f64) -> Result<i64, DecodeError> {
+    if total.is_finite() && total >= 0.0 && total < 9.0e16 {
+        Ok((total * 100.0).round() as i64)
+    } else {
+        Err(DecodeError::Total(total))
+    }
+}
+
+pub fn decode_event(line: &str) -> Result<Event, DecodeError> {
+    let j: JsonEvent = serde_json::from_str(line)?;
+    Ok(Event {
+        occurred_at: Timestamp::parse_rfc3339(&j.occurred_at).map_err(DecodeError::Timestamp)?,
+        total_cents: j.total.map(total_to_cents).transpose()?,
+        event_id: j.event_id,
+        name: j.name,
+        contact_id: j.contact_id,
+        merchant_id: j.merchant_id,
+        order_id: j.order_id,
+        list_id: j.list_id,
+    })
+}
+
+pub fn encode_event(ev: &Event) -> String {
+    #[derive(Serialize)]
+    struct Out<'a> {
+        event_id: &'a str,
+        name: &'a str,
+        contact_id: &'a str,
+        occurred_at: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        merchant_id: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        order_id: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        total: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        list_id: Option<&'a str>,
+    }
+    let out = Out {
+        event_id: &ev.event_id,
+        name: &ev.name,
+        contact_id: &ev.contact_id,
+        occurred_at: ev.occurred_at.to_rfc3339(),
+        merchant_id: ev.merchant_id.as_deref(),
+        order_id: ev.order_id.as_deref(),
+        total: ev.total_cents.map(|c| c as f64 / 100.0),
+        list_id: ev.list_id.as_deref(),
+    };
+    serde_json::to_string(&out).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct JsonTransition<'a> {
+    transition_id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    conversation: &'a str,
+    contact_id: &'a str,
+    at: String,
+    entry: u32,
+    thread: &'a str,
+    step: &'a str,
+    #[serde(flatten)]
+    detail: Detail<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Detail<'a> {
+    Event {
+        event_id: &'a str,
+        event_name: &'a str,
+    },
+    Reentered {
+        event_id: &'a str,
+        event_name: &'a str,
+        previous_entry: u32,
+        left_thread: &'a str,
+        left_step: &'a str,
+    },
+    Wait {
+        expires_at: String,
+        duration: String,
+    },
+    Goto {
+        target_thread: &'a str,
+        target_step: &'a str,
+        taken: bool,
+    },
+    Exited {
+        reason: &'static str,
+    },
+    Coupon {
+        pool: &'a str,
+        code: &'a str,
+        field: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expiration_field: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_at: Option<String>,
+    },
+    Exhausted {
+        pool: &'a str,
+        outcome: &'static str,
+    },
+    Low {
+        pool: &'a str,
+        remaining: u64,
+    },
+    Send {
+        message: &'a str,
+        fields: BTreeMap<&'a str, &'a str>,
+    },
+    Suppressed {
+        message: &'a str,
+        reason: &'static str,
+    },
+}
+
+pub fn transition_id_hex(id: u128) -> String {
+    format!("{id:032x}")
+}
+
+/// One transition as a single JSON line (no trailing newline). Field order is
+/// fixed, so equal transitions give equal bytes.
+pub fn encode_transition(defs: &Definitions, t: &Transition) -> String {
+    let conv = &defs.conversations[t.conversation as usize];
+    let thread_name = |i: u16| &*conv.threads[i as usize].name;
+    let step_id = |s: u32| &*conv.steps[s as usize].id;
+    let detail = match &t.kind {
+        TransitionKind::Entered { event_id, event_name } => Detail::Event { event_id, event_name },
+        TransitionKind::Reentered { event_id, event_name, previous_entry, left_thread, left_step } => Detail::Reentered {
+            event_id,
+            event_name,
+            previous_entry: *previous_entry,
+            left_thread: thread_name(*left_thread),
+            left_step: left_step.map_or(super::TRIGGER_STEP, step_id),
+        },
+        TransitionKind::WaitStarted { expires_at, duration } => {
+            Detail::Wait { expires_at: expires_at.to_rfc3339(), duration: duration.to_string() }
+        }
+        TransitionKind::Goto { target, taken } => Detail::Goto {
+            target_thread: thread_name(conv.steps[*target as usize].thread),
+            target_step: step_id(*target),
+            taken: *taken,
+        },
+        TransitionKind::Exited { reason } => Detail::Exited { reason: reason.as_str() },
+        TransitionKind::CouponAssigned { pool, code, field, expiration_field, expires_at } => Detail::Coupon {
+            pool: &defs.pools[*pool as usize].name,
+            code,
+            field,
+            expiration_field: expiration_field.as_deref(),
+            expires_at: expires_at.map(Timestamp::to_rfc3339),
+        },
+        TransitionKind::CouponPoolExhausted { pool, outcome } => {
+            Detail::Exhausted { pool: &defs.pools[*pool as usize].name, outcome: outcome.as_str() }
+        }
+        TransitionKind::CouponPoolLow { pool, remaining } => {
+            Detail::Low { pool: &defs.pools[*pool as usize].name, remaining: *remaining }
+        }
+        TransitionKind::Send { message, fields } => {
+            Detail::Send { message, fields: fields.iter().map(|(k, v)| (&**k, &**v)).collect() }
+        }
+        TransitionKind::Suppressed { message, reason } => Detail::Suppressed { message, reason: reason.as_str() },
+    };
+    let out = JsonTransition {
+        transition_id: transition_id_hex(t.id),
+        kind: t.kind.type_name(),
+        conversation: &conv.name,
+        contact_id: &t.contact,
+        at: t.at.to_rfc3339(),
+        entry: t.entry,
+        thread: thread_name(t.thread),
+        step: step_name(defs, t),
+        detail,
+    };
+    // Serializing plain strings, numbers and maps of strings cannot fail.
+    serde_json::to_string(&out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_the_documented_examples() {
+        let e = decode_event(r#"{"event_id":"e1","name":"checkout","contact_id":"c1","occurred_at":"2026-01-05T10:00:00Z","merchant_id":"m1","order_id":"o1","total":49.9}"#).unwrap();
+        assert_eq!(e.total_cents, Some(4990));
+        assert_eq!(e.occurred_at.to_rfc3339(), "2026-01-05T10:00:00Z");
+        let s = decode_event(r#"{"event_id":"e2","name":"subscribe","contact_id":"c1","list_id":"master","occurred_at":"2026-01-01T00:00:00Z","extra":1}"#).unwrap();
+        assert_eq!(s.list_id.as_deref(), Some("master"));
+        assert_eq!(decode_event(&encode_event(&e)).unwrap(), e);
+    }
+
+    #[test]
+    fn reports_why_a_line_is_bad() {
+        let cases = [
+            ("{", "invalid JSON"),
+            (r#"{"event_id":"e","name":"n","occurred_at":"2026-01-01T00:00:00Z"}"#, "missing field `contact_id`"),
+            (r#"{"event_id":"e","name":"n","contact_id":"c","occurred_at":"yesterday"}"#, "invalid `occurred_at`"),
+            (r#"{"event_id":"e","name":"n","contact_id":"c","occurred_at":"2026-01-01T00:00:00Z","total":-1}"#, "invalid `total`"),
+            (r#"{"event_id":"e","name":"n","contact_id":"c","occurred_at":"2026-01-01T00:00:00Z","total":"12"}"#, "invalid type"),
+        ];
+        for (line, want) in cases {
+            let err = decode_event(line).unwrap_err().to_string();
+            assert!(err.contains(want), "{line}: {err}");
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Protobuf (`winback.v1`) forms of events and transitions.
+
+use prost::Message;
+
+use super::json::transition_id_hex;
+use super::{TRIGGER_STEP, step_name};
+use crate::domain::time::Timestamp;
+use crate::domain::transition::{Transition, TransitionKind};
+use crate::domain::{Definitions, Event};
+use crate::pb;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtoError {
+    #[error("invalid protobuf event: {0}")]
+    Decode(#[from] prost::DecodeError),
+    #[error("field `occurred_at` is missing")]
+    MissingTime,
+    #[error("field `occurred_at` is out of range")]
+    TimeRange,
+}
+
+fn to_pb_time(t: Timestamp) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: t.0.div_euclid(1000), nanos: (t.0.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+fn from_pb_time(t: &prost_types::Timestamp) -> Result<Timestamp, ProtoError> {
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(ProtoError::TimeRange);
+    }
+    t.seconds
+        .checked_mul(1000)
+        .and_then(|ms| ms.checked_add(i64::from(t.nanos / 1_000_000)))
+        .map(Timestamp)
+        .ok_or(ProtoError::TimeRange)
+}
+
+pub fn event_to_pb(ev: &Event) -> pb::InputEvent {
+    pb::InputEvent {
+        event_id: ev.event_id.clone(),
+        name: ev.name.clone(),
+        contact_id: ev.contact_id.clone(),
+        occurred_at: Some(to_pb_time(ev.occurred_at)),
+        merchant_id: ev.merchant_id.clone(),
+        order_id: ev.order_id.clone(),
+        total_cents: ev.total_cents,
+        list_id: ev.list_id.clone(),
+    }
+}
+
+pub fn decode_event(bytes: &[u8]) -> Result<Event, ProtoError> {
+    let p = pb::InputEvent::decode(bytes)?;
+    Ok(Event {
+        occurred_at: from_pb_time(p.occurred_at.as_ref().ok_or(ProtoError::MissingTime)?)?,
+        event_id: p.event_id,
+        name: p.name,
+        contact_id: p.contact_id,
+        merchant_id: p.merchant_id,
+        order_id: p.order_id,
+        total_cents: p.total_cents,
+        list_id: p.list_id,
+    })
+}
+
+pub fn transition_to_pb(defs: &Definitions, t: &Transition) -> pb::Transition {
+    use pb::transition::Detail;
+    let conv = &defs.conversations[t.conversation as usize];
+    let thread_name = |i: u16| conv.threads[i as usize].name.to_string();
+    let step_id = |s: u32| conv.steps[s as usize].id.to_string();
+    let detail = match &t.kind {
+        TransitionKind::Entered { event_id, event_name } => {
+            Detail::Entered(pb::Entered { event_id: event_id.to_string(), event_name: event_name.to_string() })
+        }
+        TransitionKind::Reentered { event_id, event_name, previous_entry, left_thread, left_step } => {
+            Detail::Reentered(pb::Reentered {
+                event_id: event_id.to_string(),
+                event_name: event_name.to_string(),
+                previous_entry: *previous_entry,
+                left_thread: thread_name(*left_thread),
+                left_step: left_step.map_or_else(|| TRIGGER_STEP.to_string(), step_id),
+            })
+        }
+        TransitionKind::WaitStarted { expires_at, duration } => {
+            Detail::WaitStarted(pb::WaitStarted { expires_at: Some(to_pb_time(*expires_at)), duration_ms: duration.0 })
+        }
+        TransitionKind::Goto { target, taken } => Detail::Goto(pb::Goto {
+            target_thread: thread_name(conv.steps[*target as usize].thread),
+            target_step: step_id(*target),
+            taken: *taken,
+        }),
+        TransitionKind::Exited { reason } => Detail::Exited(pb::Exited { reason: reason.as_str().into() }),
+        TransitionKind::CouponAssigned { pool, code, field, expiration_field, expires_at } => {
+            Detail::CouponAssigned(pb::CouponAssigned {
+                pool: defs.pools[*pool as usize].name.to_string(),
+                code: code.to_string(),
+                field: field.to_string(),
+                expiration_field: expiration_field.as_ref().map(|f| f.to_string()),
+                expires_at: expires_at.map(to_pb_time),
+            })
+        }
+        TransitionKind::CouponPoolExhausted { pool, outcome } => Detail::CouponPoolExhausted(pb::CouponPoolExhausted {
+            pool: defs.pools[*pool as usize].name.to_string(),
+            outcome: outcome.as_str().into(),
+        }),
+        TransitionKind::CouponPoolLow { pool, remaining } => Detail::CouponPoolLow(pb::CouponPoolLow {
+            pool: defs.pools[*pool as usize].name.to_string(),
+            remaining: *remaining,
+        }),
+        TransitionKind::Send { message, fields } => Detail::Send(pb::Send {
+            message: message.to_string(),
+            fields: fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }),
+        TransitionKind::Suppressed { message, reason } => {
+            Detail::Suppressed(pb::Suppressed { message: message.to_string(), reason: reason.as_str().into() })
+        }
+    };
+    pb::Transition {
+        transition_id: transition_id_hex(t.id),
+        conversation: conv.name.to_string(),
+        contact_id: t.contact.to_string(),
+        at: Some(to_pb_time(t.at)),
+        entry: t.entry,
+        thread: thread_name(t.thread),
+        step: step_name(defs, t).to_string(),
+        detail: Some(detail),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_round_trips_through_protobuf() {
+        let ev = Event {
+            event_id: "e1".into(),
+            name: "checkout".into(),
+            contact_id: "c1".into(),
+            occurred_at: Timestamp(1_767_607_200_123),
+            merchant_id: Some("m1".into()),
+            order_id: None,
+            total_cents: Some(4990),
+            list_id: None,
+        };
+        let bytes = event_to_pb(&ev).encode_to_vec();
+        assert_eq!(decode_event(&bytes).unwrap(), ev);
+        // Pre-epoch instants keep their millisecond too.
+        let early = Event { occurred_at: Timestamp(-1), ..ev };
+        assert_eq!(decode_event(&event_to_pb(&early).encode_to_vec()).unwrap(), early);
+    }
+
+    #[test]
+    fn undecodable_bytes_and_missing_time_are_errors() {
+        assert!(matches!(decode_event(&[0xff, 0xff, 0xff]), Err(ProtoError::Decode(_))));
+        let no_time = pb::InputEvent { event_id: "e".into(), ..Default::default() }.encode_to_vec();
+        assert!(matches!(decode_event(&no_time), Err(ProtoError::MissingTime)));
+    }
+}
