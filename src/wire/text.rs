@@ -54,3 +54,69 @@ pub fn render(defs: &Definitions, t: &Transition) -> String {
     };
     out
 }
+
+/// Why a compact event line could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseEventError {
+    #[error("expected `AT CONTACT NAME [key=value ...]`")]
+    Shape,
+    #[error("{0}")]
+    Time(String),
+    #[error("unknown key {0:?} (use id, merchant, order, total, list)")]
+    Key(String),
+    #[error(transparent)]
+    Total(#[from] super::json::DecodeError),
+    #[error("`total={0}` is not a number")]
+    TotalNumber(String),
+}
+
+/// Reads the compact event form used in scenario files:
+/// `2026-01-05T10:00:00Z c1 checkout merchant=m1 total=49.90 id=e1`.
+/// Without `id=`, the id is `default_id`.
+pub fn parse_event(line: &str, default_id: &str) -> Result<crate::domain::Event, ParseEventError> {
+    let mut parts = line.split_whitespace();
+    let (Some(at), Some(contact), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(ParseEventError::Shape);
+    };
+    let mut ev = crate::domain::Event {
+        event_id: default_id.to_string(),
+        name: name.to_string(),
+        contact_id: contact.to_string(),
+        occurred_at: crate::domain::Timestamp::parse_rfc3339(at).map_err(ParseEventError::Time)?,
+        merchant_id: None,
+        order_id: None,
+        total_cents: None,
+        list_id: None,
+    };
+    for kv in parts {
+        let (k, v) = kv.split_once('=').ok_or(ParseEventError::Shape)?;
+        match k {
+            "id" => ev.event_id = v.to_string(),
+            "merchant" => ev.merchant_id = Some(v.to_string()),
+            "order" => ev.order_id = Some(v.to_string()),
+            "list" => ev.list_id = Some(v.to_string()),
+            "total" => {
+                let x: f64 = v.parse().map_err(|_| ParseEventError::TotalNumber(v.to_string()))?;
+                ev.total_cents = Some(super::json::total_to_cents(x)?);
+            }
+            other => return Err(ParseEventError::Key(other.to_string())),
+        }
+    }
+    Ok(ev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_events_parse() {
+        let e = parse_event("2026-01-05T10:00:00Z c1 checkout merchant=m1 total=49.90", "e7").unwrap();
+        assert_eq!((e.event_id.as_str(), e.merchant_id.as_deref(), e.total_cents), ("e7", Some("m1"), Some(4990)));
+        let s = parse_event("2026-01-01T00:00:00Z c1 subscribe list=master id=s1", "x").unwrap();
+        assert_eq!((s.event_id.as_str(), s.list_id.as_deref()), ("s1", Some("master")));
+        assert!(parse_event("2026-01-01T00:00:00Z c1", "x").is_err());
+        assert!(parse_event("2026-01-01T00:00:00Z c1 checkout colour=red", "x").is_err());
+        assert!(parse_event("2026-01-01T00:00:00Z c1 checkout total=abc", "x").is_err());
+    }
+}
