@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use crate::domain::definition::ConvIdx;
 use crate::domain::engine::{Effects, Engine, Folded, TimerChange};
-use crate::domain::{ContactState, CouponPools, Definitions, Event, EventError, Timestamp, Transition};
+use crate::domain::{
+    ContactState, CouponPools, Definitions, Event, EventError, Timestamp, Transition,
+};
 
 /// A pending wait: (expiry, contact index, conversation, entry). The tuple order
 /// is the firing order of timers due at the same instant.
@@ -71,7 +73,11 @@ impl Simulator {
     /// Heap bytes of all contact states, the index and the timer queue.
     pub fn heap_bytes(&self) -> usize {
         use std::mem::size_of;
-        let states: usize = self.contacts.iter().map(|(id, s)| s.heap_bytes() + id.len() + 16).sum();
+        let states: usize = self
+            .contacts
+            .iter()
+            .map(|(id, s)| s.heap_bytes() + id.len() + 16)
+            .sum();
         states
             + self.contacts.capacity() * size_of::<(Arc<str>, ContactState)>()
             + self.index.capacity() * (size_of::<(Arc<str>, u32)>() + 1)
@@ -95,7 +101,9 @@ impl Simulator {
         };
         self.fx.clear();
         let (id, st) = &mut self.contacts[idx as usize];
-        let folded = self.engine.on_event(id, st, ev, &mut self.pools, &mut self.fx)?;
+        let folded = self
+            .engine
+            .on_event(id, st, ev, &mut self.pools, &mut self.fx)?;
         self.apply(idx, out);
         if let Some(now) = self.clock {
             self.fire_due(now, out);
@@ -120,7 +128,10 @@ impl Simulator {
             self.clock = Some(now);
             self.fx.clear();
             let (id, st) = &mut self.contacts[contact as usize];
-            if self.engine.on_timer(id, st, conv, entry, at, now, &mut self.pools, &mut self.fx) {
+            if self
+                .engine
+                .on_timer(id, st, conv, entry, at, now, &mut self.pools, &mut self.fx)
+            {
                 self.apply(contact, out);
             }
         }
@@ -128,8 +139,14 @@ impl Simulator {
 
     fn apply(&mut self, contact: u32, out: &mut Vec<Transition>) {
         for tc in self.fx.timers.drain(..) {
-            if let TimerChange::Set { conversation, entry, at } = tc {
-                self.timers.push(Reverse((at, contact, conversation, entry)));
+            if let TimerChange::Set {
+                conversation,
+                entry,
+                at,
+            } = tc
+            {
+                self.timers
+                    .push(Reverse((at, contact, conversation, entry)));
             }
         }
         out.append(&mut self.fx.transitions);

@@ -15,8 +15,12 @@ use winback::wire;
 const T0: i64 = 1_767_607_200_000; // 2026-01-05T10:00:00Z
 
 fn seed(file: &str) -> Definitions {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config").join(file);
-    winback::config::load_files(&[path]).expect("seed definitions are valid").definitions
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("config")
+        .join(file);
+    winback::config::load_files(&[path])
+        .expect("seed definitions are valid")
+        .definitions
 }
 
 fn with_policy(mut d: Definitions, p: EntryPolicy) -> Arc<Definitions> {
@@ -67,17 +71,33 @@ fn stream(evs: &[Ev]) -> Vec<Event> {
 }
 
 fn arb_events(max_len: usize, whole_days: bool) -> impl Strategy<Value = Vec<Ev>> {
-    let one = (0u8..6, 0i64..400, 0i64..24, 0i64..(10 * 24), 0u8..10, prop::bool::weighted(0.05)).prop_map(
-        move |(contact, day, hour, delay_h, kind, dup)| {
+    let one = (
+        0u8..6,
+        0i64..400,
+        0i64..24,
+        0i64..(10 * 24),
+        0u8..10,
+        prop::bool::weighted(0.05),
+    )
+        .prop_map(move |(contact, day, hour, delay_h, kind, dup)| {
             let at_ms = day * DAY_MS + if whole_days { 0 } else { hour * HOUR_MS };
-            Ev { contact, at_ms, arrival_ms: at_ms + delay_h * HOUR_MS, kind: kind.min(2), dup_of_prev: dup }
-        },
-    );
+            Ev {
+                contact,
+                at_ms,
+                arrival_ms: at_ms + delay_h * HOUR_MS,
+                kind: kind.min(2),
+                dup_of_prev: dup,
+            }
+        });
     prop::collection::vec(one, 1..max_len)
 }
 
 /// Runs the stream; calls `on_send(transition, purchases folded so far)` for each send.
-fn run(defs: &Arc<Definitions>, events: &[Event], mut on_send: impl FnMut(&Transition, &[i64])) -> Vec<Transition> {
+fn run(
+    defs: &Arc<Definitions>,
+    events: &[Event],
+    mut on_send: impl FnMut(&Transition, &[i64]),
+) -> Vec<Transition> {
     let mut sim = Simulator::new(defs.clone());
     let mut all = Vec::new();
     let mut purchases: HashMap<String, Vec<i64>> = HashMap::new();
@@ -93,7 +113,10 @@ fn run(defs: &Arc<Definitions>, events: &[Event], mut on_send: impl FnMut(&Trans
         }
         sim.feed(ev, &mut out).expect("generated events are valid");
         if ev.name == "checkout" {
-            purchases.entry(ev.contact_id.clone()).or_default().push(ev.occurred_at.0);
+            purchases
+                .entry(ev.contact_id.clone())
+                .or_default()
+                .push(ev.occurred_at.0);
         }
         for t in out.drain(..) {
             if matches!(t.kind, TransitionKind::Send { .. }) {
@@ -102,7 +125,9 @@ fn run(defs: &Arc<Definitions>, events: &[Event], mut on_send: impl FnMut(&Trans
             all.push(t);
         }
     }
-    let end = sim.clock().map_or(Timestamp(T0), |c| Timestamp(c.0 + 400 * DAY_MS));
+    let end = sim
+        .clock()
+        .map_or(Timestamp(T0), |c| Timestamp(c.0 + 400 * DAY_MS));
     sim.advance_to(end, &mut out);
     for t in out.drain(..) {
         if matches!(t.kind, TransitionKind::Send { .. }) {
@@ -114,7 +139,10 @@ fn run(defs: &Arc<Definitions>, events: &[Event], mut on_send: impl FnMut(&Trans
 }
 
 fn sends(defs: &Definitions, ts: &[Transition]) -> Vec<String> {
-    ts.iter().filter(|t| matches!(t.kind, TransitionKind::Send { .. })).map(|t| wire::text::render(defs, t)).collect()
+    ts.iter()
+        .filter(|t| matches!(t.kind, TransitionKind::Send { .. }))
+        .map(|t| wire::text::render(defs, t))
+        .collect()
 }
 
 proptest! {
@@ -204,9 +232,27 @@ proptest! {
 #[test]
 fn purchases_less_than_a_day_apart_differ_as_documented() {
     let evs = [
-        Ev { contact: 1, at_ms: 0, arrival_ms: 0, kind: 0, dup_of_prev: false },
-        Ev { contact: 1, at_ms: HOUR_MS, arrival_ms: HOUR_MS, kind: 2, dup_of_prev: false },
-        Ev { contact: 1, at_ms: 12 * HOUR_MS, arrival_ms: 12 * HOUR_MS, kind: 2, dup_of_prev: false },
+        Ev {
+            contact: 1,
+            at_ms: 0,
+            arrival_ms: 0,
+            kind: 0,
+            dup_of_prev: false,
+        },
+        Ev {
+            contact: 1,
+            at_ms: HOUR_MS,
+            arrival_ms: HOUR_MS,
+            kind: 2,
+            dup_of_prev: false,
+        },
+        Ev {
+            contact: 1,
+            at_ms: 12 * HOUR_MS,
+            arrival_ms: 12 * HOUR_MS,
+            kind: 2,
+            dup_of_prev: false,
+        },
     ];
     let events = stream(&evs);
     let count = |p| {

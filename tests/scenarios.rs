@@ -55,13 +55,17 @@ fn run(path: &Path, sc: &Scenario) -> Result<(Vec<String>, Vec<String>), String>
         n += 1;
         let ev = wire::text::parse_event(line, &format!("e{n}"))
             .map_err(|e| format!("{}: events line {}: {e}", path.display(), i + 1))?;
-        sim.feed(&ev, &mut out).map_err(|e| format!("events line {}: {e}", i + 1))?;
+        sim.feed(&ev, &mut out)
+            .map_err(|e| format!("events line {}: {e}", i + 1))?;
     }
     if let Some(u) = &sc.until {
         sim.advance_to(Timestamp::parse_rfc3339(u)?, &mut out);
     }
     let text = out.iter().map(|t| wire::text::render(&defs, t)).collect();
-    let json = out.iter().map(|t| wire::json::encode_transition(&defs, t)).collect();
+    let json = out
+        .iter()
+        .map(|t| wire::json::encode_transition(&defs, t))
+        .collect();
     Ok((text, json))
 }
 
@@ -82,7 +86,11 @@ fn golden_scenarios() {
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
     paths.sort();
-    assert!(paths.len() >= 10, "expected the scenario files, found {}", paths.len());
+    assert!(
+        paths.len() >= 10,
+        "expected the scenario files, found {}",
+        paths.len()
+    );
     let blessing = std::env::var_os("WINBACK_BLESS").is_some();
     let mut failures = Vec::new();
     for path in &paths {
@@ -103,7 +111,10 @@ fn golden_scenarios() {
         };
         match run(path, &sc) {
             Ok((_, again)) if again == json => {}
-            _ => failures.push(format!("{}: a second run gave different JSON", path.display())),
+            _ => failures.push(format!(
+                "{}: a second run gave different JSON",
+                path.display()
+            )),
         }
         let actual = normalize(&text.join("\n"));
         let expected = normalize(&sc.expect);
@@ -116,11 +127,22 @@ fn golden_scenarios() {
             for i in 0..actual.len().max(expected.len()) {
                 let (a, e) = (actual.get(i), expected.get(i));
                 if a != e {
-                    msg += &format!("  line {}:\n    expected: {}\n    actual:   {}\n", i + 1, e.map_or("<none>", |s| s), a.map_or("<none>", |s| s));
+                    msg += &format!(
+                        "  line {}:\n    expected: {}\n    actual:   {}\n",
+                        i + 1,
+                        e.map_or("<none>", |s| s),
+                        a.map_or("<none>", |s| s)
+                    );
                 }
             }
             failures.push(msg);
         }
     }
-    assert!(failures.is_empty(), "{} of {} scenarios failed:\n{}", failures.len(), paths.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} scenarios failed:\n{}",
+        failures.len(),
+        paths.len(),
+        failures.join("\n")
+    );
 }

@@ -11,15 +11,25 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("--until {value:?}: {reason}")]
     Until { value: String, reason: String },
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "winback", version, about = "Winback conversations as an event-sourced stream processor")]
+#[command(
+    name = "winback",
+    version,
+    about = "Winback conversations as an event-sourced stream processor"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -68,9 +78,21 @@ pub fn main() -> Result<ExitCode, CliError> {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { files } => Ok(validate::run(&files)),
-        Command::Simulate { config, events, until, out, strict, format } => {
-            simulate::run(&simulate::Args { config, events, until, out, strict, format })
-        }
+        Command::Simulate {
+            config,
+            events,
+            until,
+            out,
+            strict,
+            format,
+        } => simulate::run(&simulate::Args {
+            config,
+            events,
+            until,
+            out,
+            strict,
+            format,
+        }),
     }
 }
 

@@ -67,16 +67,30 @@ impl Summary {
 
 pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     let until = match &args.until {
-        Some(u) => Some(Timestamp::parse_rfc3339(u).map_err(|reason| CliError::Until { value: u.clone(), reason })?),
+        Some(u) => Some(
+            Timestamp::parse_rfc3339(u).map_err(|reason| CliError::Until {
+                value: u.clone(),
+                reason,
+            })?,
+        ),
         None => None,
     };
     let Some(loaded) = super::load_definitions(&args.config) else {
         return Ok(ExitCode::from(1));
     };
     let defs = Arc::new(loaded.definitions);
-    let input = File::open(&args.events).map_err(|source| CliError::Read { path: args.events.clone(), source })?;
-    let out_name = args.out.as_ref().map_or_else(|| "stdout".to_string(), |p| p.display().to_string());
-    let write_err = |source| CliError::Write { path: out_name.clone(), source };
+    let input = File::open(&args.events).map_err(|source| CliError::Read {
+        path: args.events.clone(),
+        source,
+    })?;
+    let out_name = args
+        .out
+        .as_ref()
+        .map_or_else(|| "stdout".to_string(), |p| p.display().to_string());
+    let write_err = |source| CliError::Write {
+        path: out_name.clone(),
+        source,
+    };
     let mut out: Box<dyn Write> = match &args.out {
         Some(p) => Box::new(BufWriter::new(File::create(p).map_err(write_err)?)),
         None => Box::new(BufWriter::new(std::io::stdout().lock())),
@@ -85,7 +99,10 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     let mut sim = Simulator::new(defs.clone());
     let mut summary = Summary::default();
     let mut batch: Vec<Transition> = Vec::new();
-    let emit = |batch: &mut Vec<Transition>, out: &mut Box<dyn Write>, summary: &mut Summary| -> Result<(), CliError> {
+    let emit = |batch: &mut Vec<Transition>,
+                out: &mut Box<dyn Write>,
+                summary: &mut Summary|
+     -> Result<(), CliError> {
         for t in batch.drain(..) {
             summary.count(&t);
             let line = match args.format {
@@ -100,19 +117,29 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     let name = args.events.display().to_string();
     for (n, line) in BufReader::new(input).lines().enumerate() {
         let lineno = n + 1;
-        let line = line.map_err(|source| CliError::Read { path: args.events.clone(), source })?;
+        let line = line.map_err(|source| CliError::Read {
+            path: args.events.clone(),
+            source,
+        })?;
         if line.trim().is_empty() {
             continue;
         }
         summary.lines += 1;
         let result = wire::json::decode_event(&line)
             .map_err(|e| e.to_string())
-            .and_then(|ev| sim.feed(&ev, &mut batch).map(|f| (ev, f)).map_err(|e| format!("invalid event: {e}")));
+            .and_then(|ev| {
+                sim.feed(&ev, &mut batch)
+                    .map(|f| (ev, f))
+                    .map_err(|e| format!("invalid event: {e}"))
+            });
         match result {
             Ok((_, Folded::Applied)) => summary.folded += 1,
             Ok((ev, Folded::Duplicate)) => {
                 summary.duplicates += 1;
-                eprintln!("{name}:{lineno}: duplicate event_id {:?} for contact {:?}: ignored", ev.event_id, ev.contact_id);
+                eprintln!(
+                    "{name}:{lineno}: duplicate event_id {:?} for contact {:?}: ignored",
+                    ev.event_id, ev.contact_id
+                );
             }
             Err(reason) => {
                 summary.malformed += 1;
@@ -129,7 +156,10 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     }
     if let Some(u) = until {
         if sim.clock().is_some_and(|c| u < c) {
-            eprintln!("warning: --until {u} is before the clock ({}); the clock never goes back", sim.clock().unwrap_or(u));
+            eprintln!(
+                "warning: --until {u} is before the clock ({}); the clock never goes back",
+                sim.clock().unwrap_or(u)
+            );
         }
         sim.advance_to(u, &mut batch);
         emit(&mut batch, &mut out, &mut summary)?;

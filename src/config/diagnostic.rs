@@ -52,13 +52,28 @@ impl Source<'_> {
         let offset = offset.min(self.text.len());
         let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
-        let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1);
+        let col = before
+            .rfind('\n')
+            .map_or(before.len(), |i| before.len() - i - 1);
         (line, before[before.len() - col..].chars().count() + 1)
     }
 
-    pub fn diag(&self, severity: Severity, span: Option<Range<usize>>, field: impl Into<String>, message: impl Into<String>) -> Diagnostic {
+    pub fn diag(
+        &self,
+        severity: Severity,
+        span: Option<Range<usize>>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Diagnostic {
         let (line, column) = span.map_or((0, 0), |s| self.line_col(s.start));
-        Diagnostic { severity, file: self.path.to_path_buf(), line, column, field: field.into(), message: message.into() }
+        Diagnostic {
+            severity,
+            file: self.path.to_path_buf(),
+            line,
+            column,
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -68,7 +83,10 @@ mod tests {
 
     #[test]
     fn offsets_map_to_lines_and_columns() {
-        let src = Source { path: Path::new("x.toml"), text: "a = 1\nbé = 2\n" };
+        let src = Source {
+            path: Path::new("x.toml"),
+            text: "a = 1\nbé = 2\n",
+        };
         assert_eq!(src.line_col(0), (1, 1));
         assert_eq!(src.line_col(4), (1, 5));
         assert_eq!(src.line_col(6), (2, 1));

@@ -14,8 +14,14 @@ use crate::domain::time::Duration;
 fn successors(c: &Conversation, s: StepIdx) -> Vec<StepIdx> {
     let next = c.next_in_thread(s);
     match &c.steps[s as usize].kind {
-        StepKind::Goto { target, filter: None } => vec![*target],
-        StepKind::Goto { target, filter: Some(_) } => std::iter::once(*target).chain(next).collect(),
+        StepKind::Goto {
+            target,
+            filter: None,
+        } => vec![*target],
+        StepKind::Goto {
+            target,
+            filter: Some(_),
+        } => std::iter::once(*target).chain(next).collect(),
         _ => next.into_iter().collect(),
     }
 }
@@ -34,7 +40,10 @@ pub(super) fn check(
     let n = c.steps.len();
     let step_span = |s: StepIdx| {
         let (ti, si) = step_at[s as usize];
-        (threads[ti].get_ref().step[si].span(), format!("thread[{ti}].step[{si}]"))
+        (
+            threads[ti].get_ref().step[si].span(),
+            format!("thread[{ti}].step[{si}]"),
+        )
     };
 
     // Reachability from the triggered threads.
@@ -49,10 +58,19 @@ pub(super) fn check(
         if std::mem::replace(&mut reached[s as usize], true) {
             continue;
         }
-        stack.extend(successors(c, s).into_iter().filter(|x| !reached[*x as usize]));
+        stack.extend(
+            successors(c, s)
+                .into_iter()
+                .filter(|x| !reached[*x as usize]),
+        );
     }
     if c.threads.iter().all(|t| t.events.is_empty()) {
-        diags.push(src.diag(Severity::Error, None, "thread", "no thread has a trigger event: no contact can ever enter"));
+        diags.push(src.diag(
+            Severity::Error,
+            None,
+            "thread",
+            "no thread has a trigger event: no contact can ever enter",
+        ));
     }
     for (ti, t) in c.threads.iter().enumerate() {
         let steps = t.first_step..t.end_step;
@@ -65,7 +83,12 @@ pub(super) fn check(
             ));
         } else if let Some(s) = steps.clone().find(|s| !reached[*s as usize]) {
             let (span, at) = step_span(s);
-            diags.push(src.diag(Severity::Warning, Some(span), at, format!("step {:?} can never be reached", &*c.steps[s as usize].id)));
+            diags.push(src.diag(
+                Severity::Warning,
+                Some(span),
+                at,
+                format!("step {:?} can never be reached", &*c.steps[s as usize].id),
+            ));
         }
     }
 
@@ -83,12 +106,20 @@ pub(super) fn check(
                 Some(x) if is_timed_wait(c, x) => {}
                 Some(x) if color[x as usize] == 1 => {
                     let (span, at) = step_span(s);
-                    let ids: Vec<&str> = path.iter().skip_while(|(p, _)| *p != x).map(|(p, _)| &*c.steps[*p as usize].id).collect();
+                    let ids: Vec<&str> = path
+                        .iter()
+                        .skip_while(|(p, _)| *p != x)
+                        .map(|(p, _)| &*c.steps[*p as usize].id)
+                        .collect();
                     diags.push(src.diag(
                         Severity::Error,
                         Some(span),
                         at,
-                        format!("GoTo loop with no wait in it ({} → {}): it would run forever", ids.join(" → "), &*c.steps[x as usize].id),
+                        format!(
+                            "GoTo loop with no wait in it ({} → {}): it would run forever",
+                            ids.join(" → "),
+                            &*c.steps[x as usize].id
+                        ),
                     ));
                 }
                 Some(x) if color[x as usize] == 0 => {
@@ -106,18 +137,32 @@ pub(super) fn check(
 
     // a last-order filter right after a wait of X checks X minus one day.
     for (si, step) in c.steps.iter().enumerate() {
-        let StepKind::Goto { filter: Some(f), .. } = &step.kind else { continue };
-        let Some(offset) = f.last_order_before else { continue };
+        let StepKind::Goto {
+            filter: Some(f), ..
+        } = &step.kind
+        else {
+            continue;
+        };
+        let Some(offset) = f.last_order_before else {
+            continue;
+        };
         let t = &c.threads[step.thread as usize];
-        let wait = (t.first_step..si as StepIdx).rev().find_map(|p| match c.steps[p as usize].kind {
-            StepKind::Wait(d) if d.0 > 0 => Some(d),
-            _ => None,
-        });
+        let wait =
+            (t.first_step..si as StepIdx)
+                .rev()
+                .find_map(|p| match c.steps[p as usize].kind {
+                    StepKind::Wait(d) if d.0 > 0 => Some(d),
+                    _ => None,
+                });
         if let Some(wait) = wait
             && offset != expected_offset(wait)
         {
             let (ti, sj) = step_at[si];
-            let span = threads[ti].get_ref().step[sj].get_ref().filter.as_ref().map(Spanned::span);
+            let span = threads[ti].get_ref().step[sj]
+                .get_ref()
+                .filter
+                .as_ref()
+                .map(Spanned::span);
             diags.push(src.diag(
                 Severity::Warning,
                 span,
@@ -132,5 +177,9 @@ pub(super) fn check(
 }
 
 fn show(d: Duration) -> String {
-    if d.0 < 0 { format!("-{}", Duration(-d.0)) } else { d.to_string() }
+    if d.0 < 0 {
+        format!("-{}", Duration(-d.0))
+    } else {
+        d.to_string()
+    }
 }

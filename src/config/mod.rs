@@ -42,7 +42,9 @@ pub struct Invalid {
 
 impl Invalid {
     pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
-        self.diagnostics.iter().filter(|d| d.severity == Severity::Error)
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
     }
 }
 
@@ -57,7 +59,10 @@ pub fn load_files(paths: &[PathBuf]) -> Result<Loaded, Invalid> {
             Err(e) => diags.push(file_diag(p, format!("cannot read the file: {e}"))),
         }
     }
-    let inputs: Vec<(&Path, &str)> = texts.iter().map(|(p, t)| (p.as_path(), t.as_str())).collect();
+    let inputs: Vec<(&Path, &str)> = texts
+        .iter()
+        .map(|(p, t)| (p.as_path(), t.as_str()))
+        .collect();
     match load_texts(&inputs, &|p: &Path| std::fs::read_to_string(p)) {
         Ok(loaded) if diags.is_empty() => Ok(loaded),
         Ok(loaded) => {
@@ -72,7 +77,14 @@ pub fn load_files(paths: &[PathBuf]) -> Result<Loaded, Invalid> {
 }
 
 fn file_diag(path: &Path, message: String) -> Diagnostic {
-    Diagnostic { severity: Severity::Error, file: path.to_path_buf(), line: 0, column: 0, field: String::new(), message }
+    Diagnostic {
+        severity: Severity::Error,
+        file: path.to_path_buf(),
+        line: 0,
+        column: 0,
+        field: String::new(),
+        message,
+    }
 }
 
 type ReadFile<'a> = &'a dyn Fn(&Path) -> std::io::Result<String>;
@@ -85,7 +97,12 @@ pub fn load_texts(inputs: &[(&Path, &str)], read: ReadFile<'_>) -> Result<Loaded
         let src = Source { path, text };
         match toml::from_str::<RawFile>(text) {
             Ok(raw) => parsed.push((src, raw)),
-            Err(e) => diags.push(src.diag(Severity::Error, e.span(), "", e.message().trim_end().to_string())),
+            Err(e) => diags.push(src.diag(
+                Severity::Error,
+                e.span(),
+                "",
+                e.message().trim_end().to_string(),
+            )),
         }
     }
 
@@ -114,9 +131,19 @@ pub fn load_texts(inputs: &[(&Path, &str)], read: ReadFile<'_>) -> Result<Loaded
     for (src, raw) in &parsed {
         let Some(conv) = &raw.conversation else {
             if !raw.thread.is_empty() {
-                diags.push(src.diag(Severity::Error, Some(raw.thread[0].span()), "conversation", "threads need a [conversation] table"));
+                diags.push(src.diag(
+                    Severity::Error,
+                    Some(raw.thread[0].span()),
+                    "conversation",
+                    "threads need a [conversation] table",
+                ));
             } else if raw.coupon_pool.is_empty() {
-                diags.push(src.diag(Severity::Error, None, "", "the file declares no [conversation] and no [[coupon_pool]]"));
+                diags.push(src.diag(
+                    Severity::Error,
+                    None,
+                    "",
+                    "the file declares no [conversation] and no [[coupon_pool]]",
+                ));
             }
             continue;
         };
@@ -126,12 +153,17 @@ pub fn load_texts(inputs: &[(&Path, &str)], read: ReadFile<'_>) -> Result<Loaded
                 Severity::Error,
                 Some(conv.get_ref().name.span()),
                 "conversation.name",
-                format!("conversation {name:?} is also defined in {}", other.display()),
+                format!(
+                    "conversation {name:?} is also defined in {}",
+                    other.display()
+                ),
             ));
             continue;
         }
         names.insert(name.clone(), src.path.to_path_buf());
-        if let Some(c) = compile_conversation(src, conv, &raw.thread, &pools, &pool_index, &mut diags) {
+        if let Some(c) =
+            compile_conversation(src, conv, &raw.thread, &pools, &pool_index, &mut diags)
+        {
             conversations.push(c);
         }
     }
@@ -142,9 +174,18 @@ pub fn load_texts(inputs: &[(&Path, &str)], read: ReadFile<'_>) -> Result<Loaded
     for (_, raw) in &parsed {
         if let Some(c) = &raw.conversation {
             let c = c.get_ref();
-            purchase.extend(names_or_default(&c.purchase_events, DEFAULT_PURCHASE_EVENTS));
-            subscribe.extend(names_or_default(&c.subscribe_events, DEFAULT_SUBSCRIBE_EVENTS));
-            unsubscribe.extend(names_or_default(&c.unsubscribe_events, DEFAULT_UNSUBSCRIBE_EVENTS));
+            purchase.extend(names_or_default(
+                &c.purchase_events,
+                DEFAULT_PURCHASE_EVENTS,
+            ));
+            subscribe.extend(names_or_default(
+                &c.subscribe_events,
+                DEFAULT_SUBSCRIBE_EVENTS,
+            ));
+            unsubscribe.extend(names_or_default(
+                &c.unsubscribe_events,
+                DEFAULT_UNSUBSCRIBE_EVENTS,
+            ));
         }
     }
     for (src, raw) in &parsed {
@@ -152,12 +193,19 @@ pub fn load_texts(inputs: &[(&Path, &str)], read: ReadFile<'_>) -> Result<Loaded
             && let Some(u) = &c.get_ref().unsubscribe_events
         {
             for n in u.get_ref().iter().filter(|n| subscribe.contains(*n)) {
-                diags.push(src.diag(Severity::Error, Some(u.span()), "conversation.unsubscribe_events", format!("{n:?} is also a subscribe event")));
+                diags.push(src.diag(
+                    Severity::Error,
+                    Some(u.span()),
+                    "conversation.unsubscribe_events",
+                    format!("{n:?} is also a subscribe event"),
+                ));
             }
         }
     }
 
-    diags.sort_by(|a, b| (&a.file, a.line, a.column, a.severity).cmp(&(&b.file, b.line, b.column, b.severity)));
+    diags.sort_by(|a, b| {
+        (&a.file, a.line, a.column, a.severity).cmp(&(&b.file, b.line, b.column, b.severity))
+    });
     if diags.iter().any(|d| d.severity == Severity::Error) {
         return Err(Invalid { diagnostics: diags });
     }
@@ -180,19 +228,39 @@ fn names_or_default(v: &Option<Spanned<Vec<String>>>, default: &[&str]) -> Vec<S
     }
 }
 
-fn compile_pool(src: &Source<'_>, i: usize, p: &RawPool, read: ReadFile<'_>, diags: &mut Vec<Diagnostic>) -> Option<PoolDef> {
+fn compile_pool(
+    src: &Source<'_>,
+    i: usize,
+    p: &RawPool,
+    read: ReadFile<'_>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<PoolDef> {
     let at = |f: &str| format!("coupon_pool[{i}].{f}");
     let name = p.name.get_ref().trim();
     if name.is_empty() {
-        diags.push(src.diag(Severity::Error, Some(p.name.span()), at("name"), "must not be empty"));
+        diags.push(src.diag(
+            Severity::Error,
+            Some(p.name.span()),
+            at("name"),
+            "must not be empty",
+        ));
         return None;
     }
     let rel = Path::new(p.codes_file.get_ref());
-    let path = if rel.is_absolute() { rel.to_path_buf() } else { src.path.parent().unwrap_or(Path::new("")).join(rel) };
+    let path = if rel.is_absolute() {
+        rel.to_path_buf()
+    } else {
+        src.path.parent().unwrap_or(Path::new("")).join(rel)
+    };
     let text = match read(&path) {
         Ok(t) => t,
         Err(e) => {
-            diags.push(src.diag(Severity::Error, Some(p.codes_file.span()), at("codes_file"), format!("cannot read {}: {e}", path.display())));
+            diags.push(src.diag(
+                Severity::Error,
+                Some(p.codes_file.span()),
+                at("codes_file"),
+                format!("cannot read {}: {e}", path.display()),
+            ));
             return None;
         }
     };
@@ -218,7 +286,15 @@ fn compile_pool(src: &Source<'_>, i: usize, p: &RawPool, read: ReadFile<'_>, dia
         codes.push(code.into());
     }
     if codes.is_empty() {
-        diags.push(src.diag(Severity::Warning, Some(p.codes_file.span()), at("codes_file"), format!("{} holds no codes: every assignment will find the pool exhausted", path.display())));
+        diags.push(src.diag(
+            Severity::Warning,
+            Some(p.codes_file.span()),
+            at("codes_file"),
+            format!(
+                "{} holds no codes: every assignment will find the pool exhausted",
+                path.display()
+            ),
+        ));
     }
     let expires_at = match &p.expires_at {
         Some(s) => match Timestamp::parse_rfc3339(s.get_ref()) {
@@ -231,11 +307,24 @@ fn compile_pool(src: &Source<'_>, i: usize, p: &RawPool, read: ReadFile<'_>, dia
         },
         None => None,
     };
-    let low_stock = p.low_stock.as_ref().map_or_else(|| (codes.len() as u64).div_ceil(10).max(1), |l| *l.get_ref());
-    ok.then(|| PoolDef { name: name.into(), codes: codes.into(), low_stock, expires_at })
+    let low_stock = p.low_stock.as_ref().map_or_else(
+        || (codes.len() as u64).div_ceil(10).max(1),
+        |l| *l.get_ref(),
+    );
+    ok.then(|| PoolDef {
+        name: name.into(),
+        codes: codes.into(),
+        low_stock,
+        expires_at,
+    })
 }
 
-fn parse_duration(src: &Source<'_>, s: &Spanned<String>, field: String, diags: &mut Vec<Diagnostic>) -> Option<Duration> {
+fn parse_duration(
+    src: &Source<'_>,
+    s: &Spanned<String>,
+    field: String,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Duration> {
     match Duration::parse(s.get_ref()) {
         Ok(d) => Some(d),
         Err(e) => {
@@ -245,7 +334,12 @@ fn parse_duration(src: &Source<'_>, s: &Spanned<String>, field: String, diags: &
     }
 }
 
-fn non_empty(src: &Source<'_>, s: &Spanned<String>, field: String, diags: &mut Vec<Diagnostic>) -> Option<Arc<str>> {
+fn non_empty(
+    src: &Source<'_>,
+    s: &Spanned<String>,
+    field: String,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Arc<str>> {
     let v = s.get_ref().trim();
     if v.is_empty() {
         diags.push(src.diag(Severity::Error, Some(s.span()), field, "must not be empty"));
@@ -266,17 +360,37 @@ fn compile_conversation(
     let errors_before = count_errors(diags);
     let c = conv.get_ref();
     let name = non_empty(src, &c.name, "conversation.name".into(), diags);
-    let list = c.list.as_ref().and_then(|l| non_empty(src, l, "conversation.list".into(), diags)).map(|l| Box::from(&*l));
-    let unlimited = c.allow_unlimited_entries.as_ref().is_some_and(|b| *b.get_ref());
-    let max = c.max_parallel_entries.as_ref().map_or(DEFAULT_MAX_PARALLEL_ENTRIES, |m| *m.get_ref());
+    let list = c
+        .list
+        .as_ref()
+        .and_then(|l| non_empty(src, l, "conversation.list".into(), diags))
+        .map(|l| Box::from(&*l));
+    let unlimited = c
+        .allow_unlimited_entries
+        .as_ref()
+        .is_some_and(|b| *b.get_ref());
+    let max = c
+        .max_parallel_entries
+        .as_ref()
+        .map_or(DEFAULT_MAX_PARALLEL_ENTRIES, |m| *m.get_ref());
     if let Some(m) = &c.max_parallel_entries
         && *m.get_ref() == 0
     {
-        diags.push(src.diag(Severity::Error, Some(m.span()), "conversation.max_parallel_entries", "must be at least 1"));
+        diags.push(src.diag(
+            Severity::Error,
+            Some(m.span()),
+            "conversation.max_parallel_entries",
+            "must be at least 1",
+        ));
     }
     let entry = match (&c.reentry, unlimited) {
         (Some(r), false) => {
-            diags.push(src.diag(Severity::Warning, Some(r.span()), "conversation.reentry", "ignored: allow_unlimited_entries is false, so a contact enters only once"));
+            diags.push(src.diag(
+                Severity::Warning,
+                Some(r.span()),
+                "conversation.reentry",
+                "ignored: allow_unlimited_entries is false, so a contact enters only once",
+            ));
             EntryPolicy::Once
         }
         (None, false) => EntryPolicy::Once,
@@ -285,27 +399,56 @@ fn compile_conversation(
             "restart" => EntryPolicy::Restart,
             "parallel" => EntryPolicy::Parallel { max },
             other => {
-                diags.push(src.diag(Severity::Error, Some(r.span()), "conversation.reentry", format!("unknown re-entry mode {other:?}: use \"restart\" or \"parallel\"")));
+                diags.push(src.diag(
+                    Severity::Error,
+                    Some(r.span()),
+                    "conversation.reentry",
+                    format!("unknown re-entry mode {other:?}: use \"restart\" or \"parallel\""),
+                ));
                 EntryPolicy::Restart
             }
         },
     };
     if c.max_parallel_entries.is_some() && !matches!(entry, EntryPolicy::Parallel { .. }) {
         let span = c.max_parallel_entries.as_ref().map(|m| m.span());
-        diags.push(src.diag(Severity::Warning, span, "conversation.max_parallel_entries", "ignored: re-entry mode is not \"parallel\""));
+        diags.push(src.diag(
+            Severity::Warning,
+            span,
+            "conversation.max_parallel_entries",
+            "ignored: re-entry mode is not \"parallel\"",
+        ));
     }
-    for (field, v) in [("purchase_events", &c.purchase_events), ("subscribe_events", &c.subscribe_events), ("unsubscribe_events", &c.unsubscribe_events)] {
+    for (field, v) in [
+        ("purchase_events", &c.purchase_events),
+        ("subscribe_events", &c.subscribe_events),
+        ("unsubscribe_events", &c.unsubscribe_events),
+    ] {
         if let Some(v) = v {
             if field == "purchase_events" && v.get_ref().is_empty() {
-                diags.push(src.diag(Severity::Error, Some(v.span()), format!("conversation.{field}"), "name at least one purchase event"));
+                diags.push(src.diag(
+                    Severity::Error,
+                    Some(v.span()),
+                    format!("conversation.{field}"),
+                    "name at least one purchase event",
+                ));
             }
             if v.get_ref().iter().any(|n| n.trim().is_empty()) {
-                diags.push(src.diag(Severity::Error, Some(v.span()), format!("conversation.{field}"), "event names must not be empty"));
+                diags.push(src.diag(
+                    Severity::Error,
+                    Some(v.span()),
+                    format!("conversation.{field}"),
+                    "event names must not be empty",
+                ));
             }
         }
     }
     if threads.is_empty() {
-        diags.push(src.diag(Severity::Error, Some(conv.span()), "thread", "a conversation needs at least one [[thread]]"));
+        diags.push(src.diag(
+            Severity::Error,
+            Some(conv.span()),
+            "thread",
+            "a conversation needs at least one [[thread]]",
+        ));
     }
 
     // Threads and step ids first, so GoTo targets can point forward.
@@ -315,13 +458,24 @@ fn compile_conversation(
     let mut next_step: StepIdx = 0;
     for (ti, t) in threads.iter().enumerate() {
         let t = t.get_ref();
-        let tname = non_empty(src, &t.name, format!("thread[{ti}].name"), diags).unwrap_or_else(|| "".into());
+        let tname = non_empty(src, &t.name, format!("thread[{ti}].name"), diags)
+            .unwrap_or_else(|| "".into());
         if let Some(prev) = thread_names.insert(tname.to_string(), ti) {
-            diags.push(src.diag(Severity::Error, Some(t.name.span()), format!("thread[{ti}].name"), format!("thread {tname:?} is already thread[{prev}]")));
+            diags.push(src.diag(
+                Severity::Error,
+                Some(t.name.span()),
+                format!("thread[{ti}].name"),
+                format!("thread {tname:?} is already thread[{prev}]"),
+            ));
         }
         let rank = match &t.rank {
             Some(r) if *r.get_ref() < 0 || *r.get_ref() > i64::from(u32::MAX) => {
-                diags.push(src.diag(Severity::Error, Some(r.span()), format!("thread[{ti}].rank"), "must be a whole number from 0"));
+                diags.push(src.diag(
+                    Severity::Error,
+                    Some(r.span()),
+                    format!("thread[{ti}].rank"),
+                    "must be a whole number from 0",
+                ));
                 DEFAULT_RANK
             }
             Some(r) => *r.get_ref() as u32,
@@ -330,17 +484,34 @@ fn compile_conversation(
         let no_events = t.no_events_required.as_ref().is_some_and(|b| *b.get_ref());
         let events: Vec<String> = match (&t.events, no_events) {
             (Some(ev), true) => {
-                diags.push(src.diag(Severity::Error, Some(ev.span()), format!("thread[{ti}].events"), "a thread with no_events_required = true takes no events"));
+                diags.push(src.diag(
+                    Severity::Error,
+                    Some(ev.span()),
+                    format!("thread[{ti}].events"),
+                    "a thread with no_events_required = true takes no events",
+                ));
                 vec![]
             }
-            (Some(ev), false) if ev.get_ref().is_empty() || ev.get_ref().iter().any(|e| e.trim().is_empty()) => {
-                diags.push(src.diag(Severity::Error, Some(ev.span()), format!("thread[{ti}].events"), "name at least one event, none empty (or set no_events_required = true)"));
+            (Some(ev), false)
+                if ev.get_ref().is_empty() || ev.get_ref().iter().any(|e| e.trim().is_empty()) =>
+            {
+                diags.push(src.diag(
+                    Severity::Error,
+                    Some(ev.span()),
+                    format!("thread[{ti}].events"),
+                    "name at least one event, none empty (or set no_events_required = true)",
+                ));
                 vec![]
             }
             (Some(ev), false) => ev.get_ref().iter().map(|e| e.trim().to_string()).collect(),
             (None, true) => vec![],
             (None, false) => {
-                diags.push(src.diag(Severity::Error, Some(t.name.span()), format!("thread[{ti}]"), "the trigger step needs `events = [...]` or `no_events_required = true`"));
+                diags.push(src.diag(
+                    Severity::Error,
+                    Some(t.name.span()),
+                    format!("thread[{ti}]"),
+                    "the trigger step needs `events = [...]` or `no_events_required = true`",
+                ));
                 vec![]
             }
         };
@@ -348,25 +519,60 @@ fn compile_conversation(
         for (si, s) in t.step.iter().enumerate() {
             let id = s.get_ref().id.get_ref().trim().to_string();
             if id.is_empty() {
-                diags.push(src.diag(Severity::Error, Some(s.get_ref().id.span()), format!("thread[{ti}].step[{si}].id"), "must not be empty"));
+                diags.push(src.diag(
+                    Severity::Error,
+                    Some(s.get_ref().id.span()),
+                    format!("thread[{ti}].step[{si}].id"),
+                    "must not be empty",
+                ));
             } else if id == crate::wire::TRIGGER_STEP {
-                diags.push(src.diag(Severity::Error, Some(s.get_ref().id.span()), format!("thread[{ti}].step[{si}].id"), "\"trigger\" is reserved for the thread's trigger step"));
+                diags.push(src.diag(
+                    Severity::Error,
+                    Some(s.get_ref().id.span()),
+                    format!("thread[{ti}].step[{si}].id"),
+                    "\"trigger\" is reserved for the thread's trigger step",
+                ));
             } else if step_ids.insert(id.clone(), next_step).is_some() {
-                diags.push(src.diag(Severity::Error, Some(s.get_ref().id.span()), format!("thread[{ti}].step[{si}].id"), format!("step id {id:?} is used twice")));
+                diags.push(src.diag(
+                    Severity::Error,
+                    Some(s.get_ref().id.span()),
+                    format!("thread[{ti}].step[{si}].id"),
+                    format!("step id {id:?} is used twice"),
+                ));
             }
             next_step += 1;
         }
         if t.step.is_empty() {
-            diags.push(src.diag(Severity::Warning, Some(t.name.span()), format!("thread[{ti}].step"), "the thread has no steps: an entry exits right after its trigger"));
+            diags.push(src.diag(
+                Severity::Warning,
+                Some(t.name.span()),
+                format!("thread[{ti}].step"),
+                "the thread has no steps: an entry exits right after its trigger",
+            ));
         }
-        compiled_threads.push(Thread { name: tname, rank, events, first_step, end_step: next_step });
+        compiled_threads.push(Thread {
+            name: tname,
+            rank,
+            events,
+            first_step,
+            end_step: next_step,
+        });
     }
 
     let mut steps: Vec<Step> = Vec::new();
     let mut step_at: Vec<(usize, usize)> = Vec::new();
     for (ti, t) in threads.iter().enumerate() {
         for (si, s) in t.get_ref().step.iter().enumerate() {
-            let kind = compile_step(src, ti, si, s.get_ref(), &step_ids, pools, pool_index, diags);
+            let kind = compile_step(
+                src,
+                ti,
+                si,
+                s.get_ref(),
+                &step_ids,
+                pools,
+                pool_index,
+                diags,
+            );
             steps.push(Step {
                 id: s.get_ref().id.get_ref().trim().into(),
                 thread: ti as ThreadIdx,
@@ -405,7 +611,10 @@ fn compile_conversation(
 }
 
 fn count_errors(diags: &[Diagnostic]) -> usize {
-    diags.iter().filter(|d| d.severity == Severity::Error).count()
+    diags
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -424,10 +633,24 @@ fn compile_step(
     let allowed: &[&str] = match kind {
         "wait" => &["duration"],
         "goto" => &["target", "filter"],
-        "action" => &["action", "pool", "field", "expiration_field", "valid_for", "when_exhausted"],
+        "action" => &[
+            "action",
+            "pool",
+            "field",
+            "expiration_field",
+            "valid_for",
+            "when_exhausted",
+        ],
         "message" => &["message"],
         other => {
-            diags.push(src.diag(Severity::Error, Some(s.kind.span()), at("type"), format!("unknown step type {other:?}: use \"wait\", \"goto\", \"action\" or \"message\"")));
+            diags.push(src.diag(
+                Severity::Error,
+                Some(s.kind.span()),
+                at("type"),
+                format!(
+                    "unknown step type {other:?}: use \"wait\", \"goto\", \"action\" or \"message\""
+                ),
+            ));
             return None;
         }
     };
@@ -438,9 +661,15 @@ fn compile_step(
         ("action", s.action.as_ref().map(Spanned::span)),
         ("pool", s.pool.as_ref().map(Spanned::span)),
         ("field", s.field.as_ref().map(Spanned::span)),
-        ("expiration_field", s.expiration_field.as_ref().map(Spanned::span)),
+        (
+            "expiration_field",
+            s.expiration_field.as_ref().map(Spanned::span),
+        ),
         ("valid_for", s.valid_for.as_ref().map(Spanned::span)),
-        ("when_exhausted", s.when_exhausted.as_ref().map(Spanned::span)),
+        (
+            "when_exhausted",
+            s.when_exhausted.as_ref().map(Spanned::span),
+        ),
         ("message", s.message.as_ref().map(Spanned::span)),
     ];
     let mut ok = true;
@@ -448,12 +677,22 @@ fn compile_step(
         if let Some(span) = span
             && !allowed.contains(&f)
         {
-            diags.push(src.diag(Severity::Error, Some(span), at(f), format!("`{f}` does not apply to a {kind} step")));
+            diags.push(src.diag(
+                Severity::Error,
+                Some(span),
+                at(f),
+                format!("`{f}` does not apply to a {kind} step"),
+            ));
             ok = false;
         }
     }
     let missing = |f: &str, diags: &mut Vec<Diagnostic>| {
-        diags.push(src.diag(Severity::Error, Some(s.id.span()), at(f), format!("a {kind} step needs `{f}`")));
+        diags.push(src.diag(
+            Severity::Error,
+            Some(s.id.span()),
+            at(f),
+            format!("a {kind} step needs `{f}`"),
+        ));
     };
     let kind = match kind {
         "wait" => match &s.duration {
@@ -475,14 +714,26 @@ fn compile_step(
             match step_ids.get(t.get_ref().trim()) {
                 Some(&target) => StepKind::Goto { target, filter },
                 None => {
-                    diags.push(src.diag(Severity::Error, Some(t.span()), at("target"), format!("no step has id {:?}", t.get_ref())));
+                    diags.push(src.diag(
+                        Severity::Error,
+                        Some(t.span()),
+                        at("target"),
+                        format!("no step has id {:?}", t.get_ref()),
+                    ));
                     return None;
                 }
             }
         }
         "action" => {
-            let (Some(action), Some(pool), Some(field), Some(when)) = (&s.action, &s.pool, &s.field, &s.when_exhausted) else {
-                for (f, v) in [("action", s.action.is_none()), ("pool", s.pool.is_none()), ("field", s.field.is_none()), ("when_exhausted", s.when_exhausted.is_none())] {
+            let (Some(action), Some(pool), Some(field), Some(when)) =
+                (&s.action, &s.pool, &s.field, &s.when_exhausted)
+            else {
+                for (f, v) in [
+                    ("action", s.action.is_none()),
+                    ("pool", s.pool.is_none()),
+                    ("field", s.field.is_none()),
+                    ("when_exhausted", s.when_exhausted.is_none()),
+                ] {
                     if v {
                         missing(f, diags);
                     }
@@ -490,20 +741,41 @@ fn compile_step(
                 return None;
             };
             if action.get_ref() != "set_coupon_code" {
-                diags.push(src.diag(Severity::Error, Some(action.span()), at("action"), format!("unknown action {:?}: the supported action is \"set_coupon_code\"", action.get_ref())));
+                diags.push(src.diag(
+                    Severity::Error,
+                    Some(action.span()),
+                    at("action"),
+                    format!(
+                        "unknown action {:?}: the supported action is \"set_coupon_code\"",
+                        action.get_ref()
+                    ),
+                ));
                 return None;
             }
             let when_exhausted = match when.get_ref().as_str() {
                 "continue" => ExhaustedOutcome::Continue,
                 "exit" => ExhaustedOutcome::Exit,
                 other => {
-                    diags.push(src.diag(Severity::Error, Some(when.span()), at("when_exhausted"), format!("unknown outcome {other:?}: use \"continue\" or \"exit\"")));
+                    diags.push(src.diag(
+                        Severity::Error,
+                        Some(when.span()),
+                        at("when_exhausted"),
+                        format!("unknown outcome {other:?}: use \"continue\" or \"exit\""),
+                    ));
                     return None;
                 }
             };
             let Some(&pool_idx) = pool_index.get(pool.get_ref().trim()) else {
                 let known: Vec<&str> = pools.iter().map(|p| &*p.name).collect();
-                diags.push(src.diag(Severity::Error, Some(pool.span()), at("pool"), format!("no coupon pool is named {:?} (declared: {known:?})", pool.get_ref())));
+                diags.push(src.diag(
+                    Severity::Error,
+                    Some(pool.span()),
+                    at("pool"),
+                    format!(
+                        "no coupon pool is named {:?} (declared: {known:?})",
+                        pool.get_ref()
+                    ),
+                ));
                 return None;
             };
             let field = non_empty(src, field, at("field"), diags)?;
@@ -519,13 +791,26 @@ fn compile_step(
                 && valid_for.is_none()
                 && pools[pool_idx as usize].expires_at.is_none()
             {
-                diags.push(src.diag(Severity::Error, Some(f.span()), at("expiration_field"), "needs `valid_for` on the step or `expires_at` on the pool"));
+                diags.push(src.diag(
+                    Severity::Error,
+                    Some(f.span()),
+                    at("expiration_field"),
+                    "needs `valid_for` on the step or `expires_at` on the pool",
+                ));
                 return None;
             }
-            StepKind::SetCouponCode { pool: pool_idx, field, expiration_field, valid_for, when_exhausted }
+            StepKind::SetCouponCode {
+                pool: pool_idx,
+                field,
+                expiration_field,
+                valid_for,
+                when_exhausted,
+            }
         }
         "message" => match &s.message {
-            Some(m) => StepKind::Message { message: non_empty(src, m, at("message"), diags)? },
+            Some(m) => StepKind::Message {
+                message: non_empty(src, m, at("message"), diags)?,
+            },
             None => {
                 missing("message", diags);
                 return None;
@@ -536,46 +821,83 @@ fn compile_step(
     ok.then_some(kind)
 }
 
-fn compile_filter(src: &Source<'_>, at: &str, spanned: &Spanned<RawFilter>, diags: &mut Vec<Diagnostic>) -> Option<Filter> {
+fn compile_filter(
+    src: &Source<'_>,
+    at: &str,
+    spanned: &Spanned<RawFilter>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Filter> {
     let f = spanned.get_ref();
     let before = diags.len();
     let dur = |v: &Option<Spanned<String>>, name: &str, diags: &mut Vec<Diagnostic>| {
-        v.as_ref().and_then(|v| parse_duration(src, v, format!("{at}.{name}"), diags))
+        v.as_ref()
+            .and_then(|v| parse_duration(src, v, format!("{at}.{name}"), diags))
     };
     let cents = |v: &Option<Spanned<f64>>, name: &str, diags: &mut Vec<Diagnostic>| {
         v.as_ref().and_then(|v| {
-            let x = *v.get_ref();
-            if x.is_finite() && x >= 0.0 && x < 9.0e16 {
-                Some((x * 100.0).round() as i64)
-            } else {
-                diags.push(src.diag(Severity::Error, Some(v.span()), format!("{at}.{name}"), "must be a non-negative amount"));
-                None
+            let cents = crate::domain::event::amount_to_cents(*v.get_ref());
+            if cents.is_none() {
+                diags.push(src.diag(
+                    Severity::Error,
+                    Some(v.span()),
+                    format!("{at}.{name}"),
+                    "must be a non-negative amount",
+                ));
             }
+            cents
         })
     };
     let filter = Filter {
-        merchant: f.merchant.as_ref().and_then(|m| non_empty(src, m, format!("{at}.merchant"), diags)).map(|m| Box::from(&*m)),
+        merchant: f
+            .merchant
+            .as_ref()
+            .and_then(|m| non_empty(src, m, format!("{at}.merchant"), diags))
+            .map(|m| Box::from(&*m)),
         last_order_before: dur(&f.last_order_before, "last_order_before", diags),
         last_order_after: dur(&f.last_order_after, "last_order_after", diags),
         min_orders: f.min_orders.as_ref().map(|v| *v.get_ref()),
         max_orders: f.max_orders.as_ref().map(|v| *v.get_ref()),
         min_total_cents: cents(&f.min_total_spent, "min_total_spent", diags),
         max_total_cents: cents(&f.max_total_spent, "max_total_spent", diags),
-        subscribed_to: f.subscribed_to.as_ref().and_then(|m| non_empty(src, m, format!("{at}.subscribed_to"), diags)).map(|m| Box::from(&*m)),
+        subscribed_to: f
+            .subscribed_to
+            .as_ref()
+            .and_then(|m| non_empty(src, m, format!("{at}.subscribed_to"), diags))
+            .map(|m| Box::from(&*m)),
     };
     if let (Some(lo), Some(hi)) = (&f.min_orders, &f.max_orders)
         && lo.get_ref() > hi.get_ref()
     {
-        diags.push(src.diag(Severity::Error, Some(lo.span()), format!("{at}.min_orders"), "is greater than max_orders: the filter can never hold"));
+        diags.push(src.diag(
+            Severity::Error,
+            Some(lo.span()),
+            format!("{at}.min_orders"),
+            "is greater than max_orders: the filter can never hold",
+        ));
     }
     if let (Some(lo), Some(hi)) = (filter.min_total_cents, filter.max_total_cents)
         && lo > hi
     {
         let span = f.min_total_spent.as_ref().map(Spanned::span);
-        diags.push(src.diag(Severity::Error, span, format!("{at}.min_total_spent"), "is greater than max_total_spent: the filter can never hold"));
+        diags.push(src.diag(
+            Severity::Error,
+            span,
+            format!("{at}.min_total_spent"),
+            "is greater than max_total_spent: the filter can never hold",
+        ));
     }
-    if (Filter { merchant: None, ..filter.clone() }) == Filter::default() && diags.len() == before {
-        diags.push(src.diag(Severity::Error, Some(spanned.span()), at.to_string(), "names no condition (a merchant alone filters nothing): add one, or remove the filter"));
+    if (Filter {
+        merchant: None,
+        ..filter.clone()
+    }) == Filter::default()
+        && diags.len() == before
+    {
+        diags.push(src.diag(
+            Severity::Error,
+            Some(spanned.span()),
+            at.to_string(),
+            "names no condition (a merchant alone filters nothing): add one, or remove the filter",
+        ));
     }
     (diags.len() == before).then_some(filter)
 }

@@ -6,7 +6,9 @@ fn load(text: &str) -> Result<Loaded, Invalid> {
 
 fn load_with_codes(text: &str, codes: &str) -> Result<Loaded, Invalid> {
     let codes = codes.to_string();
-    load_texts(&[(Path::new("conv.toml"), text)], &move |_p: &Path| Ok(codes.clone()))
+    load_texts(&[(Path::new("conv.toml"), text)], &move |_p: &Path| {
+        Ok(codes.clone())
+    })
 }
 
 fn messages(r: Result<Loaded, Invalid>) -> Vec<String> {
@@ -61,27 +63,47 @@ fn good_file_compiles_with_defaults() {
 fn unknown_key_is_rejected_with_line() {
     let text = GOOD.replace("duration = \"90d\"", "durration = \"90d\"");
     let m = messages(load(&text));
-    assert!(m.iter().any(|m| m.starts_with("conv.toml:13:") && m.contains("unknown field `durration`")), "{m:?}");
+    assert!(
+        m.iter()
+            .any(|m| m.starts_with("conv.toml:13:") && m.contains("unknown field `durration`")),
+        "{m:?}"
+    );
 }
 
 #[test]
 fn dangling_goto_names_file_line_and_field() {
     let text = GOOD.replace("target = \"wait-90\"", "target = \"wait-91\"");
     let m = messages(load(&text));
-    assert_eq!(m, [r#"conv.toml:28:10: error: thread[1].step[0].target: no step has id "wait-91""#], "{m:?}");
+    assert_eq!(
+        m,
+        [r#"conv.toml:28:10: error: thread[1].step[0].target: no step has id "wait-91""#],
+        "{m:?}"
+    );
 }
 
 #[test]
 fn bad_duration_is_rejected() {
     let m = messages(load(&GOOD.replace("\"90d\"", "\"90 days\"")));
-    assert!(m.len() == 1 && m[0].contains("conv.toml:13:12: error: thread[0].step[0].duration: bad duration"), "{m:?}");
+    assert!(
+        m.len() == 1
+            && m[0].contains("conv.toml:13:12: error: thread[0].step[0].duration: bad duration"),
+        "{m:?}"
+    );
 }
 
 #[test]
 fn unreachable_no_event_thread_is_an_error() {
-    let text = GOOD.replace("type = \"goto\"\ntarget = \"wait-90\"", "type = \"wait\"\nduration = \"1d\"");
+    let text = GOOD.replace(
+        "type = \"goto\"\ntarget = \"wait-90\"",
+        "type = \"wait\"\nduration = \"1d\"",
+    );
     let m = messages(load(&text));
-    assert!(m.iter().any(|m| m.contains("error: thread[0]: thread \"Winback Thread\" has No Events Required")), "{m:?}");
+    assert!(
+        m.iter()
+            .any(|m| m
+                .contains("error: thread[0]: thread \"Winback Thread\" has No Events Required")),
+        "{m:?}"
+    );
 }
 
 #[test]
@@ -90,7 +112,9 @@ fn goto_loop_without_wait_is_an_error_but_with_a_wait_is_fine() {
         "message = \"Winback Message\"",
         "message = \"Winback Message\"\n\n[[thread.step]]\nid = \"back\"\ntype = \"goto\"\ntarget = \"wait-90\"",
     );
-    let m = messages(load(&with_back.replace("duration = \"90d\"", "duration = \"0\"")));
+    let m = messages(load(
+        &with_back.replace("duration = \"90d\"", "duration = \"0\""),
+    ));
     assert!(m.iter().any(|m| m.contains("error: thread[0].step[2]: GoTo loop with no wait in it (wait-90 → send → back → wait-90)")), "{m:?}");
     // The same shape through a 90-day wait is a legitimate repeating campaign.
     let m = messages(load(&with_back));
@@ -135,23 +159,43 @@ fn unknown_pool_and_missing_fields_are_all_reported() {
         "[[thread.step]]\nid = \"coupon\"\ntype = \"action\"\naction = \"set_coupon_code\"\npool = \"nope\"\nfield = \"coupon\"\nwhen_exhausted = \"continue\"\n\n[[thread.step]]\nid = \"coupon2\"\ntype = \"action\"\n\n[[thread.step]]\nid = \"send\"",
     );
     let m = messages(load(&text));
-    assert!(m.iter().any(|m| m.contains("step[1].pool: no coupon pool is named \"nope\"")), "{m:?}");
+    assert!(
+        m.iter()
+            .any(|m| m.contains("step[1].pool: no coupon pool is named \"nope\"")),
+        "{m:?}"
+    );
     for f in ["action", "pool", "field", "when_exhausted"] {
-        assert!(m.iter().any(|m| m.contains(&format!("step[2].{f}: a action step needs `{f}`"))), "{f}: {m:?}");
+        assert!(
+            m.iter()
+                .any(|m| m.contains(&format!("step[2].{f}: a action step needs `{f}`"))),
+            "{f}: {m:?}"
+        );
     }
 }
 
 #[test]
 fn field_of_another_step_type_is_rejected() {
-    let m = messages(load(&GOOD.replace("message = \"Winback Message\"", "message = \"Winback Message\"\nduration = \"1d\"")));
-    assert!(m.iter().any(|m| m.contains("step[1].duration: `duration` does not apply to a message step")), "{m:?}");
+    let m = messages(load(&GOOD.replace(
+        "message = \"Winback Message\"",
+        "message = \"Winback Message\"\nduration = \"1d\"",
+    )));
+    assert!(
+        m.iter()
+            .any(|m| m.contains("step[1].duration: `duration` does not apply to a message step")),
+        "{m:?}"
+    );
 }
 
 #[test]
 fn duplicate_codes_are_rejected_with_their_line() {
     let text = GOOD.to_string() + "\n[[coupon_pool]]\nname = \"p\"\ncodes_file = \"codes.txt\"\n";
     let m = messages(load_with_codes(&text, "A\nB\n\nA\n"));
-    assert_eq!(m, ["codes.txt:4:1: error: code \"A\" already appears on line 1: a code may be handed out only once"]);
+    assert_eq!(
+        m,
+        [
+            "codes.txt:4:1: error: code \"A\" already appears on line 1: a code may be handed out only once"
+        ]
+    );
 }
 
 #[test]

@@ -121,9 +121,27 @@ mod tests {
     fn hands_out_in_order_then_exhausts_and_warns_once() {
         let d = defs(3, 1);
         let mut pools = CouponPools::new(&d);
-        assert_eq!(pools.take(0), Take::Code { code: "C0".into(), low: None });
-        assert_eq!(pools.take(0), Take::Code { code: "C1".into(), low: Some(1) });
-        assert_eq!(pools.take(0), Take::Code { code: "C2".into(), low: None });
+        assert_eq!(
+            pools.take(0),
+            Take::Code {
+                code: "C0".into(),
+                low: None
+            }
+        );
+        assert_eq!(
+            pools.take(0),
+            Take::Code {
+                code: "C1".into(),
+                low: Some(1)
+            }
+        );
+        assert_eq!(
+            pools.take(0),
+            Take::Code {
+                code: "C2".into(),
+                low: None
+            }
+        );
         assert_eq!(pools.take(0), Take::Exhausted);
         assert_eq!(pools.take(0), Take::Exhausted);
     }
@@ -136,7 +154,10 @@ mod tests {
             for p in 0..n {
                 let mut pools = CouponPools::for_partition(&d, p, n);
                 while let Take::Code { code, .. } = pools.take(0) {
-                    assert!(seen.insert(code), "code handed out twice with {n} partitions");
+                    assert!(
+                        seen.insert(code),
+                        "code handed out twice with {n} partitions"
+                    );
                 }
             }
             assert_eq!(seen.len(), 10, "{n} partitions must cover the pool");

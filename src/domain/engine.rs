@@ -27,8 +27,16 @@ pub const MAX_STEPS_PER_RUN: u32 = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimerChange {
-    Set { conversation: ConvIdx, entry: u32, at: Timestamp },
-    Cancel { conversation: ConvIdx, entry: u32, at: Timestamp },
+    Set {
+        conversation: ConvIdx,
+        entry: u32,
+        at: Timestamp,
+    },
+    Cancel {
+        conversation: ConvIdx,
+        entry: u32,
+        at: Timestamp,
+    },
 }
 
 /// What one call produced, appended in order.
@@ -82,7 +90,9 @@ impl Engine {
         if self.is_subscription_event(&ev.name).is_some()
             && ev.list_id.as_deref().is_none_or(str::is_empty)
         {
-            return Err(EventError::MissingListId { name: ev.name.clone() });
+            return Err(EventError::MissingListId {
+                name: ev.name.clone(),
+            });
         }
         Ok(())
     }
@@ -102,15 +112,24 @@ impl Engine {
             return Ok(Folded::Duplicate);
         }
         let at = ev.occurred_at;
-        if self.defs.purchase_events.iter().any(|n| *n == ev.name) {
+        if self.defs.purchase_events.contains(&ev.name) {
             st.add_order(at, ev.merchant_id.as_deref(), ev.total_cents.unwrap_or(0));
         }
-        if let (Some(subscribed), Some(list)) = (self.is_subscription_event(&ev.name), &ev.list_id) {
+        if let (Some(subscribed), Some(list)) = (self.is_subscription_event(&ev.name), &ev.list_id)
+        {
             st.set_subscription(list, subscribed, at);
         }
         for (ci, conv) in self.defs.conversations.iter().enumerate() {
             if let Some(&thread) = conv.triggers.get(ev.name.as_str()) {
-                let mut run = Run { engine: self, conv, ci: ci as ConvIdx, contact, st, pools, fx };
+                let mut run = Run {
+                    engine: self,
+                    conv,
+                    ci: ci as ConvIdx,
+                    contact,
+                    st,
+                    pools,
+                    fx,
+                };
                 run.trigger(thread, ev);
             }
         }
@@ -133,7 +152,11 @@ impl Engine {
         pools: &mut CouponPools,
         fx: &mut Effects,
     ) -> bool {
-        let Some(cs) = st.conversations.iter_mut().find(|c| c.conversation == conversation) else {
+        let Some(cs) = st
+            .conversations
+            .iter_mut()
+            .find(|c| c.conversation == conversation)
+        else {
             return false;
         };
         let Some(pos) = cs
@@ -147,7 +170,15 @@ impl Engine {
         e.waiting_until = None;
         let conv = &self.defs.conversations[conversation as usize];
         let (pos, next) = (Some(e.step), conv.next_in_thread(e.step));
-        let mut run = Run { engine: self, conv, ci: conversation, contact, st, pools, fx };
+        let mut run = Run {
+            engine: self,
+            conv,
+            ci: conversation,
+            contact,
+            st,
+            pools,
+            fx,
+        };
         if let Some(e) = run.run(e, pos, next, now) {
             // Back in its place so parallel entries keep their age order.
             let cs = st.conversation_mut(conversation);
@@ -165,17 +196,20 @@ pub fn filter_matches(f: &Filter, st: &ContactState, now: Timestamp) -> bool {
         Some(m) => st.merchant_orders(m).unwrap_or(&none),
         None => &st.orders,
     };
+    let last = orders.last_order_at;
     if let Some(off) = f.last_order_before
-        && !orders.last_order_at.is_some_and(|l| l < now.saturating_sub(off))
+        && last.is_none_or(|l| l >= now.saturating_sub(off))
     {
         return false;
     }
     if let Some(off) = f.last_order_after
-        && !orders.last_order_at.is_some_and(|l| l >= now.saturating_sub(off))
+        && last.is_none_or(|l| l < now.saturating_sub(off))
     {
         return false;
     }
-    if f.min_orders.is_some_and(|m| orders.count < m) || f.max_orders.is_some_and(|m| orders.count > m) {
+    if f.min_orders.is_some_and(|m| orders.count < m)
+        || f.max_orders.is_some_and(|m| orders.count > m)
+    {
         return false;
     }
     if f.min_total_cents.is_some_and(|m| orders.total_cents < m)
@@ -264,7 +298,14 @@ impl Run<'_> {
         if let Some(mut old) = evicted {
             self.cancel_timer(&old);
             let step = Some(old.step);
-            self.emit(&mut old, at, step, TransitionKind::Exited { reason: ExitReason::EntryLimit });
+            self.emit(
+                &mut old,
+                at,
+                step,
+                TransitionKind::Exited {
+                    reason: ExitReason::EntryLimit,
+                },
+            );
         }
         let mut e = Entry {
             seq,
@@ -310,11 +351,25 @@ impl Run<'_> {
         let mut budget = MAX_STEPS_PER_RUN;
         loop {
             let Some(s) = next else {
-                self.emit(&mut e, at, pos, TransitionKind::Exited { reason: ExitReason::EndOfThread });
+                self.emit(
+                    &mut e,
+                    at,
+                    pos,
+                    TransitionKind::Exited {
+                        reason: ExitReason::EndOfThread,
+                    },
+                );
                 return None;
             };
             if budget == 0 {
-                self.emit(&mut e, at, Some(s), TransitionKind::Exited { reason: ExitReason::StepLimit });
+                self.emit(
+                    &mut e,
+                    at,
+                    Some(s),
+                    TransitionKind::Exited {
+                        reason: ExitReason::StepLimit,
+                    },
+                );
                 return None;
             }
             budget -= 1;
@@ -327,71 +382,121 @@ impl Run<'_> {
                 StepKind::Wait(d) => {
                     let expires_at = at.saturating_add(*d);
                     e.waiting_until = Some(expires_at);
-                    self.emit(&mut e, at, pos, TransitionKind::WaitStarted { expires_at, duration: *d });
-                    self.fx.timers.push(TimerChange::Set { conversation: self.ci, entry: e.seq, at: expires_at });
+                    self.emit(
+                        &mut e,
+                        at,
+                        pos,
+                        TransitionKind::WaitStarted {
+                            expires_at,
+                            duration: *d,
+                        },
+                    );
+                    self.fx.timers.push(TimerChange::Set {
+                        conversation: self.ci,
+                        entry: e.seq,
+                        at: expires_at,
+                    });
                     return Some(e);
                 }
                 StepKind::Goto { target, filter } => {
-                    let taken = filter.as_ref().is_none_or(|f| filter_matches(f, self.st, at));
-                    self.emit(&mut e, at, pos, TransitionKind::Goto { target: *target, taken });
+                    let taken = filter
+                        .as_ref()
+                        .is_none_or(|f| filter_matches(f, self.st, at));
+                    self.emit(
+                        &mut e,
+                        at,
+                        pos,
+                        TransitionKind::Goto {
+                            target: *target,
+                            taken,
+                        },
+                    );
                     if taken {
                         next = Some(*target);
                     }
                 }
-                StepKind::SetCouponCode { pool, field, expiration_field, valid_for, when_exhausted } => {
-                    match self.pools.take(*pool) {
-                        Take::Code { code, low } => {
-                            let expires_at = valid_for
+                StepKind::SetCouponCode {
+                    pool,
+                    field,
+                    expiration_field,
+                    valid_for,
+                    when_exhausted,
+                } => match self.pools.take(*pool) {
+                    Take::Code { code, low } => {
+                        let expires_at =
+                            valid_for
                                 .map(|d| at.saturating_add(d))
                                 .or(self.engine.defs.pools[*pool as usize].expires_at);
-                            self.st.set_field(field, code.clone());
-                            if let (Some(f), Some(x)) = (expiration_field, expires_at) {
-                                self.st.set_field(f, x.to_rfc3339().into_boxed_str());
-                            }
+                        self.st.set_field(field, code.clone());
+                        if let (Some(f), Some(x)) = (expiration_field, expires_at) {
+                            self.st.set_field(f, x.to_rfc3339().into_boxed_str());
+                        }
+                        self.emit(
+                            &mut e,
+                            at,
+                            pos,
+                            TransitionKind::CouponAssigned {
+                                pool: *pool,
+                                code,
+                                field: field.clone(),
+                                expiration_field: expiration_field.clone(),
+                                expires_at,
+                            },
+                        );
+                        if let Some(remaining) = low {
                             self.emit(
                                 &mut e,
                                 at,
                                 pos,
-                                TransitionKind::CouponAssigned {
+                                TransitionKind::CouponPoolLow {
                                     pool: *pool,
-                                    code,
-                                    field: field.clone(),
-                                    expiration_field: expiration_field.clone(),
-                                    expires_at,
+                                    remaining,
                                 },
                             );
-                            if let Some(remaining) = low {
-                                self.emit(&mut e, at, pos, TransitionKind::CouponPoolLow { pool: *pool, remaining });
-                            }
                         }
-                        Take::Exhausted => {
+                    }
+                    Take::Exhausted => {
+                        self.emit(
+                            &mut e,
+                            at,
+                            pos,
+                            TransitionKind::CouponPoolExhausted {
+                                pool: *pool,
+                                outcome: *when_exhausted,
+                            },
+                        );
+                        if *when_exhausted == ExhaustedOutcome::Exit {
                             self.emit(
                                 &mut e,
                                 at,
                                 pos,
-                                TransitionKind::CouponPoolExhausted { pool: *pool, outcome: *when_exhausted },
+                                TransitionKind::Exited {
+                                    reason: ExitReason::CouponPoolExhausted,
+                                },
                             );
-                            if *when_exhausted == ExhaustedOutcome::Exit {
-                                self.emit(
-                                    &mut e,
-                                    at,
-                                    pos,
-                                    TransitionKind::Exited { reason: ExitReason::CouponPoolExhausted },
-                                );
-                                return None;
-                            }
+                            return None;
                         }
                     }
-                }
+                },
                 StepKind::Message { message } => {
-                    let gate = self.conv.list.as_deref().map(|list| match self.st.subscription(list) {
-                        Some(s) if s.subscribed => None,
-                        Some(_) => Some(SuppressReason::Unsubscribed),
-                        None => Some(SuppressReason::NotSubscribed),
-                    });
+                    let gate =
+                        self.conv
+                            .list
+                            .as_deref()
+                            .map(|list| match self.st.subscription(list) {
+                                Some(s) if s.subscribed => None,
+                                Some(_) => Some(SuppressReason::Unsubscribed),
+                                None => Some(SuppressReason::NotSubscribed),
+                            });
                     let kind = match gate.flatten() {
-                        None => TransitionKind::Send { message: message.clone(), fields: self.st.fields.clone() },
-                        Some(reason) => TransitionKind::Suppressed { message: message.clone(), reason },
+                        None => TransitionKind::Send {
+                            message: message.clone(),
+                            fields: self.st.fields.clone(),
+                        },
+                        Some(reason) => TransitionKind::Suppressed {
+                            message: message.clone(),
+                            reason,
+                        },
                     };
                     self.emit(&mut e, at, pos, kind);
                 }

@@ -26,6 +26,12 @@ pub enum EventError {
     NegativeTotal,
 }
 
+/// A decimal amount in cents, rounded to the nearest cent; `None` unless it is
+/// finite, non-negative and fits (amounts are compared and summed in cents).
+pub fn amount_to_cents(amount: f64) -> Option<i64> {
+    ((0.0..9.0e16).contains(&amount)).then(|| (amount * 100.0).round() as i64)
+}
+
 impl Event {
     /// Checks that hold for every event whatever the definitions say.
     pub fn check_shape(&self) -> Result<(), EventError> {

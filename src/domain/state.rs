@@ -97,14 +97,20 @@ impl ContactState {
                 None => {
                     let mut stats = OrderStats::default();
                     stats.add(at, total_cents);
-                    self.merchants.push(MerchantStats { merchant: m.into(), stats });
+                    self.merchants.push(MerchantStats {
+                        merchant: m.into(),
+                        stats,
+                    });
                 }
             }
         }
     }
 
     pub fn merchant_orders(&self, merchant: &str) -> Option<&OrderStats> {
-        self.merchants.iter().find(|s| &*s.merchant == merchant).map(|s| &s.stats)
+        self.merchants
+            .iter()
+            .find(|s| &*s.merchant == merchant)
+            .map(|s| &s.stats)
     }
 
     /// Applies a subscription event unless a later one for the list is known
@@ -116,7 +122,11 @@ impl ContactState {
                 s.at = at;
             }
             Some(_) => {}
-            None => self.subscriptions.push(Subscription { list: list.into(), subscribed, at }),
+            None => self.subscriptions.push(Subscription {
+                list: list.into(),
+                subscribed,
+                at,
+            }),
         }
     }
 
@@ -132,7 +142,11 @@ impl ContactState {
     }
 
     pub fn conversation_mut(&mut self, conv: ConvIdx) -> &mut ConversationState {
-        let i = match self.conversations.iter().position(|c| c.conversation == conv) {
+        let i = match self
+            .conversations
+            .iter()
+            .position(|c| c.conversation == conv)
+        {
             Some(i) => i,
             None => {
                 self.conversations.push(ConversationState {
@@ -155,11 +169,23 @@ impl ContactState {
         use std::mem::size_of;
         self.recent_events.capacity() * size_of::<u64>()
             + self.merchants.capacity() * size_of::<MerchantStats>()
-            + self.merchants.iter().map(|m| m.merchant.len()).sum::<usize>()
+            + self
+                .merchants
+                .iter()
+                .map(|m| m.merchant.len())
+                .sum::<usize>()
             + self.subscriptions.capacity() * size_of::<Subscription>()
-            + self.subscriptions.iter().map(|s| s.list.len()).sum::<usize>()
+            + self
+                .subscriptions
+                .iter()
+                .map(|s| s.list.len())
+                .sum::<usize>()
             + self.fields.capacity() * size_of::<(Box<str>, Box<str>)>()
-            + self.fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            + self
+                .fields
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
             + self.conversations.capacity() * size_of::<ConversationState>()
             + self
                 .conversations
@@ -191,7 +217,10 @@ mod tests {
         let mut s = ContactState::default();
         s.set_subscription("master", true, Timestamp(10));
         s.set_subscription("master", false, Timestamp(5));
-        assert!(s.subscription("master").unwrap().subscribed, "an older unsubscribe must not win");
+        assert!(
+            s.subscription("master").unwrap().subscribed,
+            "an older unsubscribe must not win"
+        );
         s.set_subscription("master", false, Timestamp(10));
         assert!(!s.subscription("master").unwrap().subscribed);
     }
@@ -207,7 +236,10 @@ mod tests {
         assert_eq!(s.orders.total_cents, 151);
         let m1 = s.merchant_orders("m1").unwrap();
         assert_eq!((m1.count, m1.last_order_at), (2, Some(Timestamp(20))));
-        assert_eq!(s.merchant_orders("m2").unwrap().last_order_at, Some(Timestamp(10)));
+        assert_eq!(
+            s.merchant_orders("m2").unwrap().last_order_at,
+            Some(Timestamp(10))
+        );
     }
 
     #[test]

@@ -81,10 +81,14 @@ impl Duration {
                 }
             };
             if num.is_empty() {
-                return Err(format!("bad duration {s:?}: a number must come before {ch:?}"));
+                return Err(format!(
+                    "bad duration {s:?}: a number must come before {ch:?}"
+                ));
             }
             if rank >= last_rank {
-                return Err(format!("bad duration {s:?}: units must go from days down to seconds, once each"));
+                return Err(format!(
+                    "bad duration {s:?}: units must go from days down to seconds, once each"
+                ));
             }
             last_rank = rank;
             let n: i64 = num
@@ -97,7 +101,9 @@ impl Duration {
             num.clear();
         }
         if !num.is_empty() {
-            return Err(format!("bad duration {s:?}: {num} has no unit (d, h, m or s)"));
+            return Err(format!(
+                "bad duration {s:?}: {num} has no unit (d, h, m or s)"
+            ));
         }
         Ok(Duration(total))
     }
@@ -110,7 +116,12 @@ impl fmt::Display for Duration {
             return f.write_str("0");
         }
         let mut rest = self.0;
-        for (unit, ms) in [("d", DAY_MS), ("h", HOUR_MS), ("m", MINUTE_MS), ("s", SECOND_MS)] {
+        for (unit, ms) in [
+            ("d", DAY_MS),
+            ("h", HOUR_MS),
+            ("m", MINUTE_MS),
+            ("s", SECOND_MS),
+        ] {
             if rest >= ms {
                 write!(f, "{}{unit}", rest / ms)?;
                 rest %= ms;
@@ -139,7 +150,17 @@ mod tests {
 
     #[test]
     fn rejects_bad_durations() {
-        for bad in ["", "90", "d", "-1d", "1h2d", "1d1d", "90 days", "1.5d", "99999999999999999d"] {
+        for bad in [
+            "",
+            "90",
+            "d",
+            "-1d",
+            "1h2d",
+            "1d1d",
+            "90 days",
+            "1.5d",
+            "99999999999999999d",
+        ] {
             assert!(Duration::parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }

@@ -152,6 +152,9 @@ mod tests {
         assert_ne!(a, transition_id("Winback", "c1", 1, 1));
         assert_ne!(a, transition_id("Winback", "c1", 2, 0));
         // Concatenation would make these equal; the length prefix must not.
-        assert_ne!(transition_id("ab", "c", 1, 0), transition_id("a", "bc", 1, 0));
+        assert_ne!(
+            transition_id("ab", "c", 1, 0),
+            transition_id("a", "bc", 1, 0)
+        );
     }
 }

@@ -40,11 +40,7 @@ struct JsonEvent {
 
 /// Amounts are kept in cents; a decimal `total` is rounded to the nearest cent.
 pub fn total_to_cents(total: f64) -> Result<i64, DecodeError> {
-    if total.is_finite() && total >= 0.0 && total < 9.0e16 {
-        Ok((total * 100.0).round() as i64)
-    } else {
-        Err(DecodeError::Total(total))
-    }
+    crate::domain::event::amount_to_cents(total).ok_or(DecodeError::Total(total))
 }
 
 pub fn decode_event(line: &str) -> Result<Event, DecodeError> {
@@ -169,40 +165,70 @@ pub fn encode_transition(defs: &Definitions, t: &Transition) -> String {
     let thread_name = |i: u16| &*conv.threads[i as usize].name;
     let step_id = |s: u32| &*conv.steps[s as usize].id;
     let detail = match &t.kind {
-        TransitionKind::Entered { event_id, event_name } => Detail::Event { event_id, event_name },
-        TransitionKind::Reentered { event_id, event_name, previous_entry, left_thread, left_step } => Detail::Reentered {
+        TransitionKind::Entered {
+            event_id,
+            event_name,
+        } => Detail::Event {
+            event_id,
+            event_name,
+        },
+        TransitionKind::Reentered {
+            event_id,
+            event_name,
+            previous_entry,
+            left_thread,
+            left_step,
+        } => Detail::Reentered {
             event_id,
             event_name,
             previous_entry: *previous_entry,
             left_thread: thread_name(*left_thread),
             left_step: left_step.map_or(super::TRIGGER_STEP, step_id),
         },
-        TransitionKind::WaitStarted { expires_at, duration } => {
-            Detail::Wait { expires_at: expires_at.to_rfc3339(), duration: duration.to_string() }
-        }
+        TransitionKind::WaitStarted {
+            expires_at,
+            duration,
+        } => Detail::Wait {
+            expires_at: expires_at.to_rfc3339(),
+            duration: duration.to_string(),
+        },
         TransitionKind::Goto { target, taken } => Detail::Goto {
             target_thread: thread_name(conv.steps[*target as usize].thread),
             target_step: step_id(*target),
             taken: *taken,
         },
-        TransitionKind::Exited { reason } => Detail::Exited { reason: reason.as_str() },
-        TransitionKind::CouponAssigned { pool, code, field, expiration_field, expires_at } => Detail::Coupon {
+        TransitionKind::Exited { reason } => Detail::Exited {
+            reason: reason.as_str(),
+        },
+        TransitionKind::CouponAssigned {
+            pool,
+            code,
+            field,
+            expiration_field,
+            expires_at,
+        } => Detail::Coupon {
             pool: &defs.pools[*pool as usize].name,
             code,
             field,
             expiration_field: expiration_field.as_deref(),
             expires_at: expires_at.map(Timestamp::to_rfc3339),
         },
-        TransitionKind::CouponPoolExhausted { pool, outcome } => {
-            Detail::Exhausted { pool: &defs.pools[*pool as usize].name, outcome: outcome.as_str() }
-        }
-        TransitionKind::CouponPoolLow { pool, remaining } => {
-            Detail::Low { pool: &defs.pools[*pool as usize].name, remaining: *remaining }
-        }
-        TransitionKind::Send { message, fields } => {
-            Detail::Send { message, fields: fields.iter().map(|(k, v)| (&**k, &**v)).collect() }
-        }
-        TransitionKind::Suppressed { message, reason } => Detail::Suppressed { message, reason: reason.as_str() },
+        TransitionKind::CouponPoolExhausted { pool, outcome } => Detail::Exhausted {
+            pool: &defs.pools[*pool as usize].name,
+            outcome: outcome.as_str(),
+        },
+        TransitionKind::CouponPoolLow { pool, remaining } => Detail::Low {
+            pool: &defs.pools[*pool as usize].name,
+            remaining: *remaining,
+        },
+        TransitionKind::Send { message, fields } => Detail::Send {
+            message,
+            fields: fields.iter().map(|(k, v)| (&**k, &**v)).collect(),
+        },
+        TransitionKind::Suppressed { message, reason } => Detail::Suppressed {
+            message,
+            reason: reason.as_str(),
+        },
     };
     let out = JsonTransition {
         transition_id: transition_id_hex(t.id),
@@ -237,10 +263,22 @@ mod tests {
     fn reports_why_a_line_is_bad() {
         let cases = [
             ("{", "invalid JSON"),
-            (r#"{"event_id":"e","name":"n","occurred_at":"2026-01-01T00:00:00Z"}"#, "missing field `contact_id`"),
-            (r#"{"event_id":"e","name":"n","contact_id":"c","occurred_at":"yesterday"}"#, "invalid `occurred_at`"),
-            (r#"{"event_id":"e","name":"n","contact_id":"c","occurred_at":"2026-01-01T00:00:00Z","total":-1}"#, "invalid `total`"),
-            (r#"{"event_id":"e","name":"n","contact_id":"c","occurred_at":"2026-01-01T00:00:00Z","total":"12"}"#, "invalid type"),
+            (
+                r#"{"event_id":"e","name":"n","occurred_at":"2026-01-01T00:00:00Z"}"#,
+                "missing field `contact_id`",
+            ),
+            (
+                r#"{"event_id":"e","name":"n","contact_id":"c","occurred_at":"yesterday"}"#,
+                "invalid `occurred_at`",
+            ),
+            (
+                r#"{"event_id":"e","name":"n","contact_id":"c","occurred_at":"2026-01-01T00:00:00Z","total":-1}"#,
+                "invalid `total`",
+            ),
+            (
+                r#"{"event_id":"e","name":"n","contact_id":"c","occurred_at":"2026-01-01T00:00:00Z","total":"12"}"#,
+                "invalid type",
+            ),
         ];
         for (line, want) in cases {
             let err = decode_event(line).unwrap_err().to_string();

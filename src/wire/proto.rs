@@ -20,7 +20,10 @@ pub enum ProtoError {
 }
 
 fn to_pb_time(t: Timestamp) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: t.0.div_euclid(1000), nanos: (t.0.rem_euclid(1000) * 1_000_000) as i32 }
+    prost_types::Timestamp {
+        seconds: t.0.div_euclid(1000),
+        nanos: (t.0.rem_euclid(1000) * 1_000_000) as i32,
+    }
 }
 
 fn from_pb_time(t: &prost_types::Timestamp) -> Result<Timestamp, ProtoError> {
@@ -67,51 +70,77 @@ pub fn transition_to_pb(defs: &Definitions, t: &Transition) -> pb::Transition {
     let thread_name = |i: u16| conv.threads[i as usize].name.to_string();
     let step_id = |s: u32| conv.steps[s as usize].id.to_string();
     let detail = match &t.kind {
-        TransitionKind::Entered { event_id, event_name } => {
-            Detail::Entered(pb::Entered { event_id: event_id.to_string(), event_name: event_name.to_string() })
-        }
-        TransitionKind::Reentered { event_id, event_name, previous_entry, left_thread, left_step } => {
-            Detail::Reentered(pb::Reentered {
-                event_id: event_id.to_string(),
-                event_name: event_name.to_string(),
-                previous_entry: *previous_entry,
-                left_thread: thread_name(*left_thread),
-                left_step: left_step.map_or_else(|| TRIGGER_STEP.to_string(), step_id),
-            })
-        }
-        TransitionKind::WaitStarted { expires_at, duration } => {
-            Detail::WaitStarted(pb::WaitStarted { expires_at: Some(to_pb_time(*expires_at)), duration_ms: duration.0 })
-        }
+        TransitionKind::Entered {
+            event_id,
+            event_name,
+        } => Detail::Entered(pb::Entered {
+            event_id: event_id.to_string(),
+            event_name: event_name.to_string(),
+        }),
+        TransitionKind::Reentered {
+            event_id,
+            event_name,
+            previous_entry,
+            left_thread,
+            left_step,
+        } => Detail::Reentered(pb::Reentered {
+            event_id: event_id.to_string(),
+            event_name: event_name.to_string(),
+            previous_entry: *previous_entry,
+            left_thread: thread_name(*left_thread),
+            left_step: left_step.map_or_else(|| TRIGGER_STEP.to_string(), step_id),
+        }),
+        TransitionKind::WaitStarted {
+            expires_at,
+            duration,
+        } => Detail::WaitStarted(pb::WaitStarted {
+            expires_at: Some(to_pb_time(*expires_at)),
+            duration_ms: duration.0,
+        }),
         TransitionKind::Goto { target, taken } => Detail::Goto(pb::Goto {
             target_thread: thread_name(conv.steps[*target as usize].thread),
             target_step: step_id(*target),
             taken: *taken,
         }),
-        TransitionKind::Exited { reason } => Detail::Exited(pb::Exited { reason: reason.as_str().into() }),
-        TransitionKind::CouponAssigned { pool, code, field, expiration_field, expires_at } => {
-            Detail::CouponAssigned(pb::CouponAssigned {
+        TransitionKind::Exited { reason } => Detail::Exited(pb::Exited {
+            reason: reason.as_str().into(),
+        }),
+        TransitionKind::CouponAssigned {
+            pool,
+            code,
+            field,
+            expiration_field,
+            expires_at,
+        } => Detail::CouponAssigned(pb::CouponAssigned {
+            pool: defs.pools[*pool as usize].name.to_string(),
+            code: code.to_string(),
+            field: field.to_string(),
+            expiration_field: expiration_field.as_ref().map(|f| f.to_string()),
+            expires_at: expires_at.map(to_pb_time),
+        }),
+        TransitionKind::CouponPoolExhausted { pool, outcome } => {
+            Detail::CouponPoolExhausted(pb::CouponPoolExhausted {
                 pool: defs.pools[*pool as usize].name.to_string(),
-                code: code.to_string(),
-                field: field.to_string(),
-                expiration_field: expiration_field.as_ref().map(|f| f.to_string()),
-                expires_at: expires_at.map(to_pb_time),
+                outcome: outcome.as_str().into(),
             })
         }
-        TransitionKind::CouponPoolExhausted { pool, outcome } => Detail::CouponPoolExhausted(pb::CouponPoolExhausted {
-            pool: defs.pools[*pool as usize].name.to_string(),
-            outcome: outcome.as_str().into(),
-        }),
-        TransitionKind::CouponPoolLow { pool, remaining } => Detail::CouponPoolLow(pb::CouponPoolLow {
-            pool: defs.pools[*pool as usize].name.to_string(),
-            remaining: *remaining,
-        }),
+        TransitionKind::CouponPoolLow { pool, remaining } => {
+            Detail::CouponPoolLow(pb::CouponPoolLow {
+                pool: defs.pools[*pool as usize].name.to_string(),
+                remaining: *remaining,
+            })
+        }
         TransitionKind::Send { message, fields } => Detail::Send(pb::Send {
             message: message.to_string(),
-            fields: fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }),
-        TransitionKind::Suppressed { message, reason } => {
-            Detail::Suppressed(pb::Suppressed { message: message.to_string(), reason: reason.as_str().into() })
-        }
+        TransitionKind::Suppressed { message, reason } => Detail::Suppressed(pb::Suppressed {
+            message: message.to_string(),
+            reason: reason.as_str().into(),
+        }),
     };
     pb::Transition {
         transition_id: transition_id_hex(t.id),
@@ -144,14 +173,30 @@ mod tests {
         let bytes = event_to_pb(&ev).encode_to_vec();
         assert_eq!(decode_event(&bytes).unwrap(), ev);
         // Pre-epoch instants keep their millisecond too.
-        let early = Event { occurred_at: Timestamp(-1), ..ev };
-        assert_eq!(decode_event(&event_to_pb(&early).encode_to_vec()).unwrap(), early);
+        let early = Event {
+            occurred_at: Timestamp(-1),
+            ..ev
+        };
+        assert_eq!(
+            decode_event(&event_to_pb(&early).encode_to_vec()).unwrap(),
+            early
+        );
     }
 
     #[test]
     fn undecodable_bytes_and_missing_time_are_errors() {
-        assert!(matches!(decode_event(&[0xff, 0xff, 0xff]), Err(ProtoError::Decode(_))));
-        let no_time = pb::InputEvent { event_id: "e".into(), ..Default::default() }.encode_to_vec();
-        assert!(matches!(decode_event(&no_time), Err(ProtoError::MissingTime)));
+        assert!(matches!(
+            decode_event(&[0xff, 0xff, 0xff]),
+            Err(ProtoError::Decode(_))
+        ));
+        let no_time = pb::InputEvent {
+            event_id: "e".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        assert!(matches!(
+            decode_event(&no_time),
+            Err(ProtoError::MissingTime)
+        ));
     }
 }

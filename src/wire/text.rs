@@ -11,7 +11,13 @@ use crate::domain::transition::{Transition, TransitionKind};
 pub fn render(defs: &Definitions, t: &Transition) -> String {
     let conv = &defs.conversations[t.conversation as usize];
     let thread = |i: u16| &*conv.threads[i as usize].name;
-    let step_at = |s: u32| format!("{} / {}", thread(conv.steps[s as usize].thread), &*conv.steps[s as usize].id);
+    let step_at = |s: u32| {
+        format!(
+            "{} / {}",
+            thread(conv.steps[s as usize].thread),
+            &*conv.steps[s as usize].id
+        )
+    };
     let mut out = format!(
         "{} {} #{} {} {} / {}",
         t.at,
@@ -22,18 +28,50 @@ pub fn render(defs: &Definitions, t: &Transition) -> String {
         step_name(defs, t)
     );
     let _ = match &t.kind {
-        TransitionKind::Entered { event_id, event_name } => write!(out, " event={event_id} ({event_name})"),
-        TransitionKind::Reentered { event_id, event_name, previous_entry, left_thread, left_step } => write!(
+        TransitionKind::Entered {
+            event_id,
+            event_name,
+        } => write!(out, " event={event_id} ({event_name})"),
+        TransitionKind::Reentered {
+            event_id,
+            event_name,
+            previous_entry,
+            left_thread,
+            left_step,
+        } => write!(
             out,
             " event={event_id} ({event_name}) left #{previous_entry} at {}",
             left_step.map_or_else(|| format!("{} / trigger", thread(*left_thread)), step_at)
         ),
-        TransitionKind::WaitStarted { expires_at, duration } => write!(out, " until {expires_at} ({duration})"),
-        TransitionKind::Goto { target, taken: true } => write!(out, " -> {}", step_at(*target)),
-        TransitionKind::Goto { target, taken: false } => write!(out, " not taken: filter does not hold (target {})", step_at(*target)),
+        TransitionKind::WaitStarted {
+            expires_at,
+            duration,
+        } => write!(out, " until {expires_at} ({duration})"),
+        TransitionKind::Goto {
+            target,
+            taken: true,
+        } => write!(out, " -> {}", step_at(*target)),
+        TransitionKind::Goto {
+            target,
+            taken: false,
+        } => write!(
+            out,
+            " not taken: filter does not hold (target {})",
+            step_at(*target)
+        ),
         TransitionKind::Exited { reason } => write!(out, " reason={}", reason.as_str()),
-        TransitionKind::CouponAssigned { pool, code, field, expiration_field, expires_at } => {
-            let _ = write!(out, " pool={} {field}={code}", defs.pools[*pool as usize].name);
+        TransitionKind::CouponAssigned {
+            pool,
+            code,
+            field,
+            expiration_field,
+            expires_at,
+        } => {
+            let _ = write!(
+                out,
+                " pool={} {field}={code}",
+                defs.pools[*pool as usize].name
+            );
             match (expiration_field, expires_at) {
                 (Some(f), Some(x)) => write!(out, " {f}={x}"),
                 (None, Some(x)) => write!(out, " expires={x}"),
@@ -41,16 +79,27 @@ pub fn render(defs: &Definitions, t: &Transition) -> String {
             }
         }
         TransitionKind::CouponPoolExhausted { pool, outcome } => {
-            write!(out, " pool={} outcome={}", defs.pools[*pool as usize].name, outcome.as_str())
+            write!(
+                out,
+                " pool={} outcome={}",
+                defs.pools[*pool as usize].name,
+                outcome.as_str()
+            )
         }
         TransitionKind::CouponPoolLow { pool, remaining } => {
-            write!(out, " pool={} remaining={remaining}", defs.pools[*pool as usize].name)
+            write!(
+                out,
+                " pool={} remaining={remaining}",
+                defs.pools[*pool as usize].name
+            )
         }
         TransitionKind::Send { message, fields } => {
             let _ = write!(out, " message={message:?}");
             fields.iter().try_for_each(|(k, v)| write!(out, " {k}={v}"))
         }
-        TransitionKind::Suppressed { message, reason } => write!(out, " message={message:?} reason={}", reason.as_str()),
+        TransitionKind::Suppressed { message, reason } => {
+            write!(out, " message={message:?} reason={}", reason.as_str())
+        }
     };
     out
 }
@@ -96,7 +145,9 @@ pub fn parse_event(line: &str, default_id: &str) -> Result<crate::domain::Event,
             "order" => ev.order_id = Some(v.to_string()),
             "list" => ev.list_id = Some(v.to_string()),
             "total" => {
-                let x: f64 = v.parse().map_err(|_| ParseEventError::TotalNumber(v.to_string()))?;
+                let x: f64 = v
+                    .parse()
+                    .map_err(|_| ParseEventError::TotalNumber(v.to_string()))?;
                 ev.total_cents = Some(super::json::total_to_cents(x)?);
             }
             other => return Err(ParseEventError::Key(other.to_string())),
@@ -111,10 +162,20 @@ mod tests {
 
     #[test]
     fn compact_events_parse() {
-        let e = parse_event("2026-01-05T10:00:00Z c1 checkout merchant=m1 total=49.90", "e7").unwrap();
-        assert_eq!((e.event_id.as_str(), e.merchant_id.as_deref(), e.total_cents), ("e7", Some("m1"), Some(4990)));
+        let e = parse_event(
+            "2026-01-05T10:00:00Z c1 checkout merchant=m1 total=49.90",
+            "e7",
+        )
+        .unwrap();
+        assert_eq!(
+            (e.event_id.as_str(), e.merchant_id.as_deref(), e.total_cents),
+            ("e7", Some("m1"), Some(4990))
+        );
         let s = parse_event("2026-01-01T00:00:00Z c1 subscribe list=master id=s1", "x").unwrap();
-        assert_eq!((s.event_id.as_str(), s.list_id.as_deref()), ("s1", Some("master")));
+        assert_eq!(
+            (s.event_id.as_str(), s.list_id.as_deref()),
+            ("s1", Some("master"))
+        );
         assert!(parse_event("2026-01-01T00:00:00Z c1", "x").is_err());
         assert!(parse_event("2026-01-01T00:00:00Z c1 checkout colour=red", "x").is_err());
         assert!(parse_event("2026-01-01T00:00:00Z c1 checkout total=abc", "x").is_err());

@@ -1,0 +1,206 @@
+//! The `winback` binary end to end: exit codes, messages, files.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn winback(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_winback"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run winback")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).expect("write");
+    p
+}
+
+const EVENTS: &str = r#"{"event_id":"s1","name":"subscribe","contact_id":"c1","list_id":"master","occurred_at":"2026-01-01T00:00:00Z"}
+{"event_id":"e1","name":"checkout","contact_id":"c1","occurred_at":"2026-01-05T10:00:00Z","merchant_id":"m1","order_id":"o1","total":49.9}
+
+{"event_id":"e2","name":"checkout","contact_id":"c1","occurred_at":"2026-02-04T10:00:00Z"}
+{"event_id":"e2","name":"checkout","contact_id":"c1","occurred_at":"2026-02-04T10:00:00Z"}
+{"event_id":"e3","name":"checkout","occurred_at":"2026-02-05T10:00:00Z"}
+{"event_id":"e4","name":"subscribe","contact_id":"c2","occurred_at":"2026-02-05T10:00:00Z"}
+"#;
+
+#[test]
+fn validate_accepts_the_shipped_conversations() {
+    let o = winback(&[
+        "validate",
+        "config/winback-90d.toml",
+        "config/winback-filter-coupon.toml",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).starts_with("valid: 2 conversation(s)"),
+        "{}",
+        text(&o.stdout)
+    );
+}
+
+#[test]
+fn validate_rejects_with_file_line_and_field_and_exit_1() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body = std::fs::read_to_string("config/winback-90d.toml")
+        .expect("seed")
+        .replace("target = \"winback-wait\"", "target = \"winback-wiat\"")
+        .replace("duration = \"90d\"", "duration = \"90 days\"");
+    let f = write(dir.path(), "bad.toml", &body);
+    let o = winback(&["validate", f.to_str().expect("utf-8 path")]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    let name = f.display().to_string();
+    assert!(
+        err.contains(&format!(
+            "{name}:23:12: error: thread[0].step[0].duration: bad duration"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{name}:39:10: error: thread[1].step[0].target: no step has id \"winback-wiat\""
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn simulate_reports_bad_lines_by_number_and_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ev = write(dir.path(), "events.jsonl", EVENTS);
+    let out = dir.path().join("out.jsonl");
+    let args = [
+        "simulate",
+        "--config",
+        "config/winback-filter-coupon.toml",
+        "--events",
+        ev.to_str().expect("utf-8"),
+        "--until",
+        "2026-12-31T00:00:00Z",
+        "--out",
+        out.to_str().expect("utf-8"),
+    ];
+    let o = winback(&args);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    let name = ev.display().to_string();
+    assert!(
+        err.contains(&format!(
+            "{name}:5: duplicate event_id \"e2\" for contact \"c1\": ignored"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{name}:6: invalid JSON event: missing field `contact_id`"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{name}:7: invalid event: event `subscribe` is a subscription event and needs `list_id`"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("events: 6 line(s), 3 folded, 1 duplicate(s) ignored, 2 malformed skipped"),
+        "{err}"
+    );
+    assert!(err.contains("2026-W19  1"), "sends per week: {err}");
+    let first = std::fs::read(&out).expect("output");
+    let lines = text(&first);
+    let send = lines
+        .lines()
+        .find(|l| l.contains("\"type\":\"send\""))
+        .expect("a send");
+    let v: serde_json::Value = serde_json::from_str(send).expect("JSON line");
+    assert_eq!(v["at"], "2026-05-05T10:00:00Z");
+    assert_eq!(v["conversation"], "Winback Coupon");
+    assert_eq!(v["contact_id"], "c1");
+    assert_eq!(v["fields"]["coupon_code"], "WB15-0001");
+    assert_eq!(v["transition_id"].as_str().map(str::len), Some(32));
+
+    // Same input, byte-identical output.
+    let o = winback(&args);
+    assert!(o.status.success());
+    assert_eq!(std::fs::read(&out).expect("output"), first);
+}
+
+#[test]
+fn simulate_strict_stops_at_the_first_bad_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ev = write(dir.path(), "events.jsonl", EVENTS);
+    let o = winback(&[
+        "simulate",
+        "--config",
+        "config/winback-90d.toml",
+        "--events",
+        ev.to_str().expect("utf-8"),
+        "--strict",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(err.contains(":6: stopping (--strict)"), "{err}");
+    // What came before the bad line was still written.
+    assert!(
+        text(&o.stdout).contains("\"type\":\"reentered\""),
+        "{}",
+        text(&o.stdout)
+    );
+}
+
+#[test]
+fn simulate_without_until_fires_nothing_past_the_last_event() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ev = write(dir.path(), "events.jsonl", EVENTS);
+    let o = winback(&[
+        "simulate",
+        "--config",
+        "config/winback-90d.toml",
+        "--events",
+        ev.to_str().expect("utf-8"),
+        "--format",
+        "text",
+    ]);
+    assert!(o.status.success());
+    assert!(!text(&o.stdout).contains(" send "), "{}", text(&o.stdout));
+}
+
+#[test]
+fn simulate_rejects_a_bad_until_and_invalid_definitions() {
+    let o = winback(&[
+        "simulate",
+        "--config",
+        "config/winback-90d.toml",
+        "--events",
+        "/dev/null",
+        "--until",
+        "soon",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("--until \"soon\""),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = winback(&[
+        "simulate",
+        "--config",
+        "Cargo.toml",
+        "--events",
+        "/dev/null",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("Cargo.toml:20:2: error: unknown field `build-dependencies`, expected one of `conversation`, `thread`, `coupon_pool`"),
+        "{}",
+        text(&o.stderr)
+    );
+}
