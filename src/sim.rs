@@ -4,10 +4,10 @@
 //! [`Simulator::advance_to`].
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use crate::domain::definition::ConvIdx;
+use crate::domain::definition::{ConvIdx, FastMap};
 use crate::domain::engine::{Effects, Engine, Folded, TimerChange};
 use crate::domain::{
     ContactState, CouponPools, Definitions, Event, EventError, Timestamp, Transition,
@@ -19,7 +19,7 @@ type TimerKey = (Timestamp, u32, ConvIdx, u32);
 
 pub struct Simulator {
     engine: Engine,
-    index: HashMap<Arc<str>, u32>,
+    index: FastMap<Arc<str>, u32>,
     contacts: Vec<(Arc<str>, ContactState)>,
     /// Cancelled waits stay until due and are then ignored by the engine (it
     /// fires only a timer that matches a waiting entry), which keeps a re-entry
@@ -35,7 +35,7 @@ impl Simulator {
         let pools = CouponPools::new(&defs);
         Simulator {
             engine: Engine::new(defs),
-            index: HashMap::new(),
+            index: FastMap::default(),
             contacts: Vec::new(),
             timers: BinaryHeap::new(),
             pools,
@@ -87,7 +87,11 @@ impl Simulator {
     /// Folds one event: fires the timers due at or before its time, folds it,
     /// then fires whatever it made due already (a late event's expired wait).
     pub fn feed(&mut self, ev: &Event, out: &mut Vec<Transition>) -> Result<Folded, EventError> {
-        self.engine.check_event(ev)?;
+        if self.engine.check_event(ev)?.is_none() {
+            // Nothing listens to this name: no state for it, but time still moves.
+            self.advance_to(ev.occurred_at, out);
+            return Ok(Folded::Unrouted);
+        }
         self.advance_to(ev.occurred_at, out);
         let idx = match self.index.get(ev.contact_id.as_str()) {
             Some(&i) => i,

@@ -190,17 +190,19 @@ fn simulate_rejects_a_bad_until_and_invalid_definitions() {
         "{}",
         text(&o.stderr)
     );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = write(dir.path(), "package.toml", "[package]\nname = \"x\"\n");
     let o = winback(&[
         "simulate",
         "--config",
-        "Cargo.toml",
+        f.to_str().expect("utf-8"),
         "--events",
         "/dev/null",
     ]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(
-        text(&o.stderr).contains("Cargo.toml:20:2: error: unknown field `build-dependencies`, expected one of `conversation`, `thread`, `coupon_pool`"),
-        "{}",
-        text(&o.stderr)
+    let want = format!(
+        "{}:1:2: error: unknown field `package`, expected one of `conversation`, `thread`, `coupon_pool`",
+        f.display()
     );
+    assert!(text(&o.stderr).contains(&want), "{}", text(&o.stderr));
 }

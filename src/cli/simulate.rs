@@ -27,6 +27,9 @@ struct Summary {
     folded: u64,
     duplicates: u64,
     malformed: u64,
+    /// Event names no definition uses, with their counts: a misspelt event
+    /// name shows up here instead of silently entering nobody.
+    unrouted: BTreeMap<String, u64>,
     by_type: BTreeMap<&'static str, u64>,
     sends_per_week: BTreeMap<(i32, u32), u64>,
 }
@@ -47,6 +50,17 @@ impl Summary {
             "events: {} line(s), {} folded, {} duplicate(s) ignored, {} malformed skipped",
             self.lines, self.folded, self.duplicates, self.malformed
         );
+        if !self.unrouted.is_empty() {
+            let names: Vec<String> = self
+                .unrouted
+                .iter()
+                .map(|(n, c)| format!("{n:?} ({c})"))
+                .collect();
+            eprintln!(
+                "events with a name no definition uses (no purchase, subscription or trigger; folded into nothing): {}",
+                names.join(", ")
+            );
+        }
         if let Some(c) = clock {
             eprintln!("clock: {c}");
         }
@@ -134,6 +148,10 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
             });
         match result {
             Ok((_, Folded::Applied)) => summary.folded += 1,
+            Ok((ev, Folded::Unrouted)) => {
+                summary.folded += 1;
+                *summary.unrouted.entry(ev.name).or_default() += 1;
+            }
             Ok((ev, Folded::Duplicate)) => {
                 summary.duplicates += 1;
                 eprintln!(

@@ -210,13 +210,13 @@ pub fn load_texts(inputs: &[(&Path, &str)], read: ReadFile<'_>) -> Result<Loaded
         return Err(Invalid { diagnostics: diags });
     }
     Ok(Loaded {
-        definitions: Definitions {
+        definitions: Definitions::new(
             conversations,
             pools,
-            purchase_events: purchase.into_iter().collect(),
-            subscribe_events: subscribe.into_iter().collect(),
-            unsubscribe_events: unsubscribe.into_iter().collect(),
-        },
+            purchase.into_iter().collect(),
+            subscribe.into_iter().collect(),
+            unsubscribe.into_iter().collect(),
+        ),
         warnings: diags,
     })
 }

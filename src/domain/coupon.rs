@@ -103,18 +103,18 @@ mod tests {
     use std::collections::BTreeSet;
 
     fn defs(n: usize, low: u64) -> Definitions {
-        Definitions {
-            conversations: vec![],
-            pools: vec![PoolDef {
+        Definitions::new(
+            vec![],
+            vec![PoolDef {
                 name: "p".into(),
                 codes: (0..n).map(|i| format!("C{i}").into_boxed_str()).collect(),
                 low_stock: low,
                 expires_at: None,
             }],
-            purchase_events: vec![],
-            subscribe_events: vec![],
-            unsubscribe_events: vec![],
-        }
+            vec![],
+            vec![],
+            vec![],
+        )
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! which has already checked every reference, so the engine indexes without checks.
 
 use std::collections::HashMap;
+
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
 use super::time::{Duration, Timestamp};
@@ -24,6 +26,68 @@ pub struct Definitions {
     pub purchase_events: Vec<String>,
     pub subscribe_events: Vec<String>,
     pub unsubscribe_events: Vec<String>,
+    /// Derived from the fields above by [`Definitions::new`]: one look-up tells
+    /// all an event name means.
+    routes: FastMap<Box<str>, Route>,
+}
+
+/// What an event name means to the loaded definitions.
+#[derive(Debug, Clone, Default)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub purchase: bool,
+    /// `Some(true)` subscribe, `Some(false)` unsubscribe.
+    pub subscription: Option<bool>,
+    /// The thread each conversation enters on this event (at most one each).
+    pub triggers: Vec<(ConvIdx, ThreadIdx)>,
+}
+
+impl Definitions {
+    pub fn new(
+        conversations: Vec<Conversation>,
+        pools: Vec<PoolDef>,
+        purchase_events: Vec<String>,
+        subscribe_events: Vec<String>,
+        unsubscribe_events: Vec<String>,
+    ) -> Self {
+        let mut routes: FastMap<Box<str>, Route> = FastMap::default();
+        fn route<'a>(routes: &'a mut FastMap<Box<str>, Route>, name: &str) -> &'a mut Route {
+            routes.entry(name.into()).or_insert_with(|| Route {
+                name: name.into(),
+                ..Route::default()
+            })
+        }
+        for n in &purchase_events {
+            route(&mut routes, n).purchase = true;
+        }
+        for n in &subscribe_events {
+            route(&mut routes, n).subscription = Some(true);
+        }
+        for n in &unsubscribe_events {
+            route(&mut routes, n).subscription = Some(false);
+        }
+        for (ci, c) in conversations.iter().enumerate() {
+            let mut names: Vec<(&String, &ThreadIdx)> = c.triggers.iter().collect();
+            names.sort();
+            for (name, &thread) in names {
+                route(&mut routes, name)
+                    .triggers
+                    .push((ci as ConvIdx, thread));
+            }
+        }
+        Definitions {
+            conversations,
+            pools,
+            purchase_events,
+            subscribe_events,
+            unsubscribe_events,
+            routes,
+        }
+    }
+
+    pub fn route(&self, event_name: &str) -> Option<&Route> {
+        self.routes.get(event_name)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

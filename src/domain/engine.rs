@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use super::coupon::{CouponPools, Take};
 use super::definition::{
-    ConvIdx, Conversation, Definitions, EntryPolicy, ExhaustedOutcome, Filter, StepIdx, StepKind,
-    ThreadIdx,
+    ConvIdx, Conversation, Definitions, EntryPolicy, ExhaustedOutcome, Filter, Route, StepIdx,
+    StepKind, ThreadIdx,
 };
 use super::event::{Event, EventError};
 use super::state::{ContactState, Entry, OrderStats};
@@ -58,6 +58,8 @@ pub enum Folded {
     Applied,
     /// Same `event_id` as a recent event of the contact: nothing changed.
     Duplicate,
+    /// No purchase, subscription or trigger uses the event's name: nothing changed.
+    Unrouted,
 }
 
 #[derive(Debug, Clone)]
@@ -74,27 +76,19 @@ impl Engine {
         &self.defs
     }
 
-    fn is_subscription_event(&self, name: &str) -> Option<bool> {
-        if self.defs.subscribe_events.iter().any(|n| n == name) {
-            Some(true)
-        } else if self.defs.unsubscribe_events.iter().any(|n| n == name) {
-            Some(false)
-        } else {
-            None
-        }
-    }
-
-    /// Refuses an event that cannot be folded, before it touches any state.
-    pub fn check_event(&self, ev: &Event) -> Result<(), EventError> {
+    /// Refuses an event that cannot be folded, before it touches any state;
+    /// `None` when its name means nothing to the definitions.
+    pub fn check_event(&self, ev: &Event) -> Result<Option<&Route>, EventError> {
         ev.check_shape()?;
-        if self.is_subscription_event(&ev.name).is_some()
+        let route = self.defs.route(&ev.name);
+        if route.is_some_and(|r| r.subscription.is_some())
             && ev.list_id.as_deref().is_none_or(str::is_empty)
         {
             return Err(EventError::MissingListId {
                 name: ev.name.clone(),
             });
         }
-        Ok(())
+        Ok(route)
     }
 
     /// Folds one event into the contact's state. Transitions it causes are
@@ -107,31 +101,30 @@ impl Engine {
         pools: &mut CouponPools,
         fx: &mut Effects,
     ) -> Result<Folded, EventError> {
-        self.check_event(ev)?;
+        let Some(route) = self.check_event(ev)? else {
+            return Ok(Folded::Unrouted);
+        };
         if !st.remember_event(&ev.event_id) {
             return Ok(Folded::Duplicate);
         }
         let at = ev.occurred_at;
-        if self.defs.purchase_events.contains(&ev.name) {
+        if route.purchase {
             st.add_order(at, ev.merchant_id.as_deref(), ev.total_cents.unwrap_or(0));
         }
-        if let (Some(subscribed), Some(list)) = (self.is_subscription_event(&ev.name), &ev.list_id)
-        {
+        if let (Some(subscribed), Some(list)) = (route.subscription, &ev.list_id) {
             st.set_subscription(list, subscribed, at);
         }
-        for (ci, conv) in self.defs.conversations.iter().enumerate() {
-            if let Some(&thread) = conv.triggers.get(ev.name.as_str()) {
-                let mut run = Run {
-                    engine: self,
-                    conv,
-                    ci: ci as ConvIdx,
-                    contact,
-                    st,
-                    pools,
-                    fx,
-                };
-                run.trigger(thread, ev);
-            }
+        for &(ci, thread) in &route.triggers {
+            let mut run = Run {
+                engine: self,
+                conv: &self.defs.conversations[ci as usize],
+                ci,
+                contact,
+                st,
+                pools,
+                fx,
+            };
+            run.trigger(thread, ev, &route.name);
         }
         Ok(Folded::Applied)
     }
@@ -180,10 +173,7 @@ impl Engine {
             fx,
         };
         if let Some(e) = run.run(e, pos, next, now) {
-            // Back in its place so parallel entries keep their age order.
-            let cs = st.conversation_mut(conversation);
-            let i = cs.active.partition_point(|x| x.seq < e.seq);
-            cs.active.insert(i, e);
+            st.insert_entry(conversation, e);
         }
         true
     }
@@ -265,7 +255,7 @@ impl Run<'_> {
         }
     }
 
-    fn trigger(&mut self, thread: ThreadIdx, ev: &Event) {
+    fn trigger(&mut self, thread: ThreadIdx, ev: &Event, event_name: &Arc<str>) {
         let at = ev.occurred_at;
         let policy = self.conv.entry;
         let cs = self.st.conversation_mut(self.ci);
@@ -320,7 +310,7 @@ impl Run<'_> {
                 self.cancel_timer(&old);
                 TransitionKind::Reentered {
                     event_id: ev.event_id.as_str().into(),
-                    event_name: ev.name.as_str().into(),
+                    event_name: event_name.clone(),
                     previous_entry: old.seq,
                     left_thread: old.thread,
                     left_step: Some(old.step),
@@ -328,14 +318,14 @@ impl Run<'_> {
             }
             None => TransitionKind::Entered {
                 event_id: ev.event_id.as_str().into(),
-                event_name: ev.name.as_str().into(),
+                event_name: event_name.clone(),
             },
         };
         self.emit(&mut e, at, None, kind);
         let t = &self.conv.threads[thread as usize];
         let first = (t.first_step < t.end_step).then_some(t.first_step);
         if let Some(e) = self.run(e, None, first, at) {
-            self.st.conversation_mut(self.ci).active.push(e);
+            self.st.insert_entry(self.ci, e);
         }
     }
 

@@ -73,6 +73,14 @@ pub struct ContactState {
     pub conversations: Vec<ConversationState>,
 }
 
+/// Pushes growing the capacity by one: most contacts hold one or two of each
+/// thing, and a `Vec`'s default growth (to four, then doubling) would triple
+/// the state of a million contacts.
+fn push_exact<T>(v: &mut Vec<T>, item: T) {
+    v.reserve_exact(1);
+    v.push(item);
+}
+
 impl ContactState {
     /// Records `event_id`; false if it is among the recent ones already.
     pub fn remember_event(&mut self, event_id: &str) -> bool {
@@ -81,7 +89,7 @@ impl ContactState {
             return false;
         }
         if self.recent_events.len() < DEDUP_WINDOW {
-            self.recent_events.push(h);
+            push_exact(&mut self.recent_events, h);
         } else {
             self.recent_events[self.recent_next as usize] = h;
         }
@@ -97,10 +105,13 @@ impl ContactState {
                 None => {
                     let mut stats = OrderStats::default();
                     stats.add(at, total_cents);
-                    self.merchants.push(MerchantStats {
-                        merchant: m.into(),
-                        stats,
-                    });
+                    push_exact(
+                        &mut self.merchants,
+                        MerchantStats {
+                            merchant: m.into(),
+                            stats,
+                        },
+                    );
                 }
             }
         }
@@ -122,11 +133,14 @@ impl ContactState {
                 s.at = at;
             }
             Some(_) => {}
-            None => self.subscriptions.push(Subscription {
-                list: list.into(),
-                subscribed,
-                at,
-            }),
+            None => push_exact(
+                &mut self.subscriptions,
+                Subscription {
+                    list: list.into(),
+                    subscribed,
+                    at,
+                },
+            ),
         }
     }
 
@@ -137,7 +151,10 @@ impl ContactState {
     pub fn set_field(&mut self, name: &str, value: Box<str>) {
         match self.fields.binary_search_by(|(k, _)| (**k).cmp(name)) {
             Ok(i) => self.fields[i].1 = value,
-            Err(i) => self.fields.insert(i, (name.into(), value)),
+            Err(i) => {
+                self.fields.reserve_exact(1);
+                self.fields.insert(i, (name.into(), value));
+            }
         }
     }
 
@@ -149,15 +166,26 @@ impl ContactState {
         {
             Some(i) => i,
             None => {
-                self.conversations.push(ConversationState {
-                    conversation: conv,
-                    entries_started: 0,
-                    active: Vec::new(),
-                });
+                push_exact(
+                    &mut self.conversations,
+                    ConversationState {
+                        conversation: conv,
+                        entries_started: 0,
+                        active: Vec::new(),
+                    },
+                );
                 self.conversations.len() - 1
             }
         };
         &mut self.conversations[i]
+    }
+
+    /// Stores an entry that waits, keeping entries in `seq` (age) order.
+    pub fn insert_entry(&mut self, conv: ConvIdx, e: Entry) {
+        let active = &mut self.conversation_mut(conv).active;
+        let i = active.partition_point(|x| x.seq < e.seq);
+        active.reserve_exact(1);
+        active.insert(i, e);
     }
 
     pub fn conversation(&self, conv: ConvIdx) -> Option<&ConversationState> {

@@ -24,11 +24,11 @@ pub struct Transition {
 pub enum TransitionKind {
     Entered {
         event_id: Box<str>,
-        event_name: Box<str>,
+        event_name: Arc<str>,
     },
     Reentered {
         event_id: Box<str>,
-        event_name: Box<str>,
+        event_name: Arc<str>,
         previous_entry: u32,
         left_thread: ThreadIdx,
         left_step: Option<StepIdx>,
@@ -131,14 +131,30 @@ impl SuppressReason {
 /// `conversation`: a 128-bit xxh3 of a length-prefixed encoding, so that no two
 /// distinct tuples collide by concatenation.
 pub fn transition_id(conversation: &str, contact: &str, entry: u32, seq: u32) -> u128 {
-    let mut buf = Vec::with_capacity(conversation.len() + contact.len() + 24);
-    buf.extend_from_slice(&(conversation.len() as u64).to_be_bytes());
-    buf.extend_from_slice(conversation.as_bytes());
-    buf.extend_from_slice(&(contact.len() as u64).to_be_bytes());
-    buf.extend_from_slice(contact.as_bytes());
-    buf.extend_from_slice(&entry.to_be_bytes());
-    buf.extend_from_slice(&seq.to_be_bytes());
-    xxhash_rust::xxh3::xxh3_128(&buf)
+    let parts: [&[u8]; 6] = [
+        &(conversation.len() as u64).to_be_bytes(),
+        conversation.as_bytes(),
+        &(contact.len() as u64).to_be_bytes(),
+        contact.as_bytes(),
+        &entry.to_be_bytes(),
+        &seq.to_be_bytes(),
+    ];
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    // Ids are made for every transition: hash from the stack when the names are short.
+    let mut stack = [0u8; 256];
+    let mut heap = Vec::new();
+    let buf: &mut [u8] = if len <= stack.len() {
+        &mut stack[..len]
+    } else {
+        heap.resize(len, 0);
+        &mut heap
+    };
+    let mut at = 0;
+    for p in parts {
+        buf[at..at + p.len()].copy_from_slice(p);
+        at += p.len();
+    }
+    xxhash_rust::xxh3::xxh3_128(buf)
 }
 
 #[cfg(test)]
