@@ -22,10 +22,12 @@ use winback::wire;
 
 struct Counting;
 static LIVE: AtomicIsize = AtomicIsize::new(0);
+static ALLOCS: AtomicIsize = AtomicIsize::new(0);
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
         unsafe { System.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
@@ -34,6 +36,7 @@ unsafe impl GlobalAlloc for Counting {
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
         LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
         unsafe { System.realloc(p, l, new) }
     }
 }
@@ -130,7 +133,7 @@ fn main() {
     let old: &PoolDef = &defs.pools[0];
     defs.pools[0] = PoolDef {
         codes: (0..contacts * 2)
-            .map(|i| format!("WB-{i:09}").into_boxed_str())
+            .map(|i| std::sync::Arc::from(format!("WB-{i:09}")))
             .collect(),
         ..old.clone()
     };
@@ -145,6 +148,7 @@ fn main() {
     );
 
     let base = LIVE.load(Ordering::Relaxed);
+    let allocs = ALLOCS.load(Ordering::Relaxed);
     let mut sim = Simulator::new(defs.clone());
     let mut out = Vec::with_capacity(64);
     let (mut transitions, mut sends) = (0u64, 0u64);
@@ -160,11 +164,16 @@ fn main() {
     }
     let fold = t.elapsed();
     let live = LIVE.load(Ordering::Relaxed) - base;
+    let allocs = ALLOCS.load(Ordering::Relaxed) - allocs;
     println!(
         "fold: {:.0} events/s ({} events in {:.2?}, {transitions} transitions, {sends} sends during the fold)",
         events.len() as f64 / fold.as_secs_f64(),
         events.len(),
         fold
+    );
+    println!(
+        "allocations: {:.1} per event",
+        allocs as f64 / events.len() as f64
     );
     println!(
         "memory: {} contacts, {:.0} bytes per contact live on the heap ({:.1} MiB; includes {} queued timers, cancelled ones not yet due among them)",

@@ -70,20 +70,6 @@ impl Simulator {
         self.timers.len()
     }
 
-    /// Heap bytes of all contact states, the index and the timer queue.
-    pub fn heap_bytes(&self) -> usize {
-        use std::mem::size_of;
-        let states: usize = self
-            .contacts
-            .iter()
-            .map(|(id, s)| s.heap_bytes() + id.len() + 16)
-            .sum();
-        states
-            + self.contacts.capacity() * size_of::<(Arc<str>, ContactState)>()
-            + self.index.capacity() * (size_of::<(Arc<str>, u32)>() + 1)
-            + self.timers.capacity() * size_of::<Reverse<TimerKey>>()
-    }
-
     /// Folds one event: fires the timers due at or before its time, folds it,
     /// then fires whatever it made due already (a late event's expired wait).
     pub fn feed(&mut self, ev: &Event, out: &mut Vec<Transition>) -> Result<Folded, EventError> {
@@ -103,12 +89,16 @@ impl Simulator {
                 i
             }
         };
+        // The engine appends straight to `out`: no second copy of each transition.
         self.fx.clear();
+        std::mem::swap(&mut self.fx.transitions, out);
         let (id, st) = &mut self.contacts[idx as usize];
         let folded = self
             .engine
-            .on_event(id, st, ev, &mut self.pools, &mut self.fx)?;
-        self.apply(idx, out);
+            .on_event(id, st, ev, &mut self.pools, &mut self.fx);
+        std::mem::swap(&mut self.fx.transitions, out);
+        let folded = folded?;
+        self.apply_timers(idx);
         if let Some(now) = self.clock {
             self.fire_due(now, out);
         }
@@ -131,17 +121,16 @@ impl Simulator {
             let now = self.clock.map_or(at, |c| c.max(at));
             self.clock = Some(now);
             self.fx.clear();
+            std::mem::swap(&mut self.fx.transitions, out);
             let (id, st) = &mut self.contacts[contact as usize];
-            if self
-                .engine
-                .on_timer(id, st, conv, entry, at, now, &mut self.pools, &mut self.fx)
-            {
-                self.apply(contact, out);
-            }
+            self.engine
+                .on_timer(id, st, conv, entry, at, now, &mut self.pools, &mut self.fx);
+            std::mem::swap(&mut self.fx.transitions, out);
+            self.apply_timers(contact);
         }
     }
 
-    fn apply(&mut self, contact: u32, out: &mut Vec<Transition>) {
+    fn apply_timers(&mut self, contact: u32) {
         for tc in self.fx.timers.drain(..) {
             if let TimerChange::Set {
                 conversation,
@@ -153,6 +142,5 @@ impl Simulator {
                     .push(Reverse((at, contact, conversation, entry)));
             }
         }
-        out.append(&mut self.fx.transitions);
     }
 }

@@ -264,7 +264,7 @@ fn compile_pool(
             return None;
         }
     };
-    let mut codes: Vec<Box<str>> = Vec::new();
+    let mut codes: Vec<Arc<str>> = Vec::new();
     let mut first_line: HashMap<&str, usize> = HashMap::new();
     let mut ok = true;
     for (n, line) in text.lines().enumerate() {
@@ -597,8 +597,10 @@ fn compile_conversation(
     if count_errors(diags) > errors_before {
         return None;
     }
+    let name = name?;
     let conversation = Conversation {
-        name: name?,
+        id_salt: crate::domain::transition::conversation_salt(&name),
+        name,
         campaign: c.campaign.clone(),
         list,
         entry,

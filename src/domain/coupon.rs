@@ -8,7 +8,7 @@ use super::definition::{Definitions, PoolIdx};
 /// indices `p, p + n, p + 2n, ...`, so processes never need to coordinate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolState {
-    codes: Arc<[Box<str>]>,
+    codes: Arc<[Arc<str>]>,
     partition: usize,
     partitions: usize,
     /// How many codes of this share were handed out.
@@ -36,7 +36,7 @@ impl PoolState {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Take {
     Code {
-        code: Box<str>,
+        code: Arc<str>,
         /// `Some(remaining)` the first time the share falls to its low-stock mark.
         low: Option<u64>,
     },
@@ -107,7 +107,7 @@ mod tests {
             vec![],
             vec![PoolDef {
                 name: "p".into(),
-                codes: (0..n).map(|i| format!("C{i}").into_boxed_str()).collect(),
+                codes: (0..n).map(|i| Arc::from(format!("C{i}"))).collect(),
                 low_stock: low,
                 expires_at: None,
             }],

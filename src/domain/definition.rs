@@ -103,6 +103,8 @@ pub enum EntryPolicy {
 #[derive(Debug, Clone)]
 pub struct Conversation {
     pub name: Arc<str>,
+    /// [`crate::domain::transition::conversation_salt`] of the name.
+    pub id_salt: u128,
     pub campaign: Option<String>,
     /// When set, a message goes only to contacts whose latest subscription event
     /// for this list says subscribed.
@@ -189,7 +191,7 @@ pub struct Filter {
 #[derive(Debug, Clone)]
 pub struct PoolDef {
     pub name: Arc<str>,
-    pub codes: Arc<[Box<str>]>,
+    pub codes: Arc<[Arc<str>]>,
     /// A `coupon_pool_low` transition is emitted once when the codes left fall to this.
     pub low_stock: u64,
     pub expires_at: Option<Timestamp>,

@@ -17,7 +17,7 @@ use super::definition::{
     StepKind, ThreadIdx,
 };
 use super::event::{Event, EventError};
-use super::state::{ContactState, Entry, OrderStats};
+use super::state::{ContactState, Entry, FieldValue, OrderStats};
 use super::time::Timestamp;
 use super::transition::{ExitReason, SuppressReason, Transition, TransitionKind, transition_id};
 
@@ -114,6 +114,8 @@ impl Engine {
         if let (Some(subscribed), Some(list)) = (route.subscription, &ev.list_id) {
             st.set_subscription(list, subscribed, at);
         }
+        // Made once, when the first entry needs it, and shared by every conversation's.
+        let mut event_id: Option<Arc<str>> = None;
         for &(ci, thread) in &route.triggers {
             let mut run = Run {
                 engine: self,
@@ -124,7 +126,7 @@ impl Engine {
                 pools,
                 fx,
             };
-            run.trigger(thread, ev, &route.name);
+            run.trigger(thread, ev, &route.name, &mut event_id);
         }
         Ok(Folded::Applied)
     }
@@ -173,7 +175,7 @@ impl Engine {
             fx,
         };
         if let Some(e) = run.run(e, pos, next, now) {
-            st.insert_entry(conversation, e);
+            st.insert_entry(conversation, self.defs.conversations.len(), e);
         }
         true
     }
@@ -233,7 +235,7 @@ impl Run<'_> {
             None => e.thread,
         };
         self.fx.transitions.push(Transition {
-            id: transition_id(&self.conv.name, self.contact, e.seq, e.transitions),
+            id: transition_id(self.conv.id_salt, self.contact, e.seq, e.transitions),
             conversation: self.ci,
             contact: self.contact.clone(),
             at,
@@ -255,10 +257,18 @@ impl Run<'_> {
         }
     }
 
-    fn trigger(&mut self, thread: ThreadIdx, ev: &Event, event_name: &Arc<str>) {
+    fn trigger(
+        &mut self,
+        thread: ThreadIdx,
+        ev: &Event,
+        event_name: &Arc<str>,
+        event_id: &mut Option<Arc<str>>,
+    ) {
         let at = ev.occurred_at;
         let policy = self.conv.entry;
-        let cs = self.st.conversation_mut(self.ci);
+        let cs = self
+            .st
+            .conversation_mut(self.ci, self.engine.defs.conversations.len());
         let seq = cs.entries_started + 1;
         let mut replaced: Option<Entry> = None;
         let mut evicted: Option<Entry> = None;
@@ -305,11 +315,14 @@ impl Run<'_> {
             waiting_until: None,
             transitions: 0,
         };
+        let event_id = event_id
+            .get_or_insert_with(|| Arc::from(ev.event_id.as_str()))
+            .clone();
         let kind = match replaced {
             Some(old) => {
                 self.cancel_timer(&old);
                 TransitionKind::Reentered {
-                    event_id: ev.event_id.as_str().into(),
+                    event_id: event_id.clone(),
                     event_name: event_name.clone(),
                     previous_entry: old.seq,
                     left_thread: old.thread,
@@ -317,7 +330,7 @@ impl Run<'_> {
                 }
             }
             None => TransitionKind::Entered {
-                event_id: ev.event_id.as_str().into(),
+                event_id: event_id.clone(),
                 event_name: event_name.clone(),
             },
         };
@@ -325,7 +338,8 @@ impl Run<'_> {
         let t = &self.conv.threads[thread as usize];
         let first = (t.first_step < t.end_step).then_some(t.first_step);
         if let Some(e) = self.run(e, None, first, at) {
-            self.st.insert_entry(self.ci, e);
+            self.st
+                .insert_entry(self.ci, self.engine.defs.conversations.len(), e);
         }
     }
 
@@ -417,9 +431,14 @@ impl Run<'_> {
                             valid_for
                                 .map(|d| at.saturating_add(d))
                                 .or(self.engine.defs.pools[*pool as usize].expires_at);
-                        self.st.set_field(field, code.clone());
+                        let new_fields = usize::from(!self.st.has_field(field))
+                            + expiration_field
+                                .as_ref()
+                                .map_or(0, |f| usize::from(!self.st.has_field(f)));
+                        self.st.reserve_fields(new_fields);
+                        self.st.set_field(field, FieldValue::Text(code.clone()));
                         if let (Some(f), Some(x)) = (expiration_field, expires_at) {
-                            self.st.set_field(f, x.to_rfc3339().into_boxed_str());
+                            self.st.set_field(f, FieldValue::Time(x));
                         }
                         self.emit(
                             &mut e,

@@ -1,6 +1,11 @@
 //! Per-contact state: behaviour, subscriptions, profile fields and the contact's
 //! entries in each conversation. Everything the engine needs to decide a step.
 
+use std::fmt;
+use std::sync::Arc;
+
+use smallvec::SmallVec;
+
 use super::definition::{ConvIdx, StepIdx, ThreadIdx};
 use super::time::Timestamp;
 
@@ -8,6 +13,22 @@ use super::time::Timestamp;
 /// events arrive close to the original (a producer retry, a replayed batch), and
 /// a bounded window keeps a contact's state small.
 pub const DEDUP_WINDOW: usize = 8;
+
+/// A profile field's value. Instants stay instants until they are encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldValue {
+    Text(Arc<str>),
+    Time(Timestamp),
+}
+
+impl fmt::Display for FieldValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FieldValue::Text(s) => f.write_str(s),
+            FieldValue::Time(t) => write!(f, "{t}"),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OrderStats {
@@ -57,42 +78,34 @@ pub struct Entry {
 pub struct ConversationState {
     pub conversation: ConvIdx,
     pub entries_started: u32,
-    pub active: Vec<Entry>,
+    /// At most one with re-entry `restart` or a single entry, so it lives inline.
+    pub active: SmallVec<[Entry; 1]>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContactState {
-    /// xxh3-64 of the last [`DEDUP_WINDOW`] event ids, as a ring.
-    pub recent_events: Vec<u64>,
+    /// xxh3-64 of the last [`DEDUP_WINDOW`] event ids, as a ring (0 = empty
+    /// slot; an id hashing to 0 is stored as 1). Inline: as small as a short
+    /// `Vec` with its allocation, and no allocation per event.
+    pub recent_events: [u64; DEDUP_WINDOW],
     pub recent_next: u8,
     pub orders: OrderStats,
-    pub merchants: Vec<MerchantStats>,
-    pub subscriptions: Vec<Subscription>,
+    /// Inline for the usual single merchant and single list.
+    pub merchants: SmallVec<[MerchantStats; 1]>,
+    pub subscriptions: SmallVec<[Subscription; 1]>,
     /// Profile fields, sorted by name.
-    pub fields: Vec<(Box<str>, Box<str>)>,
+    pub fields: Vec<(Arc<str>, FieldValue)>,
     pub conversations: Vec<ConversationState>,
-}
-
-/// Pushes growing the capacity by one: most contacts hold one or two of each
-/// thing, and a `Vec`'s default growth (to four, then doubling) would triple
-/// the state of a million contacts.
-fn push_exact<T>(v: &mut Vec<T>, item: T) {
-    v.reserve_exact(1);
-    v.push(item);
 }
 
 impl ContactState {
     /// Records `event_id`; false if it is among the recent ones already.
     pub fn remember_event(&mut self, event_id: &str) -> bool {
-        let h = xxhash_rust::xxh3::xxh3_64(event_id.as_bytes());
+        let h = xxhash_rust::xxh3::xxh3_64(event_id.as_bytes()).max(1);
         if self.recent_events.contains(&h) {
             return false;
         }
-        if self.recent_events.len() < DEDUP_WINDOW {
-            push_exact(&mut self.recent_events, h);
-        } else {
-            self.recent_events[self.recent_next as usize] = h;
-        }
+        self.recent_events[self.recent_next as usize] = h;
         self.recent_next = ((self.recent_next as usize + 1) % DEDUP_WINDOW) as u8;
         true
     }
@@ -105,13 +118,10 @@ impl ContactState {
                 None => {
                     let mut stats = OrderStats::default();
                     stats.add(at, total_cents);
-                    push_exact(
-                        &mut self.merchants,
-                        MerchantStats {
-                            merchant: m.into(),
-                            stats,
-                        },
-                    );
+                    self.merchants.push(MerchantStats {
+                        merchant: m.into(),
+                        stats,
+                    });
                 }
             }
         }
@@ -133,14 +143,11 @@ impl ContactState {
                 s.at = at;
             }
             Some(_) => {}
-            None => push_exact(
-                &mut self.subscriptions,
-                Subscription {
-                    list: list.into(),
-                    subscribed,
-                    at,
-                },
-            ),
+            None => self.subscriptions.push(Subscription {
+                list: list.into(),
+                subscribed,
+                at,
+            }),
         }
     }
 
@@ -148,17 +155,35 @@ impl ContactState {
         self.subscriptions.iter().find(|s| &*s.list == list)
     }
 
-    pub fn set_field(&mut self, name: &str, value: Box<str>) {
+    /// Makes room for `n` more fields at once (a step setting two fields
+    /// grows the list once, to its exact size).
+    pub fn reserve_fields(&mut self, n: usize) {
+        self.fields.reserve_exact(n);
+    }
+
+    pub fn has_field(&self, name: &str) -> bool {
+        self.fields
+            .binary_search_by(|(k, _)| (**k).cmp(name))
+            .is_ok()
+    }
+
+    pub fn set_field(&mut self, name: &Arc<str>, value: FieldValue) {
         match self.fields.binary_search_by(|(k, _)| (**k).cmp(name)) {
             Ok(i) => self.fields[i].1 = value,
             Err(i) => {
                 self.fields.reserve_exact(1);
-                self.fields.insert(i, (name.into(), value));
+                self.fields.insert(i, (name.clone(), value));
             }
         }
     }
 
-    pub fn conversation_mut(&mut self, conv: ConvIdx) -> &mut ConversationState {
+    /// The contact's state in conversation `conv`, created on first use; the
+    /// list is sized once for all `conversations` the definitions hold.
+    pub fn conversation_mut(
+        &mut self,
+        conv: ConvIdx,
+        conversations: usize,
+    ) -> &mut ConversationState {
         let i = match self
             .conversations
             .iter()
@@ -166,14 +191,14 @@ impl ContactState {
         {
             Some(i) => i,
             None => {
-                push_exact(
-                    &mut self.conversations,
-                    ConversationState {
-                        conversation: conv,
-                        entries_started: 0,
-                        active: Vec::new(),
-                    },
-                );
+                if self.conversations.capacity() == 0 {
+                    self.conversations.reserve_exact(conversations);
+                }
+                self.conversations.push(ConversationState {
+                    conversation: conv,
+                    entries_started: 0,
+                    active: SmallVec::new(),
+                });
                 self.conversations.len() - 1
             }
         };
@@ -181,45 +206,14 @@ impl ContactState {
     }
 
     /// Stores an entry that waits, keeping entries in `seq` (age) order.
-    pub fn insert_entry(&mut self, conv: ConvIdx, e: Entry) {
-        let active = &mut self.conversation_mut(conv).active;
+    pub fn insert_entry(&mut self, conv: ConvIdx, conversations: usize, e: Entry) {
+        let active = &mut self.conversation_mut(conv, conversations).active;
         let i = active.partition_point(|x| x.seq < e.seq);
-        active.reserve_exact(1);
         active.insert(i, e);
     }
 
     pub fn conversation(&self, conv: ConvIdx) -> Option<&ConversationState> {
         self.conversations.iter().find(|c| c.conversation == conv)
-    }
-
-    /// Heap bytes owned by this state (for the memory-per-contact benchmark).
-    pub fn heap_bytes(&self) -> usize {
-        use std::mem::size_of;
-        self.recent_events.capacity() * size_of::<u64>()
-            + self.merchants.capacity() * size_of::<MerchantStats>()
-            + self
-                .merchants
-                .iter()
-                .map(|m| m.merchant.len())
-                .sum::<usize>()
-            + self.subscriptions.capacity() * size_of::<Subscription>()
-            + self
-                .subscriptions
-                .iter()
-                .map(|s| s.list.len())
-                .sum::<usize>()
-            + self.fields.capacity() * size_of::<(Box<str>, Box<str>)>()
-            + self
-                .fields
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>()
-            + self.conversations.capacity() * size_of::<ConversationState>()
-            + self
-                .conversations
-                .iter()
-                .map(|c| c.active.capacity() * size_of::<Entry>())
-                .sum::<usize>()
     }
 }
 
@@ -273,9 +267,10 @@ mod tests {
     #[test]
     fn fields_stay_sorted() {
         let mut s = ContactState::default();
-        s.set_field("z", "1".into());
-        s.set_field("a", "2".into());
-        s.set_field("z", "3".into());
+        let (a, z): (Arc<str>, Arc<str>) = ("a".into(), "z".into());
+        s.set_field(&z, FieldValue::Text("1".into()));
+        s.set_field(&a, FieldValue::Text("2".into()));
+        s.set_field(&z, FieldValue::Text("3".into()));
         let names: Vec<_> = s.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
         assert_eq!(names, ["a=2", "z=3"]);
     }

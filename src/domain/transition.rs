@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::definition::{ConvIdx, ExhaustedOutcome, PoolIdx, StepIdx, ThreadIdx};
+use super::state::FieldValue;
 use super::time::{Duration, Timestamp};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,11 +24,11 @@ pub struct Transition {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransitionKind {
     Entered {
-        event_id: Box<str>,
+        event_id: Arc<str>,
         event_name: Arc<str>,
     },
     Reentered {
-        event_id: Box<str>,
+        event_id: Arc<str>,
         event_name: Arc<str>,
         previous_entry: u32,
         left_thread: ThreadIdx,
@@ -46,7 +47,7 @@ pub enum TransitionKind {
     },
     CouponAssigned {
         pool: PoolIdx,
-        code: Box<str>,
+        code: Arc<str>,
         field: Arc<str>,
         expiration_field: Option<Arc<str>>,
         expires_at: Option<Timestamp>,
@@ -61,7 +62,7 @@ pub enum TransitionKind {
     },
     Send {
         message: Arc<str>,
-        fields: Vec<(Box<str>, Box<str>)>,
+        fields: Vec<(Arc<str>, FieldValue)>,
     },
     Suppressed {
         message: Arc<str>,
@@ -127,34 +128,20 @@ impl SuppressReason {
     }
 }
 
+/// The per-conversation part of every transition id: a 128-bit xxh3 of the
+/// conversation's name, computed once when definitions are compiled.
+pub fn conversation_salt(conversation: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(conversation.as_bytes())
+}
+
 /// The id of the `seq`-th transition (from 0) of entry `entry` of `contact` in
-/// `conversation`: a 128-bit xxh3 of a length-prefixed encoding, so that no two
-/// distinct tuples collide by concatenation.
-pub fn transition_id(conversation: &str, contact: &str, entry: u32, seq: u32) -> u128 {
-    let parts: [&[u8]; 6] = [
-        &(conversation.len() as u64).to_be_bytes(),
-        conversation.as_bytes(),
-        &(contact.len() as u64).to_be_bytes(),
-        contact.as_bytes(),
-        &entry.to_be_bytes(),
-        &seq.to_be_bytes(),
-    ];
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    // Ids are made for every transition: hash from the stack when the names are short.
-    let mut stack = [0u8; 256];
-    let mut heap = Vec::new();
-    let buf: &mut [u8] = if len <= stack.len() {
-        &mut stack[..len]
-    } else {
-        heap.resize(len, 0);
-        &mut heap
-    };
-    let mut at = 0;
-    for p in parts {
-        buf[at..at + p.len()].copy_from_slice(p);
-        at += p.len();
-    }
-    xxhash_rust::xxh3::xxh3_128(buf)
+/// the conversation whose [`conversation_salt`] is `salt`: the 128-bit xxh3 of
+/// the contact id seeded with `entry << 32 | seq`, XOR the salt. Within a
+/// conversation the seed is injective in (entry, seq); the salt separates
+/// conversations. Stable across runs, machines and versions of winback.
+pub fn transition_id(salt: u128, contact: &str, entry: u32, seq: u32) -> u128 {
+    let seed = (u64::from(entry) << 32) | u64::from(seq);
+    xxhash_rust::xxh3::xxh3_128_with_seed(contact.as_bytes(), seed) ^ salt
 }
 
 #[cfg(test)]
@@ -163,14 +150,15 @@ mod tests {
 
     #[test]
     fn ids_are_stable_and_distinct() {
-        let a = transition_id("Winback", "c1", 1, 0);
-        assert_eq!(a, transition_id("Winback", "c1", 1, 0));
-        assert_ne!(a, transition_id("Winback", "c1", 1, 1));
-        assert_ne!(a, transition_id("Winback", "c1", 2, 0));
-        // Concatenation would make these equal; the length prefix must not.
-        assert_ne!(
-            transition_id("ab", "c", 1, 0),
-            transition_id("a", "bc", 1, 0)
-        );
+        let w = conversation_salt("Winback");
+        let a = transition_id(w, "c1", 1, 0);
+        assert_eq!(a, transition_id(w, "c1", 1, 0));
+        assert_ne!(a, transition_id(w, "c1", 1, 1));
+        assert_ne!(a, transition_id(w, "c1", 2, 0));
+        assert_ne!(a, transition_id(w, "c2", 1, 0));
+        assert_ne!(a, transition_id(conversation_salt("Winback 2"), "c1", 1, 0));
+        assert_ne!(transition_id(w, "c1", 1, 0), transition_id(w, "c1", 0, 1));
+        // Pinned: ids are part of the output contract and must not drift.
+        assert_eq!(format!("{a:032x}"), "e2f6b19ba6bfe1c905bad688fc911133");
     }
 }

@@ -146,7 +146,7 @@ enum Detail<'a> {
     },
     Send {
         message: &'a str,
-        fields: BTreeMap<&'a str, &'a str>,
+        fields: BTreeMap<&'a str, String>,
     },
     Suppressed {
         message: &'a str,
@@ -223,7 +223,7 @@ pub fn encode_transition(defs: &Definitions, t: &Transition) -> String {
         },
         TransitionKind::Send { message, fields } => Detail::Send {
             message,
-            fields: fields.iter().map(|(k, v)| (&**k, &**v)).collect(),
+            fields: fields.iter().map(|(k, v)| (&**k, v.to_string())).collect(),
         },
         TransitionKind::Suppressed { message, reason } => Detail::Suppressed {
             message,
