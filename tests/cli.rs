@@ -206,3 +206,46 @@ fn simulate_rejects_a_bad_until_and_invalid_definitions() {
     );
     assert!(text(&o.stderr).contains(&want), "{}", text(&o.stderr));
 }
+
+/// The JSON form, byte for byte: every field of every transition type the
+/// golden files hold (review a diff here like an API change).
+#[test]
+fn json_output_matches_the_golden_files() {
+    let cases = [
+        (
+            vec![
+                "config/winback-90d.toml",
+                "config/winback-filter-coupon.toml",
+            ],
+            "examples/events.jsonl",
+            Some("2027-01-01T00:00:00Z"),
+            "tests/golden/examples.transitions.jsonl",
+        ),
+        (
+            vec!["tests/scenarios/defs/small-pool.toml"],
+            "tests/golden/small-pool.events.jsonl",
+            None,
+            "tests/golden/small-pool.transitions.jsonl",
+        ),
+    ];
+    for (configs, events, until, golden) in cases {
+        let mut args = vec!["simulate", "--config"];
+        args.extend(configs);
+        args.extend(["--events", events]);
+        if let Some(u) = until {
+            args.extend(["--until", u]);
+        }
+        let o = winback(&args);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let want = std::fs::read_to_string(golden).expect("golden file");
+        let got = text(&o.stdout);
+        for (i, (g, w)) in got.lines().zip(want.lines()).enumerate() {
+            assert_eq!(g, w, "{golden} line {}", i + 1);
+        }
+        assert_eq!(
+            got.lines().count(),
+            want.lines().count(),
+            "{golden}: line count"
+        );
+    }
+}

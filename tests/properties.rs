@@ -155,8 +155,8 @@ proptest! {
             let ts = run(&defs, &stream(&evs), |_, _| {});
             let mut seen = HashSet::new();
             for t in &ts {
-                if let TransitionKind::Send { message, .. } = &t.kind {
-                    prop_assert!(seen.insert((t.conversation, t.contact.clone(), t.entry, message.clone())),
+                if let wire::view::Detail::Send { message, .. } = wire::view::view(&defs, t).detail {
+                    prop_assert!(seen.insert((t.conversation, t.contact.clone(), t.entry, message.to_string())),
                         "{file}: {} sent twice in one entry", wire::text::render(&defs, t));
                 }
             }

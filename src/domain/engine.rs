@@ -325,8 +325,7 @@ impl Run<'_> {
                     event_id: event_id.clone(),
                     event_name: event_name.clone(),
                     previous_entry: old.seq,
-                    left_thread: old.thread,
-                    left_step: Some(old.step),
+                    left_step: old.step,
                 }
             }
             None => TransitionKind::Entered {
@@ -386,15 +385,7 @@ impl Run<'_> {
                 StepKind::Wait(d) => {
                     let expires_at = at.saturating_add(*d);
                     e.waiting_until = Some(expires_at);
-                    self.emit(
-                        &mut e,
-                        at,
-                        pos,
-                        TransitionKind::WaitStarted {
-                            expires_at,
-                            duration: *d,
-                        },
-                    );
+                    self.emit(&mut e, at, pos, TransitionKind::WaitStarted { expires_at });
                     self.fx.timers.push(TimerChange::Set {
                         conversation: self.ci,
                         entry: e.seq,
@@ -406,15 +397,7 @@ impl Run<'_> {
                     let taken = filter
                         .as_ref()
                         .is_none_or(|f| filter_matches(f, self.st, at));
-                    self.emit(
-                        &mut e,
-                        at,
-                        pos,
-                        TransitionKind::Goto {
-                            target: *target,
-                            taken,
-                        },
-                    );
+                    self.emit(&mut e, at, pos, TransitionKind::Goto { taken });
                     if taken {
                         next = Some(*target);
                     }
@@ -444,36 +427,14 @@ impl Run<'_> {
                             &mut e,
                             at,
                             pos,
-                            TransitionKind::CouponAssigned {
-                                pool: *pool,
-                                code,
-                                field: field.clone(),
-                                expiration_field: expiration_field.clone(),
-                                expires_at,
-                            },
+                            TransitionKind::CouponAssigned { code, expires_at },
                         );
                         if let Some(remaining) = low {
-                            self.emit(
-                                &mut e,
-                                at,
-                                pos,
-                                TransitionKind::CouponPoolLow {
-                                    pool: *pool,
-                                    remaining,
-                                },
-                            );
+                            self.emit(&mut e, at, pos, TransitionKind::CouponPoolLow { remaining });
                         }
                     }
                     Take::Exhausted => {
-                        self.emit(
-                            &mut e,
-                            at,
-                            pos,
-                            TransitionKind::CouponPoolExhausted {
-                                pool: *pool,
-                                outcome: *when_exhausted,
-                            },
-                        );
+                        self.emit(&mut e, at, pos, TransitionKind::CouponPoolExhausted);
                         if *when_exhausted == ExhaustedOutcome::Exit {
                             self.emit(
                                 &mut e,
@@ -487,7 +448,7 @@ impl Run<'_> {
                         }
                     }
                 },
-                StepKind::Message { message } => {
+                StepKind::Message { .. } => {
                     let gate =
                         self.conv
                             .list
@@ -499,13 +460,9 @@ impl Run<'_> {
                             });
                     let kind = match gate.flatten() {
                         None => TransitionKind::Send {
-                            message: message.clone(),
                             fields: self.st.fields.clone(),
                         },
-                        Some(reason) => TransitionKind::Suppressed {
-                            message: message.clone(),
-                            reason,
-                        },
+                        Some(reason) => TransitionKind::Suppressed { reason },
                     };
                     self.emit(&mut e, at, pos, kind);
                 }

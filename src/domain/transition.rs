@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use super::definition::{ConvIdx, ExhaustedOutcome, PoolIdx, StepIdx, ThreadIdx};
+use super::definition::{ConvIdx, StepIdx, ThreadIdx};
 use super::state::FieldValue;
-use super::time::{Duration, Timestamp};
+use super::time::Timestamp;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
@@ -21,51 +21,44 @@ pub struct Transition {
     pub kind: TransitionKind,
 }
 
+/// What happened. Only what the definitions cannot tell is carried: the pool,
+/// field names, message, GoTo target and wait duration are the step's (see
+/// `crate::wire::view`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransitionKind {
     Entered {
         event_id: Arc<str>,
         event_name: Arc<str>,
     },
+    /// Started a new entry, ending `previous_entry` in the wait `left_step`.
     Reentered {
         event_id: Arc<str>,
         event_name: Arc<str>,
         previous_entry: u32,
-        left_thread: ThreadIdx,
-        left_step: Option<StepIdx>,
+        left_step: StepIdx,
     },
     WaitStarted {
         expires_at: Timestamp,
-        duration: Duration,
     },
     Goto {
-        target: StepIdx,
+        /// False when the segment filter did not hold and the entry fell through.
         taken: bool,
     },
     Exited {
         reason: ExitReason,
     },
     CouponAssigned {
-        pool: PoolIdx,
         code: Arc<str>,
-        field: Arc<str>,
-        expiration_field: Option<Arc<str>>,
         expires_at: Option<Timestamp>,
     },
-    CouponPoolExhausted {
-        pool: PoolIdx,
-        outcome: ExhaustedOutcome,
-    },
+    CouponPoolExhausted,
     CouponPoolLow {
-        pool: PoolIdx,
         remaining: u64,
     },
     Send {
-        message: Arc<str>,
         fields: Vec<(Arc<str>, FieldValue)>,
     },
     Suppressed {
-        message: Arc<str>,
         reason: SuppressReason,
     },
 }
@@ -79,7 +72,7 @@ impl TransitionKind {
             TransitionKind::Goto { .. } => "goto",
             TransitionKind::Exited { .. } => "exited",
             TransitionKind::CouponAssigned { .. } => "coupon_assigned",
-            TransitionKind::CouponPoolExhausted { .. } => "coupon_pool_exhausted",
+            TransitionKind::CouponPoolExhausted => "coupon_pool_exhausted",
             TransitionKind::CouponPoolLow { .. } => "coupon_pool_low",
             TransitionKind::Send { .. } => "send",
             TransitionKind::Suppressed { .. } => "suppressed",

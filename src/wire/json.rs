@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::step_name;
+use super::view::{Detail, view};
 use crate::domain::time::Timestamp;
-use crate::domain::transition::{Transition, TransitionKind};
+use crate::domain::transition::Transition;
 use crate::domain::{Definitions, Event};
 
 /// Why a JSON event line could not be decoded.
@@ -98,12 +98,12 @@ struct JsonTransition<'a> {
     thread: &'a str,
     step: &'a str,
     #[serde(flatten)]
-    detail: Detail<'a>,
+    detail: JsonDetail<'a>,
 }
 
 #[derive(Serialize)]
 #[serde(untagged)]
-enum Detail<'a> {
+enum JsonDetail<'a> {
     Event {
         event_id: &'a str,
         event_name: &'a str,
@@ -161,84 +161,75 @@ pub fn transition_id_hex(id: u128) -> String {
 /// One transition as a single JSON line (no trailing newline). Field order is
 /// fixed, so equal transitions give equal bytes.
 pub fn encode_transition(defs: &Definitions, t: &Transition) -> String {
-    let conv = &defs.conversations[t.conversation as usize];
-    let thread_name = |i: u16| &*conv.threads[i as usize].name;
-    let step_id = |s: u32| &*conv.steps[s as usize].id;
-    let detail = match &t.kind {
-        TransitionKind::Entered {
+    let v = view(defs, t);
+    let detail = match v.detail {
+        Detail::Entered {
             event_id,
             event_name,
-        } => Detail::Event {
+        } => JsonDetail::Event {
             event_id,
             event_name,
         },
-        TransitionKind::Reentered {
+        Detail::Reentered {
             event_id,
             event_name,
             previous_entry,
             left_thread,
             left_step,
-        } => Detail::Reentered {
+        } => JsonDetail::Reentered {
             event_id,
             event_name,
-            previous_entry: *previous_entry,
-            left_thread: thread_name(*left_thread),
-            left_step: left_step.map_or(super::TRIGGER_STEP, step_id),
+            previous_entry,
+            left_thread,
+            left_step,
         },
-        TransitionKind::WaitStarted {
+        Detail::WaitStarted {
             expires_at,
             duration,
-        } => Detail::Wait {
+        } => JsonDetail::Wait {
             expires_at: expires_at.to_rfc3339(),
             duration: duration.to_string(),
         },
-        TransitionKind::Goto { target, taken } => Detail::Goto {
-            target_thread: thread_name(conv.steps[*target as usize].thread),
-            target_step: step_id(*target),
-            taken: *taken,
+        Detail::Goto {
+            target_thread,
+            target_step,
+            taken,
+        } => JsonDetail::Goto {
+            target_thread,
+            target_step,
+            taken,
         },
-        TransitionKind::Exited { reason } => Detail::Exited {
-            reason: reason.as_str(),
-        },
-        TransitionKind::CouponAssigned {
+        Detail::Exited { reason } => JsonDetail::Exited { reason },
+        Detail::CouponAssigned {
             pool,
             code,
             field,
             expiration_field,
             expires_at,
-        } => Detail::Coupon {
-            pool: &defs.pools[*pool as usize].name,
+        } => JsonDetail::Coupon {
+            pool,
             code,
             field,
-            expiration_field: expiration_field.as_deref(),
+            expiration_field,
             expires_at: expires_at.map(Timestamp::to_rfc3339),
         },
-        TransitionKind::CouponPoolExhausted { pool, outcome } => Detail::Exhausted {
-            pool: &defs.pools[*pool as usize].name,
-            outcome: outcome.as_str(),
-        },
-        TransitionKind::CouponPoolLow { pool, remaining } => Detail::Low {
-            pool: &defs.pools[*pool as usize].name,
-            remaining: *remaining,
-        },
-        TransitionKind::Send { message, fields } => Detail::Send {
+        Detail::CouponPoolExhausted { pool, outcome } => JsonDetail::Exhausted { pool, outcome },
+        Detail::CouponPoolLow { pool, remaining } => JsonDetail::Low { pool, remaining },
+        Detail::Send { message, fields } => JsonDetail::Send {
             message,
             fields: fields.iter().map(|(k, v)| (&**k, v.to_string())).collect(),
         },
-        TransitionKind::Suppressed { message, reason } => Detail::Suppressed {
-            message,
-            reason: reason.as_str(),
-        },
+        Detail::Suppressed { message, reason } => JsonDetail::Suppressed { message, reason },
     };
     let out = JsonTransition {
-        transition_id: transition_id_hex(t.id),
-        kind: t.kind.type_name(),
-        conversation: &conv.name,
-        contact_id: &t.contact,
-        at: t.at.to_rfc3339(),
-        entry: t.entry,
-        thread: thread_name(t.thread),
-        step: step_name(defs, t),
+        transition_id: transition_id_hex(v.id),
+        kind: v.kind,
+        conversation: v.conversation,
+        contact_id: v.contact,
+        at: v.at.to_rfc3339(),
+        entry: v.entry,
+        thread: v.thread,
+        step: v.step,
         detail,
     };
     // Serializing plain strings, numbers and maps of strings cannot fail.

@@ -3,9 +3,9 @@
 use prost::Message;
 
 use super::json::transition_id_hex;
-use super::{TRIGGER_STEP, step_name};
+use super::view::{Detail, view};
 use crate::domain::time::Timestamp;
-use crate::domain::transition::{Transition, TransitionKind};
+use crate::domain::transition::Transition;
 use crate::domain::{Definitions, Event};
 use crate::pb;
 
@@ -65,91 +65,91 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, ProtoError> {
 }
 
 pub fn transition_to_pb(defs: &Definitions, t: &Transition) -> pb::Transition {
-    use pb::transition::Detail;
-    let conv = &defs.conversations[t.conversation as usize];
-    let thread_name = |i: u16| conv.threads[i as usize].name.to_string();
-    let step_id = |s: u32| conv.steps[s as usize].id.to_string();
-    let detail = match &t.kind {
-        TransitionKind::Entered {
+    use pb::transition::Detail as P;
+    let v = view(defs, t);
+    let detail = match v.detail {
+        Detail::Entered {
             event_id,
             event_name,
-        } => Detail::Entered(pb::Entered {
-            event_id: event_id.to_string(),
-            event_name: event_name.to_string(),
+        } => P::Entered(pb::Entered {
+            event_id: event_id.into(),
+            event_name: event_name.into(),
         }),
-        TransitionKind::Reentered {
+        Detail::Reentered {
             event_id,
             event_name,
             previous_entry,
             left_thread,
             left_step,
-        } => Detail::Reentered(pb::Reentered {
-            event_id: event_id.to_string(),
-            event_name: event_name.to_string(),
-            previous_entry: *previous_entry,
-            left_thread: thread_name(*left_thread),
-            left_step: left_step.map_or_else(|| TRIGGER_STEP.to_string(), step_id),
+        } => P::Reentered(pb::Reentered {
+            event_id: event_id.into(),
+            event_name: event_name.into(),
+            previous_entry,
+            left_thread: left_thread.into(),
+            left_step: left_step.into(),
         }),
-        TransitionKind::WaitStarted {
+        Detail::WaitStarted {
             expires_at,
             duration,
-        } => Detail::WaitStarted(pb::WaitStarted {
-            expires_at: Some(to_pb_time(*expires_at)),
+        } => P::WaitStarted(pb::WaitStarted {
+            expires_at: Some(to_pb_time(expires_at)),
             duration_ms: duration.0,
         }),
-        TransitionKind::Goto { target, taken } => Detail::Goto(pb::Goto {
-            target_thread: thread_name(conv.steps[*target as usize].thread),
-            target_step: step_id(*target),
-            taken: *taken,
+        Detail::Goto {
+            target_thread,
+            target_step,
+            taken,
+        } => P::Goto(pb::Goto {
+            target_thread: target_thread.into(),
+            target_step: target_step.into(),
+            taken,
         }),
-        TransitionKind::Exited { reason } => Detail::Exited(pb::Exited {
-            reason: reason.as_str().into(),
+        Detail::Exited { reason } => P::Exited(pb::Exited {
+            reason: reason.into(),
         }),
-        TransitionKind::CouponAssigned {
+        Detail::CouponAssigned {
             pool,
             code,
             field,
             expiration_field,
             expires_at,
-        } => Detail::CouponAssigned(pb::CouponAssigned {
-            pool: defs.pools[*pool as usize].name.to_string(),
-            code: code.to_string(),
-            field: field.to_string(),
-            expiration_field: expiration_field.as_ref().map(|f| f.to_string()),
+        } => P::CouponAssigned(pb::CouponAssigned {
+            pool: pool.into(),
+            code: code.into(),
+            field: field.into(),
+            expiration_field: expiration_field.map(Into::into),
             expires_at: expires_at.map(to_pb_time),
         }),
-        TransitionKind::CouponPoolExhausted { pool, outcome } => {
-            Detail::CouponPoolExhausted(pb::CouponPoolExhausted {
-                pool: defs.pools[*pool as usize].name.to_string(),
-                outcome: outcome.as_str().into(),
+        Detail::CouponPoolExhausted { pool, outcome } => {
+            P::CouponPoolExhausted(pb::CouponPoolExhausted {
+                pool: pool.into(),
+                outcome: outcome.into(),
             })
         }
-        TransitionKind::CouponPoolLow { pool, remaining } => {
-            Detail::CouponPoolLow(pb::CouponPoolLow {
-                pool: defs.pools[*pool as usize].name.to_string(),
-                remaining: *remaining,
-            })
-        }
-        TransitionKind::Send { message, fields } => Detail::Send(pb::Send {
-            message: message.to_string(),
+        Detail::CouponPoolLow { pool, remaining } => P::CouponPoolLow(pb::CouponPoolLow {
+            pool: pool.into(),
+            remaining,
+        }),
+        Detail::Send { message, fields } => P::Send(pb::Send {
+            message: message.into(),
             fields: fields
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         }),
-        TransitionKind::Suppressed { message, reason } => Detail::Suppressed(pb::Suppressed {
-            message: message.to_string(),
-            reason: reason.as_str().into(),
+        Detail::Suppressed { message, reason } => P::Suppressed(pb::Suppressed {
+            message: message.into(),
+            reason: reason.into(),
         }),
     };
     pb::Transition {
-        transition_id: transition_id_hex(t.id),
-        conversation: conv.name.to_string(),
-        contact_id: t.contact.to_string(),
-        at: Some(to_pb_time(t.at)),
-        entry: t.entry,
-        thread: thread_name(t.thread),
-        step: step_name(defs, t).to_string(),
+        transition_id: transition_id_hex(v.id),
+        conversation: v.conversation.into(),
+        contact_id: v.contact.into(),
+        at: Some(to_pb_time(v.at)),
+        entry: v.entry,
+        thread: v.thread.into(),
+        step: v.step.into(),
         detail: Some(detail),
     }
 }

@@ -4,35 +4,22 @@
 
 use std::fmt::Write;
 
-use super::step_name;
+use super::view::{Detail, view};
 use crate::domain::Definitions;
-use crate::domain::transition::{Transition, TransitionKind};
+use crate::domain::transition::Transition;
 
 pub fn render(defs: &Definitions, t: &Transition) -> String {
-    let conv = &defs.conversations[t.conversation as usize];
-    let thread = |i: u16| &*conv.threads[i as usize].name;
-    let step_at = |s: u32| {
-        format!(
-            "{} / {}",
-            thread(conv.steps[s as usize].thread),
-            &*conv.steps[s as usize].id
-        )
-    };
+    let v = view(defs, t);
     let mut out = format!(
         "{} {} #{} {} {} / {}",
-        t.at,
-        t.contact,
-        t.entry,
-        t.kind.type_name(),
-        thread(t.thread),
-        step_name(defs, t)
+        v.at, v.contact, v.entry, v.kind, v.thread, v.step
     );
-    let _ = match &t.kind {
-        TransitionKind::Entered {
+    let _ = match v.detail {
+        Detail::Entered {
             event_id,
             event_name,
         } => write!(out, " event={event_id} ({event_name})"),
-        TransitionKind::Reentered {
+        Detail::Reentered {
             event_id,
             event_name,
             previous_entry,
@@ -40,65 +27,52 @@ pub fn render(defs: &Definitions, t: &Transition) -> String {
             left_step,
         } => write!(
             out,
-            " event={event_id} ({event_name}) left #{previous_entry} at {}",
-            left_step.map_or_else(|| format!("{} / trigger", thread(*left_thread)), step_at)
+            " event={event_id} ({event_name}) left #{previous_entry} at {left_thread} / {left_step}"
         ),
-        TransitionKind::WaitStarted {
+        Detail::WaitStarted {
             expires_at,
             duration,
         } => write!(out, " until {expires_at} ({duration})"),
-        TransitionKind::Goto {
-            target,
+        Detail::Goto {
+            target_thread,
+            target_step,
             taken: true,
-        } => write!(out, " -> {}", step_at(*target)),
-        TransitionKind::Goto {
-            target,
+        } => write!(out, " -> {target_thread} / {target_step}"),
+        Detail::Goto {
+            target_thread,
+            target_step,
             taken: false,
         } => write!(
             out,
-            " not taken: filter does not hold (target {})",
-            step_at(*target)
+            " not taken: filter does not hold (target {target_thread} / {target_step})"
         ),
-        TransitionKind::Exited { reason } => write!(out, " reason={}", reason.as_str()),
-        TransitionKind::CouponAssigned {
+        Detail::Exited { reason } => write!(out, " reason={reason}"),
+        Detail::CouponAssigned {
             pool,
             code,
             field,
             expiration_field,
             expires_at,
         } => {
-            let _ = write!(
-                out,
-                " pool={} {field}={code}",
-                defs.pools[*pool as usize].name
-            );
+            let _ = write!(out, " pool={pool} {field}={code}");
             match (expiration_field, expires_at) {
                 (Some(f), Some(x)) => write!(out, " {f}={x}"),
                 (None, Some(x)) => write!(out, " expires={x}"),
                 _ => Ok(()),
             }
         }
-        TransitionKind::CouponPoolExhausted { pool, outcome } => {
-            write!(
-                out,
-                " pool={} outcome={}",
-                defs.pools[*pool as usize].name,
-                outcome.as_str()
-            )
+        Detail::CouponPoolExhausted { pool, outcome } => {
+            write!(out, " pool={pool} outcome={outcome}")
         }
-        TransitionKind::CouponPoolLow { pool, remaining } => {
-            write!(
-                out,
-                " pool={} remaining={remaining}",
-                defs.pools[*pool as usize].name
-            )
+        Detail::CouponPoolLow { pool, remaining } => {
+            write!(out, " pool={pool} remaining={remaining}")
         }
-        TransitionKind::Send { message, fields } => {
+        Detail::Send { message, fields } => {
             let _ = write!(out, " message={message:?}");
             fields.iter().try_for_each(|(k, v)| write!(out, " {k}={v}"))
         }
-        TransitionKind::Suppressed { message, reason } => {
-            write!(out, " message={message:?} reason={}", reason.as_str())
+        Detail::Suppressed { message, reason } => {
+            write!(out, " message={message:?} reason={reason}")
         }
     };
     out

@@ -1,0 +1,202 @@
+//! A transition with every name resolved against the definitions: the one
+//! place that turns indices and step-derived facts (pool, message, target,
+//! duration, ...) into what the JSON, protobuf and text forms print.
+
+use std::sync::Arc;
+
+use crate::domain::Definitions;
+use crate::domain::definition::{Conversation, ExhaustedOutcome, Step, StepIdx, StepKind};
+use crate::domain::state::FieldValue;
+use crate::domain::time::{Duration, Timestamp};
+use crate::domain::transition::{Transition, TransitionKind};
+
+/// The step id shown for a thread's trigger step (reserved as a step id).
+pub const TRIGGER_STEP: &str = "trigger";
+
+pub struct View<'a> {
+    pub id: u128,
+    pub kind: &'static str,
+    pub conversation: &'a str,
+    pub contact: &'a str,
+    pub at: Timestamp,
+    pub entry: u32,
+    pub thread: &'a str,
+    pub step: &'a str,
+    pub detail: Detail<'a>,
+}
+
+pub enum Detail<'a> {
+    Entered {
+        event_id: &'a str,
+        event_name: &'a str,
+    },
+    Reentered {
+        event_id: &'a str,
+        event_name: &'a str,
+        previous_entry: u32,
+        left_thread: &'a str,
+        left_step: &'a str,
+    },
+    WaitStarted {
+        expires_at: Timestamp,
+        duration: Duration,
+    },
+    Goto {
+        target_thread: &'a str,
+        target_step: &'a str,
+        taken: bool,
+    },
+    Exited {
+        reason: &'static str,
+    },
+    CouponAssigned {
+        pool: &'a str,
+        code: &'a str,
+        field: &'a str,
+        expiration_field: Option<&'a str>,
+        expires_at: Option<Timestamp>,
+    },
+    CouponPoolExhausted {
+        pool: &'a str,
+        outcome: &'static str,
+    },
+    CouponPoolLow {
+        pool: &'a str,
+        remaining: u64,
+    },
+    Send {
+        message: &'a str,
+        fields: &'a [(Arc<str>, FieldValue)],
+    },
+    Suppressed {
+        message: &'a str,
+        reason: &'static str,
+    },
+}
+
+/// What a transition's step defines; the engine emits each kind only from its
+/// own step type, so the fallbacks below are never printed for engine output.
+struct StepFacts<'a> {
+    wait: Duration,
+    target: Option<StepIdx>,
+    pool: &'a str,
+    field: &'a str,
+    expiration_field: Option<&'a str>,
+    outcome: &'static str,
+    message: &'a str,
+}
+
+fn facts<'a>(defs: &'a Definitions, step: Option<&'a Step>) -> StepFacts<'a> {
+    let mut f = StepFacts {
+        wait: Duration::ZERO,
+        target: None,
+        pool: "",
+        field: "",
+        expiration_field: None,
+        outcome: ExhaustedOutcome::Continue.as_str(),
+        message: "",
+    };
+    match step.map(|s| &s.kind) {
+        Some(StepKind::Wait(d)) => f.wait = *d,
+        Some(StepKind::Goto { target, .. }) => f.target = Some(*target),
+        Some(StepKind::SetCouponCode {
+            pool,
+            field,
+            expiration_field,
+            when_exhausted,
+            ..
+        }) => {
+            f.pool = &defs.pools[*pool as usize].name;
+            f.field = field;
+            f.expiration_field = expiration_field.as_deref();
+            f.outcome = when_exhausted.as_str();
+        }
+        Some(StepKind::Message { message }) => f.message = message,
+        None => {}
+    }
+    f
+}
+
+fn step_at(conv: &Conversation, s: StepIdx) -> (&str, &str) {
+    let step = &conv.steps[s as usize];
+    (&conv.threads[step.thread as usize].name, &step.id)
+}
+
+pub fn view<'a>(defs: &'a Definitions, t: &'a Transition) -> View<'a> {
+    let conv = &defs.conversations[t.conversation as usize];
+    let step = t.step.map(|s| &conv.steps[s as usize]);
+    let f = facts(defs, step);
+    let detail = match &t.kind {
+        TransitionKind::Entered {
+            event_id,
+            event_name,
+        } => Detail::Entered {
+            event_id,
+            event_name,
+        },
+        TransitionKind::Reentered {
+            event_id,
+            event_name,
+            previous_entry,
+            left_step,
+        } => {
+            let (left_thread, left_step) = step_at(conv, *left_step);
+            Detail::Reentered {
+                event_id,
+                event_name,
+                previous_entry: *previous_entry,
+                left_thread,
+                left_step,
+            }
+        }
+        TransitionKind::WaitStarted { expires_at } => Detail::WaitStarted {
+            expires_at: *expires_at,
+            duration: f.wait,
+        },
+        TransitionKind::Goto { taken } => {
+            let (target_thread, target_step) = f.target.map_or(("", ""), |s| step_at(conv, s));
+            Detail::Goto {
+                target_thread,
+                target_step,
+                taken: *taken,
+            }
+        }
+        TransitionKind::Exited { reason } => Detail::Exited {
+            reason: reason.as_str(),
+        },
+        TransitionKind::CouponAssigned { code, expires_at } => Detail::CouponAssigned {
+            pool: f.pool,
+            code,
+            field: f.field,
+            expiration_field: f.expiration_field,
+            expires_at: *expires_at,
+        },
+        TransitionKind::CouponPoolExhausted => Detail::CouponPoolExhausted {
+            pool: f.pool,
+            outcome: f.outcome,
+        },
+        TransitionKind::CouponPoolLow { remaining } => Detail::CouponPoolLow {
+            pool: f.pool,
+            remaining: *remaining,
+        },
+        TransitionKind::Send { fields } => Detail::Send {
+            message: f.message,
+            fields,
+        },
+        TransitionKind::Suppressed { reason } => Detail::Suppressed {
+            message: f.message,
+            reason: reason.as_str(),
+        },
+    };
+    View {
+        id: t.id,
+        kind: t.kind.type_name(),
+        conversation: &conv.name,
+        contact: &t.contact,
+        at: t.at,
+        entry: t.entry,
+        thread: &conv.threads[t.thread as usize].name,
+        step: step.map_or(TRIGGER_STEP, |s| &s.id),
+        detail,
+    }
+}

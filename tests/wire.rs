@@ -1,0 +1,100 @@
+//! The protobuf and JSON forms of a transition carry the same content.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use prost::Message;
+use winback::pb;
+use winback::sim::Simulator;
+use winback::wire;
+
+fn ts(t: &Option<prost_types::Timestamp>) -> String {
+    let t = t.as_ref().expect("timestamp");
+    winback::domain::Timestamp(t.seconds * 1000 + i64::from(t.nanos / 1_000_000)).to_rfc3339()
+}
+
+#[test]
+fn protobuf_and_json_transitions_agree() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let files = [
+        root.join("config/winback-90d.toml"),
+        root.join("config/winback-filter-coupon.toml"),
+    ];
+    let defs = Arc::new(
+        winback::config::load_files(&files)
+            .expect("valid")
+            .definitions,
+    );
+    let events = std::fs::read_to_string(root.join("examples/events.jsonl")).expect("events");
+    let mut sim = Simulator::new(defs.clone());
+    let mut out = Vec::new();
+    for line in events.lines() {
+        let ev = wire::json::decode_event(line).expect("example events decode");
+        let _ = sim.feed(&ev, &mut out);
+    }
+    sim.advance_to(
+        winback::domain::Timestamp::parse_rfc3339("2027-01-01T00:00:00Z").expect("time"),
+        &mut out,
+    );
+    assert!(out.len() > 40);
+    for t in &out {
+        let j: serde_json::Value =
+            serde_json::from_str(&wire::json::encode_transition(&defs, t)).expect("json");
+        let bytes = wire::proto::transition_to_pb(&defs, t).encode_to_vec();
+        let p = pb::Transition::decode(bytes.as_slice()).expect("protobuf round trip");
+        assert_eq!(j["transition_id"], p.transition_id);
+        assert_eq!(j["conversation"], p.conversation);
+        assert_eq!(j["contact_id"], p.contact_id);
+        assert_eq!(j["at"], ts(&p.at));
+        assert_eq!(j["entry"], p.entry);
+        assert_eq!(j["thread"], p.thread);
+        assert_eq!(j["step"], p.step);
+        use pb::transition::Detail;
+        match p.detail.expect("detail") {
+            Detail::Entered(d) => assert_eq!(
+                (&j["type"], &j["event_id"]),
+                (&"entered".into(), &d.event_id.into())
+            ),
+            Detail::Reentered(d) => {
+                assert_eq!(j["type"], "reentered");
+                assert_eq!(j["left_step"], d.left_step);
+                assert_eq!(j["previous_entry"], d.previous_entry);
+            }
+            Detail::WaitStarted(d) => {
+                assert_eq!(j["expires_at"], ts(&d.expires_at));
+                assert_eq!(
+                    j["duration"],
+                    winback::domain::Duration(d.duration_ms).to_string()
+                );
+            }
+            Detail::Goto(d) => assert_eq!(
+                (&j["target_step"], &j["taken"]),
+                (&d.target_step.into(), &d.taken.into())
+            ),
+            Detail::Exited(d) => assert_eq!(j["reason"], d.reason),
+            Detail::CouponAssigned(d) => {
+                assert_eq!(
+                    (&j["code"], &j["pool"], &j["field"]),
+                    (&d.code.into(), &d.pool.into(), &d.field.into())
+                );
+                assert_eq!(j["expires_at"], ts(&d.expires_at));
+            }
+            Detail::CouponPoolExhausted(d) => assert_eq!(j["outcome"], d.outcome),
+            Detail::CouponPoolLow(d) => assert_eq!(j["remaining"], d.remaining),
+            Detail::Send(d) => {
+                assert_eq!(j["message"], d.message);
+                for (k, v) in &d.fields {
+                    assert_eq!(j["fields"][k], *v);
+                }
+                assert_eq!(
+                    j["fields"].as_object().map(|o| o.len()),
+                    Some(d.fields.len())
+                );
+            }
+            Detail::Suppressed(d) => assert_eq!(
+                (&j["message"], &j["reason"]),
+                (&d.message.into(), &d.reason.into())
+            ),
+        }
+    }
+}
