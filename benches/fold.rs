@@ -176,7 +176,7 @@ fn main() {
         allocs as f64 / events.len() as f64
     );
     println!(
-        "memory: {} contacts, {:.0} bytes per contact live on the heap ({:.1} MiB; includes {} queued timers, cancelled ones not yet due among them)",
+        "memory: {} contacts, {:.0} bytes per contact live on the heap ({:.1} MiB; {} waits pending, cancelled ones not yet due among them)",
         sim.contacts(),
         live as f64 / sim.contacts() as f64,
         live as f64 / (1 << 20) as f64,

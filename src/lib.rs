@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod sim;
+pub mod timer;
 pub mod wire;
 
 /// Generated from `proto/winback/v1/winback.proto`.

@@ -3,8 +3,6 @@
 //! benchmark. Pure like the domain: the clock moves only with events and
 //! [`Simulator::advance_to`].
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use crate::domain::definition::{ConvIdx, FastMap};
@@ -12,19 +10,19 @@ use crate::domain::engine::{Effects, Engine, Folded, TimerChange};
 use crate::domain::{
     ContactState, CouponPools, Definitions, Event, EventError, Timestamp, Transition,
 };
+use crate::timer::Wheel;
 
-/// A pending wait: (expiry, contact index, conversation, entry). The tuple order
-/// is the firing order of timers due at the same instant.
-type TimerKey = (Timestamp, u32, ConvIdx, u32);
+/// A pending wait of (contact index, conversation, entry): at the same instant,
+/// timers fire in this order.
+type TimerKey = (u32, ConvIdx, u32);
 
 pub struct Simulator {
     engine: Engine,
     index: FastMap<Arc<str>, u32>,
     contacts: Vec<(Arc<str>, ContactState)>,
-    /// Cancelled waits stay until due and are then ignored by the engine (it
-    /// fires only a timer that matches a waiting entry), which keeps a re-entry
-    /// to one push instead of a search.
-    timers: BinaryHeap<Reverse<TimerKey>>,
+    /// Pending waits. A cancelled one stays until due and is then ignored by
+    /// the engine (it fires only a timer matching a waiting entry).
+    timers: Wheel<TimerKey>,
     pools: CouponPools,
     clock: Option<Timestamp>,
     fx: Effects,
@@ -37,7 +35,7 @@ impl Simulator {
             engine: Engine::new(defs),
             index: FastMap::default(),
             contacts: Vec::new(),
-            timers: BinaryHeap::new(),
+            timers: Wheel::new(),
             pools,
             clock: None,
             fx: Effects::default(),
@@ -65,7 +63,7 @@ impl Simulator {
         &self.pools
     }
 
-    /// Timers held, including cancelled ones not yet due.
+    /// Pending waits, cancelled ones not yet due among them.
     pub fn timers_held(&self) -> usize {
         self.timers.len()
     }
@@ -113,11 +111,7 @@ impl Simulator {
     }
 
     fn fire_due(&mut self, t: Timestamp, out: &mut Vec<Transition>) {
-        while let Some(&Reverse((at, contact, conv, entry))) = self.timers.peek() {
-            if at > t {
-                break;
-            }
-            self.timers.pop();
+        while let Some((at, (contact, conv, entry))) = self.timers.pop_due(t) {
             let now = self.clock.map_or(at, |c| c.max(at));
             self.clock = Some(now);
             self.fx.clear();
@@ -138,8 +132,7 @@ impl Simulator {
                 at,
             } = tc
             {
-                self.timers
-                    .push(Reverse((at, contact, conversation, entry)));
+                self.timers.insert(at, (contact, conversation, entry));
             }
         }
     }
