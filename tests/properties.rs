@@ -162,7 +162,7 @@ proptest! {
             }
             let mut ids = HashSet::new();
             for t in &ts {
-                prop_assert!(ids.insert(t.id), "{file}: transition id repeated: {}", wire::text::render(&defs, t));
+                prop_assert!(ids.insert(t.id(&defs)), "{file}: transition id repeated: {}", wire::text::render(&defs, t));
             }
         }
     }

@@ -19,7 +19,7 @@ use super::definition::{
 use super::event::{Event, EventError};
 use super::state::{ContactState, Entry, FieldValue, OrderStats};
 use super::time::Timestamp;
-use super::transition::{ExitReason, SuppressReason, Transition, TransitionKind, transition_id};
+use super::transition::{ExitReason, SuppressReason, Transition, TransitionKind};
 
 /// Valid definitions never run this many steps without a wait (GoTo loops without
 /// a wait are rejected); the guard turns a bug into an `exited` instead of a hang.
@@ -235,7 +235,7 @@ impl Run<'_> {
             None => e.thread,
         };
         self.fx.transitions.push(Transition {
-            id: transition_id(self.conv.id_salt, self.contact, e.seq, e.transitions),
+            seq: e.transitions,
             conversation: self.ci,
             contact: self.contact.clone(),
             at,
@@ -414,14 +414,12 @@ impl Run<'_> {
                             valid_for
                                 .map(|d| at.saturating_add(d))
                                 .or(self.engine.defs.pools[*pool as usize].expires_at);
-                        let new_fields = usize::from(!self.st.has_field(field))
-                            + expiration_field
-                                .as_ref()
-                                .map_or(0, |f| usize::from(!self.st.has_field(f)));
-                        self.st.reserve_fields(new_fields);
-                        self.st.set_field(field, FieldValue::Text(code.clone()));
-                        if let (Some(f), Some(x)) = (expiration_field, expires_at) {
-                            self.st.set_field(f, FieldValue::Time(x));
+                        let code_field = (field, FieldValue::Text(code.clone()));
+                        match (expiration_field, expires_at) {
+                            (Some(f), Some(x)) => {
+                                self.st.fields.set(&[code_field, (f, FieldValue::Time(x))])
+                            }
+                            _ => self.st.fields.set(&[code_field]),
                         }
                         self.emit(
                             &mut e,

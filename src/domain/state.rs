@@ -30,6 +30,42 @@ impl fmt::Display for FieldValue {
     }
 }
 
+/// A contact's profile fields, sorted by name: an immutable snapshot, shared
+/// by every `send` made while it is current. Fields change only when an
+/// action sets them, while every send carries them, so a write copies the
+/// (short) list and a send costs a reference count.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fields(Option<Arc<[Field]>>);
+
+/// A profile field: name and value.
+pub type Field = (Arc<str>, FieldValue);
+
+impl Fields {
+    pub fn as_slice(&self) -> &[Field] {
+        self.0.as_deref().unwrap_or(&[])
+    }
+
+    pub fn get(&self, name: &str) -> Option<&FieldValue> {
+        let s = self.as_slice();
+        s.binary_search_by(|(k, _)| (**k).cmp(name))
+            .ok()
+            .map(|i| &s[i].1)
+    }
+
+    /// Sets several fields with one copy of the list.
+    pub fn set(&mut self, updates: &[(&Arc<str>, FieldValue)]) {
+        let mut v: Vec<Field> = Vec::with_capacity(self.as_slice().len() + updates.len());
+        v.extend_from_slice(self.as_slice());
+        for (name, value) in updates {
+            match v.binary_search_by(|(k, _)| (**k).cmp(name)) {
+                Ok(i) => v[i].1 = value.clone(),
+                Err(i) => v.insert(i, ((*name).clone(), value.clone())),
+            }
+        }
+        self.0 = Some(v.into());
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OrderStats {
     pub count: u64,
@@ -94,7 +130,7 @@ pub struct ContactState {
     pub merchants: SmallVec<[MerchantStats; 1]>,
     pub subscriptions: SmallVec<[Subscription; 1]>,
     /// Profile fields, sorted by name.
-    pub fields: Vec<(Arc<str>, FieldValue)>,
+    pub fields: Fields,
     pub conversations: Vec<ConversationState>,
 }
 
@@ -153,28 +189,6 @@ impl ContactState {
 
     pub fn subscription(&self, list: &str) -> Option<&Subscription> {
         self.subscriptions.iter().find(|s| &*s.list == list)
-    }
-
-    /// Makes room for `n` more fields at once (a step setting two fields
-    /// grows the list once, to its exact size).
-    pub fn reserve_fields(&mut self, n: usize) {
-        self.fields.reserve_exact(n);
-    }
-
-    pub fn has_field(&self, name: &str) -> bool {
-        self.fields
-            .binary_search_by(|(k, _)| (**k).cmp(name))
-            .is_ok()
-    }
-
-    pub fn set_field(&mut self, name: &Arc<str>, value: FieldValue) {
-        match self.fields.binary_search_by(|(k, _)| (**k).cmp(name)) {
-            Ok(i) => self.fields[i].1 = value,
-            Err(i) => {
-                self.fields.reserve_exact(1);
-                self.fields.insert(i, (name.clone(), value));
-            }
-        }
     }
 
     /// The contact's state in conversation `conv`, created on first use; the
@@ -265,13 +279,27 @@ mod tests {
     }
 
     #[test]
-    fn fields_stay_sorted() {
+    fn fields_stay_sorted_and_snapshots_do_not_change() {
         let mut s = ContactState::default();
         let (a, z): (Arc<str>, Arc<str>) = ("a".into(), "z".into());
-        s.set_field(&z, FieldValue::Text("1".into()));
-        s.set_field(&a, FieldValue::Text("2".into()));
-        s.set_field(&z, FieldValue::Text("3".into()));
-        let names: Vec<_> = s.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        s.fields.set(&[(&z, FieldValue::Text("1".into()))]);
+        let before = s.fields.clone();
+        s.fields.set(&[
+            (&a, FieldValue::Text("2".into())),
+            (&z, FieldValue::Text("3".into())),
+        ]);
+        let names: Vec<_> = s
+            .fields
+            .as_slice()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         assert_eq!(names, ["a=2", "z=3"]);
+        assert_eq!(
+            before.get("z"),
+            Some(&FieldValue::Text("1".into())),
+            "a sent snapshot keeps its values"
+        );
+        assert_eq!(before.get("a"), None);
     }
 }

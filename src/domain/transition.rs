@@ -3,14 +3,16 @@
 
 use std::sync::Arc;
 
+use super::definition::Definitions;
 use super::definition::{ConvIdx, StepIdx, ThreadIdx};
-use super::state::FieldValue;
+use super::state::Fields;
 use super::time::Timestamp;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
-    /// Deterministic id: see [`transition_id`].
-    pub id: u128,
+    /// Position in its entry, from 0; with conversation, contact and entry it
+    /// makes the transition's id (see [`Transition::id`]).
+    pub seq: u32,
     pub conversation: ConvIdx,
     pub contact: Arc<str>,
     pub at: Timestamp,
@@ -56,11 +58,19 @@ pub enum TransitionKind {
         remaining: u64,
     },
     Send {
-        fields: Vec<(Arc<str>, FieldValue)>,
+        fields: Fields,
     },
     Suppressed {
         reason: SuppressReason,
     },
+}
+
+impl Transition {
+    /// The deterministic id ([`transition_id`]); computed when it is encoded.
+    pub fn id(&self, defs: &Definitions) -> u128 {
+        let salt = defs.conversations[self.conversation as usize].id_salt;
+        transition_id(salt, &self.contact, self.entry, self.seq)
+    }
 }
 
 impl TransitionKind {

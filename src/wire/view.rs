@@ -181,7 +181,7 @@ pub fn view<'a>(defs: &'a Definitions, t: &'a Transition) -> View<'a> {
         },
         TransitionKind::Send { fields } => Detail::Send {
             message: f.message,
-            fields,
+            fields: fields.as_slice(),
         },
         TransitionKind::Suppressed { reason } => Detail::Suppressed {
             message: f.message,
@@ -189,7 +189,7 @@ pub fn view<'a>(defs: &'a Definitions, t: &'a Transition) -> View<'a> {
         },
     };
     View {
-        id: t.id,
+        id: t.id(defs),
         kind: t.kind.type_name(),
         conversation: &conv.name,
         contact: &t.contact,
