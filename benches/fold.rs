@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Instant;
 
-use winback::domain::definition::PoolDef;
 use winback::domain::time::{DAY_MS, HOUR_MS};
 use winback::domain::{Event, Timestamp};
 use winback::sim::Simulator;
@@ -124,19 +123,23 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
-    let mut defs = winback::config::load_files(&[
-        root.join("winback-90d.toml"),
-        root.join("winback-filter-coupon.toml"),
-    ])
-    .expect("seed definitions")
-    .definitions;
-    let old: &PoolDef = &defs.pools[0];
-    defs.pools[0] = PoolDef {
-        codes: (0..contacts * 2)
-            .map(|i| std::sync::Arc::from(format!("WB-{i:09}")))
-            .collect(),
-        ..old.clone()
-    };
+    // WINBACK_BENCH_CONFIG: comma-separated file names under config/ (default: both seeds).
+    let files: Vec<PathBuf> = std::env::var("WINBACK_BENCH_CONFIG")
+        .unwrap_or_else(|_| "winback-90d.toml,winback-filter-coupon.toml".into())
+        .split(',')
+        .map(|f| root.join(f.trim()))
+        .collect();
+    let mut defs = winback::config::load_files(&files)
+        .expect("bench definitions")
+        .definitions;
+    let names: Vec<&str> = defs.conversations.iter().map(|c| &*c.name).collect();
+    println!("conversations: {names:?}");
+    // A code per contact and then some, so the pool never runs dry mid-run.
+    if let Some(pool) = defs.pools.first_mut() {
+        pool.codes = (0..contacts * 2)
+            .map(|i| Arc::from(format!("WB-{i:09}")))
+            .collect();
+    }
     let defs = Arc::new(defs);
 
     let t = Instant::now();

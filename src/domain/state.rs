@@ -131,7 +131,8 @@ pub struct ContactState {
     pub subscriptions: SmallVec<[Subscription; 1]>,
     /// Profile fields, sorted by name.
     pub fields: Fields,
-    pub conversations: Vec<ConversationState>,
+    /// Inline for up to two conversations, the usual deployment.
+    pub conversations: SmallVec<[ConversationState; 2]>,
 }
 
 impl ContactState {
@@ -205,8 +206,9 @@ impl ContactState {
         {
             Some(i) => i,
             None => {
-                if self.conversations.capacity() == 0 {
-                    self.conversations.reserve_exact(conversations);
+                if self.conversations.len() == self.conversations.inline_size() {
+                    self.conversations
+                        .reserve_exact(conversations - self.conversations.len());
                 }
                 self.conversations.push(ConversationState {
                     conversation: conv,

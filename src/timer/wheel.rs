@@ -157,20 +157,18 @@ impl<T: Ord + Copy> Wheel<T> {
         None
     }
 
-    /// Empties a slot that has come due: if its whole span is due by `now`,
-    /// its timers go straight to `ready` (which orders them); otherwise they
-    /// cascade to lower levels.
+    /// Empties a slot that has come due: its timers due by `now` go straight to
+    /// `ready` (which orders them), the others cascade to lower levels.
     fn process(&mut self, level: usize, slot: usize, start: u64, now: u64) {
         debug_assert!(start >= self.elapsed);
         self.elapsed = self.elapsed.max(start);
-        let last = start.saturating_add((1u64 << (BITS as usize * level)) - 1);
         let l = &mut self.levels[level];
         l.occupied &= !(1 << slot);
         let mut items = std::mem::take(&mut l.slots[slot]);
-        if last <= now {
-            self.ready.extend(items.drain(..).map(Reverse));
-        } else {
-            for (when, item) in items.drain(..) {
+        for (when, item) in items.drain(..) {
+            if when <= now {
+                self.ready.push(Reverse((when, item)));
+            } else {
                 self.place(when, item);
             }
         }
