@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::domain::definition::{ConvIdx, FastMap};
-use crate::domain::engine::{Effects, Engine, Folded, TimerChange};
+use crate::domain::engine::{Effects, Engine, Folded, TimerChange, route_event};
 use crate::domain::{
     ContactState, CouponPools, Definitions, Event, EventError, Timestamp, Transition,
 };
@@ -71,11 +71,13 @@ impl Simulator {
     /// Folds one event: fires the timers due at or before its time, folds it,
     /// then fires whatever it made due already (a late event's expired wait).
     pub fn feed(&mut self, ev: &Event, out: &mut Vec<Transition>) -> Result<Folded, EventError> {
-        if self.engine.check_event(ev)?.is_none() {
+        // A handle of our own, so the route can be held while `self` changes.
+        let defs = Arc::clone(self.engine.definitions());
+        let Some(route) = route_event(&defs, ev)? else {
             // Nothing listens to this name: no state for it, but time still moves.
             self.advance_to(ev.occurred_at, out);
             return Ok(Folded::Unrouted);
-        }
+        };
         self.advance_to(ev.occurred_at, out);
         let idx = match self.index.get(ev.contact_id.as_str()) {
             Some(&i) => i,
@@ -93,9 +95,8 @@ impl Simulator {
         let (id, st) = &mut self.contacts[idx as usize];
         let folded = self
             .engine
-            .on_event(id, st, ev, &mut self.pools, &mut self.fx);
+            .on_routed_event(id, st, ev, route, &mut self.pools, &mut self.fx);
         std::mem::swap(&mut self.fx.transitions, out);
-        let folded = folded?;
         self.apply_timers(idx);
         if let Some(now) = self.clock {
             self.fire_due(now, out);

@@ -79,16 +79,7 @@ impl Engine {
     /// Refuses an event that cannot be folded, before it touches any state;
     /// `None` when its name means nothing to the definitions.
     pub fn check_event(&self, ev: &Event) -> Result<Option<&Route>, EventError> {
-        ev.check_shape()?;
-        let route = self.defs.route(&ev.name);
-        if route.is_some_and(|r| r.subscription.is_some())
-            && ev.list_id.as_deref().is_none_or(str::is_empty)
-        {
-            return Err(EventError::MissingListId {
-                name: ev.name.clone(),
-            });
-        }
-        Ok(route)
+        route_event(&self.defs, ev)
     }
 
     /// Folds one event into the contact's state. Transitions it causes are
@@ -101,11 +92,25 @@ impl Engine {
         pools: &mut CouponPools,
         fx: &mut Effects,
     ) -> Result<Folded, EventError> {
-        let Some(route) = self.check_event(ev)? else {
-            return Ok(Folded::Unrouted);
-        };
+        match self.check_event(ev)? {
+            Some(route) => Ok(self.on_routed_event(contact, st, ev, route, pools, fx)),
+            None => Ok(Folded::Unrouted),
+        }
+    }
+
+    /// [`Engine::on_event`] for an event [`Engine::check_event`] already
+    /// accepted and routed.
+    pub fn on_routed_event(
+        &self,
+        contact: &Arc<str>,
+        st: &mut ContactState,
+        ev: &Event,
+        route: &Route,
+        pools: &mut CouponPools,
+        fx: &mut Effects,
+    ) -> Folded {
         if !st.remember_event(&ev.event_id) {
-            return Ok(Folded::Duplicate);
+            return Folded::Duplicate;
         }
         let at = ev.occurred_at;
         if route.purchase {
@@ -128,7 +133,7 @@ impl Engine {
             };
             run.trigger(thread, ev, &route.name, &mut event_id);
         }
-        Ok(Folded::Applied)
+        Folded::Applied
     }
 
     /// Fires the wait of `entry` that expires at `expires_at`, at instant `now`
@@ -179,6 +184,20 @@ impl Engine {
         }
         true
     }
+}
+
+/// [`Engine::check_event`] against definitions held by the caller.
+pub fn route_event<'a>(defs: &'a Definitions, ev: &Event) -> Result<Option<&'a Route>, EventError> {
+    ev.check_shape()?;
+    let route = defs.route(&ev.name);
+    if route.is_some_and(|r| r.subscription.is_some())
+        && ev.list_id.as_deref().is_none_or(str::is_empty)
+    {
+        return Err(EventError::MissingListId {
+            name: ev.name.clone(),
+        });
+    }
+    Ok(route)
 }
 
 /// Whether every condition of the filter holds for the contact at `now`.
