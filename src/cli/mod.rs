@@ -52,47 +52,14 @@ enum Command {
         files: Vec<PathBuf>,
     },
     /// Run conversations offline over a file of JSON events, one per line.
-    Simulate {
-        /// Definition files (TOML).
-        #[arg(long = "config", required = true, num_args = 1..)]
-        config: Vec<PathBuf>,
-        /// JSON lines, processed in file order (the clock never goes back).
-        #[arg(long)]
-        events: PathBuf,
-        /// After the last event, advance the clock to this RFC 3339 instant,
-        /// firing every wait due by then.
-        #[arg(long)]
-        until: Option<String>,
-        /// Write transitions here instead of stdout.
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Stop at the first malformed event line instead of reporting and skipping it.
-        #[arg(long)]
-        strict: bool,
-        #[arg(long, value_enum, default_value_t = Format::Json)]
-        format: Format,
-    },
+    Simulate(simulate::Args),
 }
 
 pub fn main() -> Result<ExitCode, CliError> {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { files } => Ok(validate::run(&files)),
-        Command::Simulate {
-            config,
-            events,
-            until,
-            out,
-            strict,
-            format,
-        } => simulate::run(&simulate::Args {
-            config,
-            events,
-            until,
-            out,
-            strict,
-            format,
-        }),
+        Command::Simulate(args) => simulate::run(&args),
     }
 }
 

@@ -12,12 +12,25 @@ use crate::domain::{Folded, Timestamp, Transition, TransitionKind};
 use crate::sim::Simulator;
 use crate::wire;
 
+#[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Definition files (TOML).
+    #[arg(long = "config", required = true, num_args = 1..)]
     pub config: Vec<PathBuf>,
+    /// JSON lines, processed in file order (the clock never goes back).
+    #[arg(long)]
     pub events: PathBuf,
+    /// After the last event, advance the clock to this RFC 3339 instant,
+    /// firing every wait due by then.
+    #[arg(long)]
     pub until: Option<String>,
+    /// Write transitions here instead of stdout.
+    #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Stop at the first malformed event line instead of reporting and skipping it.
+    #[arg(long)]
     pub strict: bool,
+    #[arg(long, value_enum, default_value_t = Format::Json)]
     pub format: Format,
 }
 

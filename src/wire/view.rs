@@ -2,29 +2,39 @@
 //! place that turns indices and step-derived facts (pool, message, target,
 //! duration, ...) into what the JSON, protobuf and text forms print.
 
-use std::sync::Arc;
+use serde::{Serialize, Serializer};
 
 use crate::domain::Definitions;
 use crate::domain::definition::{Conversation, ExhaustedOutcome, Step, StepIdx, StepKind};
-use crate::domain::state::FieldValue;
+use crate::domain::state::Field;
 use crate::domain::time::{Duration, Timestamp};
 use crate::domain::transition::{Transition, TransitionKind};
 
 /// The step id shown for a thread's trigger step (reserved as a step id).
 pub const TRIGGER_STEP: &str = "trigger";
 
+/// Serializes as the documented JSON form of a transition (field names and
+/// order are the wire contract; `tests/golden/` pins them).
+#[derive(Serialize)]
 pub struct View<'a> {
+    #[serde(rename = "transition_id", serialize_with = "hex_id")]
     pub id: u128,
+    #[serde(rename = "type")]
     pub kind: &'static str,
     pub conversation: &'a str,
+    #[serde(rename = "contact_id")]
     pub contact: &'a str,
+    #[serde(serialize_with = "rfc3339")]
     pub at: Timestamp,
     pub entry: u32,
     pub thread: &'a str,
     pub step: &'a str,
+    #[serde(flatten)]
     pub detail: Detail<'a>,
 }
 
+#[derive(Serialize)]
+#[serde(untagged)]
 pub enum Detail<'a> {
     Entered {
         event_id: &'a str,
@@ -38,7 +48,9 @@ pub enum Detail<'a> {
         left_step: &'a str,
     },
     WaitStarted {
+        #[serde(serialize_with = "rfc3339")]
         expires_at: Timestamp,
+        #[serde(serialize_with = "display")]
         duration: Duration,
     },
     Goto {
@@ -53,7 +65,12 @@ pub enum Detail<'a> {
         pool: &'a str,
         code: &'a str,
         field: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
         expiration_field: Option<&'a str>,
+        #[serde(
+            skip_serializing_if = "Option::is_none",
+            serialize_with = "opt_rfc3339"
+        )]
         expires_at: Option<Timestamp>,
     },
     CouponPoolExhausted {
@@ -66,12 +83,46 @@ pub enum Detail<'a> {
     },
     Send {
         message: &'a str,
-        fields: &'a [(Arc<str>, FieldValue)],
+        #[serde(serialize_with = "field_map")]
+        fields: &'a [Field],
     },
     Suppressed {
         message: &'a str,
         reason: &'static str,
     },
+}
+
+fn hex_id<S: Serializer>(id: &u128, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{id:032x}"))
+}
+
+fn rfc3339<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(t)
+}
+
+fn opt_rfc3339<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.collect_str(t),
+        None => s.serialize_none(),
+    }
+}
+
+fn display<S: Serializer, D: std::fmt::Display>(d: &D, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(d)
+}
+
+/// A field value as its text (instants in RFC 3339).
+struct AsText<'a, T>(&'a T);
+
+impl<T: std::fmt::Display> Serialize for AsText<'_, T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self.0)
+    }
+}
+
+/// Fields are kept sorted by name, so the map's keys come out sorted.
+fn field_map<S: Serializer>(fields: &&[Field], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(fields.iter().map(|(k, v)| (&**k, AsText(v))))
 }
 
 /// What a transition's step defines; the engine emits each kind only from its
