@@ -42,10 +42,6 @@ impl Simulator {
         }
     }
 
-    pub fn definitions(&self) -> &Arc<Definitions> {
-        self.engine.definitions()
-    }
-
     /// The partition clock: the highest instant seen so far.
     pub fn clock(&self) -> Option<Timestamp> {
         self.clock
@@ -53,14 +49,6 @@ impl Simulator {
 
     pub fn contacts(&self) -> usize {
         self.contacts.len()
-    }
-
-    pub fn contact(&self, id: &str) -> Option<&ContactState> {
-        self.index.get(id).map(|&i| &self.contacts[i as usize].1)
-    }
-
-    pub fn pools(&self) -> &CouponPools {
-        &self.pools
     }
 
     /// Pending waits, cancelled ones not yet due among them.

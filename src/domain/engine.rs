@@ -25,13 +25,17 @@ use super::transition::{ExitReason, SuppressReason, Transition, TransitionKind};
 /// a wait are rejected); the guard turns a bug into an `exited` instead of a hang.
 pub const MAX_STEPS_PER_RUN: u32 = 10_000;
 
+/// A change to the contact's pending waits, for the caller's timer store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimerChange {
+    /// Fire [`Engine::on_timer`] for this entry at `at`.
     Set {
         conversation: ConvIdx,
         entry: u32,
         at: Timestamp,
     },
+    /// The wait set for this entry at `at` is void. A store may delete it or
+    /// let it fire: `on_timer` ignores a timer that matches no waiting entry.
     Cancel {
         conversation: ConvIdx,
         entry: u32,

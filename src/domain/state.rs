@@ -227,10 +227,6 @@ impl ContactState {
         let i = active.partition_point(|x| x.seq < e.seq);
         active.insert(i, e);
     }
-
-    pub fn conversation(&self, conv: ConvIdx) -> Option<&ConversationState> {
-        self.conversations.iter().find(|c| c.conversation == conv)
-    }
 }
 
 #[cfg(test)]

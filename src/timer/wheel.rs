@@ -99,11 +99,6 @@ impl<T: Ord + Copy> Wheel<T> {
         self.len == 0
     }
 
-    /// The wheel's time: timers due before it are in `ready`.
-    pub fn elapsed(&self) -> Timestamp {
-        time(self.elapsed)
-    }
-
     pub fn insert(&mut self, deadline: Timestamp, item: T) {
         self.len += 1;
         self.place(key(deadline), item);
