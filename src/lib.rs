@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod sim;
+pub mod store;
 pub mod timer;
 pub mod wire;
 

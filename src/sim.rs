@@ -51,6 +51,11 @@ impl Simulator {
         self.contacts.len()
     }
 
+    /// Every contact's id and state, in first-seen order.
+    pub fn states(&self) -> impl Iterator<Item = (&str, &ContactState)> {
+        self.contacts.iter().map(|(id, st)| (&**id, st))
+    }
+
     /// Pending waits, cancelled ones not yet due among them.
     pub fn timers_held(&self) -> usize {
         self.timers.len()

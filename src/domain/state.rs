@@ -40,6 +40,16 @@ pub struct Fields(Option<Arc<[Field]>>);
 /// A profile field: name and value.
 pub type Field = (Arc<str>, FieldValue);
 
+impl From<Vec<Field>> for Fields {
+    /// Sorts by name; of fields named twice the last one wins.
+    fn from(mut v: Vec<Field>) -> Self {
+        v.reverse();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.dedup_by(|later, first| later.0 == first.0);
+        Fields((!v.is_empty()).then(|| v.into()))
+    }
+}
+
 impl Fields {
     pub fn as_slice(&self) -> &[Field] {
         self.0.as_deref().unwrap_or(&[])
