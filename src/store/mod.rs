@@ -1,5 +1,7 @@
-//! Stored state. [`codec`] is the versioned encoding of a contact's state, used
-//! for RocksDB values and the changelog; the RocksDB store itself comes with
-//! the runtime.
+//! Stored state: [`codec`], the versioned encoding of a contact's state (for
+//! RocksDB values and the changelog), and [`rocks`], the RocksDB store.
 
 pub mod codec;
+pub mod rocks;
+
+pub use rocks::{Batch, CouponShare, Store, StoreError, StoredTimer};

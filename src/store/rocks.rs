@@ -1,0 +1,416 @@
+//! The RocksDB store: everything a partition's processing needs to resume
+//! exactly where it stopped. One [`Batch`] per processed batch of input holds
+//! the contact states, timer changes, coupon shares, clock and input offsets it
+//! produced, and is written atomically.
+//!
+//! Column families and keys (all integers big-endian; every key starts with the
+//! partition, so a partition's state can be dropped or moved by range):
+//!
+//! | family | key | value |
+//! | --- | --- | --- |
+//! | `contacts` | partition u32 ‖ contact id | `winback.v1.ContactStateRecord` |
+//! | `timers` | partition u32 ‖ expiry ‖ conversation key u64 ‖ entry u32 ‖ contact id | empty |
+//! | `offsets` | partition u32 ‖ topic | next offset to read, i64 |
+//! | `coupons` | partition u32 ‖ pool name | codes taken u64 ‖ low-stock warned u8 |
+//! | `meta` | partition u32 ‖ `clock` | the partition clock, ms i64 |
+//! | `meta` | `schema_version` (no partition) | u32 |
+//!
+//! Expiries are milliseconds with the sign bit flipped, so byte order is time
+//! order and a prefix scan walks a partition's timers from the earliest. The
+//! conversation key is xxh3-64 of the conversation's name: fixed width, and
+//! stable when definitions are reordered.
+
+use std::path::{Path, PathBuf};
+
+use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch};
+
+use super::codec::{self, CodecError, SCHEMA_VERSION};
+use crate::domain::definition::{ConvIdx, Definitions};
+use crate::domain::{ContactState, Timestamp};
+
+pub const CF_CONTACTS: &str = "contacts";
+pub const CF_TIMERS: &str = "timers";
+pub const CF_OFFSETS: &str = "offsets";
+pub const CF_COUPONS: &str = "coupons";
+pub const CF_META: &str = "meta";
+const FAMILIES: [&str; 5] = [CF_CONTACTS, CF_TIMERS, CF_OFFSETS, CF_COUPONS, CF_META];
+const SCHEMA_KEY: &[u8] = b"schema_version";
+const CLOCK_SUFFIX: &[u8] = b"clock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("RocksDB at {path}: {op}: {source}")]
+    Rocks {
+        path: PathBuf,
+        op: &'static str,
+        source: rocksdb::Error,
+    },
+    #[error("state of contact {contact:?} in partition {partition}: {source}")]
+    Codec {
+        partition: u32,
+        contact: String,
+        source: CodecError,
+    },
+    #[error("store at {path} has schema version {found}; this build uses version {SCHEMA_VERSION}")]
+    Version { path: PathBuf, found: u32 },
+    #[error("store at {path}: malformed {what} record")]
+    Corrupt { path: PathBuf, what: &'static str },
+}
+
+/// A pending wait as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StoredTimer {
+    pub expiry: Timestamp,
+    pub conversation: ConvIdx,
+    pub entry: u32,
+    pub contact: String,
+}
+
+/// What a partition holds of one coupon pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CouponShare {
+    pub taken: u64,
+    pub low_warned: bool,
+}
+
+fn time_key(t: Timestamp) -> [u8; 8] {
+    ((t.0 as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn time_from_key(b: [u8; 8]) -> Timestamp {
+    Timestamp((u64::from_be_bytes(b) ^ (1 << 63)) as i64)
+}
+
+/// xxh3-64 of a conversation's name: its fixed-width key in timer keys.
+pub fn conversation_key(name: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(name.as_bytes())
+}
+
+fn prefixed(partition: u32, rest: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + rest.iter().map(|r| r.len()).sum::<usize>());
+    k.extend_from_slice(&partition.to_be_bytes());
+    for r in rest {
+        k.extend_from_slice(r);
+    }
+    k
+}
+
+fn timer_key(partition: u32, defs: &Definitions, t: &StoredTimer) -> Vec<u8> {
+    let conv = conversation_key(&defs.conversations[t.conversation as usize].name);
+    prefixed(
+        partition,
+        &[
+            &time_key(t.expiry),
+            &conv.to_be_bytes(),
+            &t.entry.to_be_bytes(),
+            t.contact.as_bytes(),
+        ],
+    )
+}
+
+/// Changes to write together, atomically.
+pub struct Batch<'a> {
+    store: &'a Store,
+    defs: &'a Definitions,
+    partition: u32,
+    wb: WriteBatch,
+}
+
+impl Batch<'_> {
+    pub fn put_contact(&mut self, contact: &str, st: &ContactState) {
+        let cf = self.store.cf(CF_CONTACTS);
+        self.wb.put_cf(
+            cf,
+            prefixed(self.partition, &[contact.as_bytes()]),
+            codec::encode(self.defs, st),
+        );
+    }
+
+    pub fn set_timer(&mut self, t: &StoredTimer) {
+        let cf = self.store.cf(CF_TIMERS);
+        self.wb
+            .put_cf(cf, timer_key(self.partition, self.defs, t), []);
+    }
+
+    pub fn cancel_timer(&mut self, t: &StoredTimer) {
+        let cf = self.store.cf(CF_TIMERS);
+        self.wb
+            .delete_cf(cf, timer_key(self.partition, self.defs, t));
+    }
+
+    pub fn set_offset(&mut self, topic: &str, next_offset: i64) {
+        let cf = self.store.cf(CF_OFFSETS);
+        self.wb.put_cf(
+            cf,
+            prefixed(self.partition, &[topic.as_bytes()]),
+            next_offset.to_be_bytes(),
+        );
+    }
+
+    pub fn set_clock(&mut self, clock: Timestamp) {
+        let cf = self.store.cf(CF_META);
+        self.wb.put_cf(
+            cf,
+            prefixed(self.partition, &[CLOCK_SUFFIX]),
+            clock.0.to_be_bytes(),
+        );
+    }
+
+    pub fn set_coupon_share(&mut self, pool: &str, share: CouponShare) {
+        let cf = self.store.cf(CF_COUPONS);
+        let mut v = share.taken.to_be_bytes().to_vec();
+        v.push(u8::from(share.low_warned));
+        self.wb
+            .put_cf(cf, prefixed(self.partition, &[pool.as_bytes()]), v);
+    }
+
+    pub fn len(&self) -> usize {
+        self.wb.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.wb.is_empty()
+    }
+
+    pub fn commit(self) -> Result<(), StoreError> {
+        self.store
+            .db
+            .write(self.wb)
+            .map_err(|e| self.store.err("write batch", e))
+    }
+}
+
+pub struct Store {
+    db: DB,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path`; refuses a store written
+    /// with another schema version.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let families = FAMILIES
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
+        let db =
+            DB::open_cf_descriptors(&opts, path, families).map_err(|source| StoreError::Rocks {
+                path: path.to_path_buf(),
+                op: "open",
+                source,
+            })?;
+        let store = Store {
+            db,
+            path: path.to_path_buf(),
+        };
+        let meta = store.cf(CF_META);
+        match store
+            .db
+            .get_cf(meta, SCHEMA_KEY)
+            .map_err(|e| store.err("read schema version", e))?
+        {
+            None => store
+                .db
+                .put_cf(meta, SCHEMA_KEY, SCHEMA_VERSION.to_be_bytes())
+                .map_err(|e| store.err("write schema version", e))?,
+            Some(v) => {
+                let found = u32::from_be_bytes(
+                    v.as_slice()
+                        .try_into()
+                        .map_err(|_| store.corrupt("schema version"))?,
+                );
+                if found != SCHEMA_VERSION {
+                    return Err(StoreError::Version {
+                        path: path.to_path_buf(),
+                        found,
+                    });
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        // Every family is created by `open`, so it is always there.
+        self.db
+            .cf_handle(name)
+            .unwrap_or_else(|| unreachable!("column family {name} opened with the store"))
+    }
+
+    fn err(&self, op: &'static str, source: rocksdb::Error) -> StoreError {
+        StoreError::Rocks {
+            path: self.path.clone(),
+            op,
+            source,
+        }
+    }
+
+    fn corrupt(&self, what: &'static str) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            what,
+        }
+    }
+
+    pub fn batch<'a>(&'a self, defs: &'a Definitions, partition: u32) -> Batch<'a> {
+        Batch {
+            store: self,
+            defs,
+            partition,
+            wb: WriteBatch::default(),
+        }
+    }
+
+    pub fn contact(
+        &self,
+        defs: &Definitions,
+        partition: u32,
+        contact: &str,
+    ) -> Result<Option<ContactState>, StoreError> {
+        let key = prefixed(partition, &[contact.as_bytes()]);
+        match self
+            .db
+            .get_pinned_cf(self.cf(CF_CONTACTS), key)
+            .map_err(|e| self.err("read contact", e))?
+        {
+            None => Ok(None),
+            Some(bytes) => {
+                codec::decode(defs, &bytes)
+                    .map(Some)
+                    .map_err(|source| StoreError::Codec {
+                        partition,
+                        contact: contact.to_string(),
+                        source,
+                    })
+            }
+        }
+    }
+
+    pub fn offset(&self, partition: u32, topic: &str) -> Result<Option<i64>, StoreError> {
+        let key = prefixed(partition, &[topic.as_bytes()]);
+        let v = self
+            .db
+            .get_pinned_cf(self.cf(CF_OFFSETS), key)
+            .map_err(|e| self.err("read offset", e))?;
+        v.map(|v| {
+            v.as_ref()
+                .try_into()
+                .map(i64::from_be_bytes)
+                .map_err(|_| self.corrupt("offset"))
+        })
+        .transpose()
+    }
+
+    pub fn clock(&self, partition: u32) -> Result<Option<Timestamp>, StoreError> {
+        let key = prefixed(partition, &[CLOCK_SUFFIX]);
+        let v = self
+            .db
+            .get_pinned_cf(self.cf(CF_META), key)
+            .map_err(|e| self.err("read clock", e))?;
+        v.map(|v| {
+            v.as_ref()
+                .try_into()
+                .map(|b| Timestamp(i64::from_be_bytes(b)))
+                .map_err(|_| self.corrupt("clock"))
+        })
+        .transpose()
+    }
+
+    pub fn coupon_share(
+        &self,
+        partition: u32,
+        pool: &str,
+    ) -> Result<Option<CouponShare>, StoreError> {
+        let key = prefixed(partition, &[pool.as_bytes()]);
+        let v = self
+            .db
+            .get_pinned_cf(self.cf(CF_COUPONS), key)
+            .map_err(|e| self.err("read coupon share", e))?;
+        v.map(|v| match v.as_ref() {
+            [t @ .., flag] if t.len() == 8 => Ok(CouponShare {
+                taken: u64::from_be_bytes(t.try_into().unwrap_or_default()),
+                low_warned: *flag != 0,
+            }),
+            _ => Err(self.corrupt("coupon share")),
+        })
+        .transpose()
+    }
+
+    /// The partition's pending waits expiring before `until`, earliest first
+    /// (ties by conversation key, entry, contact): the near horizon to load
+    /// into the in-memory wheel. A timer whose conversation the definitions no
+    /// longer have is reported as an error, not skipped.
+    pub fn timers_before(
+        &self,
+        defs: &Definitions,
+        partition: u32,
+        until: Timestamp,
+    ) -> Result<Vec<StoredTimer>, StoreError> {
+        let start = partition.to_be_bytes();
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_TIMERS),
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        for item in iter {
+            let (k, _) = item.map_err(|e| self.err("scan timers", e))?;
+            if k.len() < 24 || k[..4] != start {
+                break;
+            }
+            let expiry = time_from_key(k[4..12].try_into().map_err(|_| self.corrupt("timer"))?);
+            if expiry >= until {
+                break;
+            }
+            let conv_key =
+                u64::from_be_bytes(k[12..20].try_into().map_err(|_| self.corrupt("timer"))?);
+            let entry =
+                u32::from_be_bytes(k[20..24].try_into().map_err(|_| self.corrupt("timer"))?);
+            let contact = String::from_utf8(k[24..].to_vec()).map_err(|_| self.corrupt("timer"))?;
+            let Some(conversation) = defs
+                .conversations
+                .iter()
+                .position(|c| conversation_key(&c.name) == conv_key)
+            else {
+                return Err(StoreError::Codec {
+                    partition,
+                    contact,
+                    source: CodecError::Unknown {
+                        what: "conversation key",
+                        name: format!("{conv_key:016x}"),
+                    },
+                });
+            };
+            out.push(StoredTimer {
+                expiry,
+                conversation: conversation as ConvIdx,
+                entry,
+                contact,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Deletes everything the store holds for `partition` (on revocation).
+    pub fn drop_partition(&self, partition: u32) -> Result<(), StoreError> {
+        let from = partition.to_be_bytes();
+        let mut wb = WriteBatch::default();
+        for name in FAMILIES {
+            let cf = self.cf(name);
+            if let Some(next) = partition.checked_add(1) {
+                wb.delete_range_cf(cf, from, next.to_be_bytes());
+            } else {
+                // The last partition number has no 4-byte end key: delete one by one.
+                for item in self
+                    .db
+                    .iterator_cf(cf, IteratorMode::From(&from, Direction::Forward))
+                {
+                    let (k, _) = item.map_err(|e| self.err("scan partition", e))?;
+                    wb.delete_cf(cf, k);
+                }
+            }
+        }
+        self.db.write(wb).map_err(|e| self.err("drop partition", e))
+    }
+}
