@@ -1,26 +1,18 @@
 //! The stored encoding of contact state: round trips, survives reordered
 //! definitions, and refuses what it cannot read.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use proptest::prelude::*;
+
+mod common;
+use common::definitions as load;
 use prost::Message;
 use winback::domain::time::{DAY_MS, HOUR_MS};
 use winback::domain::{Definitions, Event, Timestamp};
 use winback::pb;
 use winback::sim::Simulator;
 use winback::store::codec::{self, CodecError, SCHEMA_VERSION};
-
-fn load(files: &[&str]) -> Arc<Definitions> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let paths: Vec<PathBuf> = files.iter().map(|f| root.join(f)).collect();
-    Arc::new(
-        winback::config::load_files(&paths)
-            .expect("valid")
-            .definitions,
-    )
-}
 
 const T0: i64 = 1_767_607_200_000;
 

@@ -6,20 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use proptest::prelude::*;
+
+mod common;
 use winback::sim::Simulator;
 use winback::wire;
 
 fn seeds() -> Arc<winback::domain::Definitions> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
-    let files = [
-        root.join("winback-90d.toml"),
-        root.join("winback-filter-coupon.toml"),
-    ];
-    Arc::new(
-        winback::config::load_files(&files)
-            .expect("valid seeds")
-            .definitions,
-    )
+    common::definitions(&common::SEEDS)
 }
 
 const EXAMPLE: &str = r#"{"event_id":"e1","name":"checkout","contact_id":"c1","occurred_at":"2026-01-05T10:00:00Z","merchant_id":"m1","order_id":"o1","total":49.9}"#;

@@ -3,26 +3,18 @@
 //! partition drops; plus the schema-version guard.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use proptest::prelude::*;
+
+mod common;
 use winback::domain::{ContactState, Definitions, Event, Timestamp};
 use winback::sim::Simulator;
 use winback::store::rocks::conversation_key;
 use winback::store::{CouponShare, Store, StoreError, StoredTimer};
 
 fn defs() -> Arc<Definitions> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
-    let files = [
-        root.join("winback-90d.toml"),
-        root.join("winback-filter-coupon.toml"),
-    ];
-    Arc::new(
-        winback::config::load_files(&files)
-            .expect("valid")
-            .definitions,
-    )
+    common::definitions(&common::SEEDS)
 }
 
 /// A few real states: mid-wait, after a re-entry, after a couponed send.
