@@ -262,3 +262,53 @@ fn purchases_less_than_a_day_apart_differ_as_documented() {
     assert_eq!(count(EntryPolicy::Restart), 1);
     assert_eq!(count(EntryPolicy::Parallel { max: 16 }), 2);
 }
+
+/// The guard behind validation: a wait-free loop that slipped past `validate`
+/// ends the entry with `step_limit` instead of hanging.
+#[test]
+fn a_wait_free_loop_exits_at_the_step_limit() {
+    use winback::domain::definition::StepKind;
+    use winback::domain::time::Duration;
+    use winback::domain::transition::ExitReason;
+    let mut d = seed("winback-90d.toml");
+    let conv = &mut d.conversations[0];
+    let wait = conv
+        .steps
+        .iter()
+        .position(|s| &*s.id == "winback-wait")
+        .expect("wait step") as u32;
+    let msg = conv
+        .steps
+        .iter()
+        .position(|s| &*s.id == "winback-message")
+        .expect("message step");
+    conv.steps[wait as usize].kind = StepKind::Wait(Duration::ZERO);
+    conv.steps[msg].kind = StepKind::Goto {
+        target: wait,
+        filter: None,
+    };
+    let defs = Arc::new(d);
+    let ts = run(
+        &defs,
+        &stream(&[Ev {
+            contact: 1,
+            at_ms: 0,
+            arrival_ms: 0,
+            kind: 2,
+            dup_of_prev: false,
+        }]),
+        |_, _| {},
+    );
+    let last = ts.last().expect("transitions");
+    assert_eq!(
+        last.kind,
+        TransitionKind::Exited {
+            reason: ExitReason::StepLimit
+        }
+    );
+    assert!(
+        ts.len() > 1000 && ts.len() < 20_000,
+        "{} transitions",
+        ts.len()
+    );
+}
