@@ -7,7 +7,10 @@
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod runtime;
 pub mod sim;
+pub mod sink;
+pub mod source;
 pub mod store;
 pub mod timer;
 pub mod wire;

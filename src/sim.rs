@@ -12,9 +12,10 @@ use crate::domain::{
 };
 use crate::timer::Wheel;
 
-/// A pending wait of (contact index, conversation, entry): at the same instant,
-/// timers fire in this order.
-type TimerKey = (u32, ConvIdx, u32);
+/// A pending wait of (contact id, conversation, entry, contact index): at the
+/// same instant, timers fire in order of contact id, conversation and entry,
+/// as in `winback run`, whose waits come back from disk in no first-seen order.
+type TimerKey = (Arc<str>, ConvIdx, u32, u32);
 
 pub struct Simulator {
     engine: Engine,
@@ -105,7 +106,7 @@ impl Simulator {
     }
 
     fn fire_due(&mut self, t: Timestamp, out: &mut Vec<Transition>) {
-        while let Some((at, (contact, conv, entry))) = self.timers.pop_due(t) {
+        while let Some((at, (_, conv, entry, contact))) = self.timers.pop_due(t) {
             let now = self.clock.map_or(at, |c| c.max(at));
             self.clock = Some(now);
             self.fx.clear();
@@ -126,7 +127,8 @@ impl Simulator {
                 at,
             } = tc
             {
-                self.timers.insert(at, (contact, conversation, entry));
+                let id = Arc::clone(&self.contacts[contact as usize].0);
+                self.timers.insert(at, (id, conversation, entry, contact));
             }
         }
     }

@@ -1,6 +1,9 @@
 //! The command line: parse and validate first, act after.
 
+mod produce;
+mod run;
 mod simulate;
+mod tail;
 mod validate;
 
 use std::path::PathBuf;
@@ -22,6 +25,12 @@ pub enum CliError {
     },
     #[error("--until {value:?}: {reason}")]
     Until { value: String, reason: String },
+    #[error("Kafka: {0}")]
+    Kafka(String),
+    #[error("runtime: {0}")]
+    Runtime(String),
+    #[error(transparent)]
+    Embedded(#[from] crate::runtime::embedded::EmbeddedError),
 }
 
 #[derive(Debug, Parser)]
@@ -45,21 +54,65 @@ pub enum Format {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Check conversation definition files; exit 0 if valid, 1 if not.
+    /// Check conversation definition files and/or an engine config (with the
+    /// conversation files it names); exit 0 if valid, 1 if not.
     Validate {
+        /// An engine config (TOML), as given to `winback run`.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Definition files (TOML); pools declared in one are visible to all.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "config")]
         files: Vec<PathBuf>,
     },
     /// Run conversations offline over a file of JSON events, one per line.
     Simulate(simulate::Args),
+    /// Run the stream processor: Kafka in, RocksDB state, transitions out.
+    Run(run::Args),
+    /// Publish a JSON-lines file of events to an input topic.
+    Produce(produce::Args),
+    /// Print the transitions (or sends, or dead letters) topic as JSON lines.
+    Tail(tail::Args),
 }
 
 pub fn main() -> Result<ExitCode, CliError> {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Run(_)) {
+        init_logging();
+    }
     match cli.command {
-        Command::Validate { files } => Ok(validate::run(&files)),
+        Command::Validate { config, files } => Ok(validate::run(config.as_deref(), &files)),
         Command::Simulate(args) => simulate::run(&args),
+        Command::Run(args) => run::run(&args),
+        Command::Produce(args) => produce::run(&args),
+        Command::Tail(args) => tail::run(&args),
+    }
+}
+
+/// Structured logs on stderr; `RUST_LOG` filters (default `info`),
+/// `WINBACK_LOG_FORMAT=json` gives one JSON object per line.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("WINBACK_LOG_FORMAT").is_ok_and(|v| v == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Loads an engine config, printing every diagnostic to stderr; `None` if invalid.
+fn load_engine(path: &std::path::Path) -> Option<crate::config::engine::EngineConfig> {
+    match crate::config::engine::load_engine(path, std::env::vars()) {
+        Ok(c) => Some(c),
+        Err(invalid) => {
+            for d in &invalid.diagnostics {
+                eprintln!("{d}");
+            }
+            None
+        }
     }
 }
 

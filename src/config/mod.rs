@@ -3,6 +3,7 @@
 //! engine only ever sees definitions that passed.
 
 pub mod diagnostic;
+pub mod engine;
 mod graph;
 pub mod raw;
 

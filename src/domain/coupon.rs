@@ -77,6 +77,11 @@ impl CouponPools {
         &self.pools[idx as usize]
     }
 
+    /// To restore a share's progress from a store.
+    pub fn pool_mut(&mut self, idx: PoolIdx) -> &mut PoolState {
+        &mut self.pools[idx as usize]
+    }
+
     pub fn take(&mut self, idx: PoolIdx) -> Take {
         let p = &mut self.pools[idx as usize];
         if p.remaining() == 0 {

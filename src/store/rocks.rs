@@ -14,6 +14,8 @@
 //! | `coupons` | partition u32 ‖ pool name | codes taken u64 ‖ low-stock warned u8 |
 //! | `meta` | partition u32 ‖ `clock` | the partition clock, ms i64 |
 //! | `meta` | `schema_version` (no partition) | u32 |
+//! | `meta` | `partitions` (no partition) | the input topics' partition count, u32 |
+//! | `meta` | `pool/` ‖ pool name (no partition) | the pool's codes as first loaded, one per line |
 //!
 //! Expiries are milliseconds with the sign bit flipped, so byte order is time
 //! order and a prefix scan walks a partition's timers from the earliest. The
@@ -36,6 +38,8 @@ pub const CF_META: &str = "meta";
 const FAMILIES: [&str; 5] = [CF_CONTACTS, CF_TIMERS, CF_OFFSETS, CF_COUPONS, CF_META];
 const SCHEMA_KEY: &[u8] = b"schema_version";
 const CLOCK_SUFFIX: &[u8] = b"clock";
+const POOL_PREFIX: &[u8] = b"pool/";
+const PARTITIONS_KEY: &[u8] = b"partitions";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -117,6 +121,11 @@ pub struct Batch<'a> {
 }
 
 impl Batch<'_> {
+    /// Later changes of this batch belong to `partition`.
+    pub fn switch_partition(&mut self, partition: u32) {
+        self.partition = partition;
+    }
+
     pub fn put_contact(&mut self, contact: &str, st: &ContactState) {
         let cf = self.store.cf(CF_CONTACTS);
         self.wb.put_cf(
@@ -339,20 +348,38 @@ impl Store {
     }
 
     /// The partition's pending waits expiring before `until`, earliest first
-    /// (ties by conversation key, entry, contact): the near horizon to load
-    /// into the in-memory wheel. A timer whose conversation the definitions no
-    /// longer have is reported as an error, not skipped.
+    /// (ties by conversation key, entry, contact). A timer whose conversation
+    /// the definitions no longer have is reported as an error, not skipped.
     pub fn timers_before(
         &self,
         defs: &Definitions,
         partition: u32,
         until: Timestamp,
     ) -> Result<Vec<StoredTimer>, StoreError> {
+        Ok(self
+            .timers_range(defs, partition, Timestamp(i64::MIN), until, usize::MAX)?
+            .0)
+    }
+
+    /// The near horizon to load into the in-memory wheel: the partition's
+    /// pending waits expiring in `[from, until)`, earliest first, but no more
+    /// than about `limit` of them. Returns them with the end of the range they
+    /// cover: `until`, or, when the limit cut the scan short, the expiry of the
+    /// first timer left out (timers sharing an expiry are never split).
+    pub fn timers_range(
+        &self,
+        defs: &Definitions,
+        partition: u32,
+        from: Timestamp,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<(Vec<StoredTimer>, Timestamp), StoreError> {
         let start = partition.to_be_bytes();
-        let mut out = Vec::new();
+        let seek = prefixed(partition, &[&time_key(from)]);
+        let mut out: Vec<StoredTimer> = Vec::new();
         let iter = self.db.iterator_cf(
             self.cf(CF_TIMERS),
-            IteratorMode::From(&start, Direction::Forward),
+            IteratorMode::From(&seek, Direction::Forward),
         );
         for item in iter {
             let (k, _) = item.map_err(|e| self.err("scan timers", e))?;
@@ -362,6 +389,9 @@ impl Store {
             let expiry = time_from_key(k[4..12].try_into().map_err(|_| self.corrupt("timer"))?);
             if expiry >= until {
                 break;
+            }
+            if out.len() >= limit && out.last().is_some_and(|l| l.expiry < expiry) {
+                return Ok((out, expiry));
             }
             let conv_key =
                 u64::from_be_bytes(k[12..20].try_into().map_err(|_| self.corrupt("timer"))?);
@@ -389,7 +419,55 @@ impl Store {
                 contact,
             });
         }
-        Ok(out)
+        Ok((out, until))
+    }
+
+    /// The input topics' partition count the state was built with.
+    pub fn partitions(&self) -> Result<Option<u32>, StoreError> {
+        let v = self
+            .db
+            .get_pinned_cf(self.cf(CF_META), PARTITIONS_KEY)
+            .map_err(|e| self.err("read partitions", e))?;
+        v.map(|v| {
+            v.as_ref()
+                .try_into()
+                .map(u32::from_be_bytes)
+                .map_err(|_| self.corrupt("partitions"))
+        })
+        .transpose()
+    }
+
+    pub fn set_partitions(&self, n: u32) -> Result<(), StoreError> {
+        self.db
+            .put_cf(self.cf(CF_META), PARTITIONS_KEY, n.to_be_bytes())
+            .map_err(|e| self.err("write partitions", e))
+    }
+
+    /// A pool's codes as they were first loaded, if they were.
+    pub fn pool_codes(&self, pool: &str) -> Result<Option<Vec<String>>, StoreError> {
+        let key = [POOL_PREFIX, pool.as_bytes()].concat();
+        let v = self
+            .db
+            .get_pinned_cf(self.cf(CF_META), key)
+            .map_err(|e| self.err("read pool codes", e))?;
+        v.map(|v| {
+            std::str::from_utf8(&v)
+                .map(|t| t.lines().map(str::to_string).collect())
+                .map_err(|_| self.corrupt("pool codes"))
+        })
+        .transpose()
+    }
+
+    pub fn put_pool_codes<S: AsRef<str>>(&self, pool: &str, codes: &[S]) -> Result<(), StoreError> {
+        let key = [POOL_PREFIX, pool.as_bytes()].concat();
+        let mut text = String::new();
+        for c in codes {
+            text.push_str(c.as_ref());
+            text.push('\n');
+        }
+        self.db
+            .put_cf(self.cf(CF_META), key, text)
+            .map_err(|e| self.err("write pool codes", e))
     }
 
     /// Deletes everything the store holds for `partition` (on revocation).

@@ -69,13 +69,13 @@ pub struct Wheel<T> {
     len: usize,
 }
 
-impl<T: Ord + Copy> Default for Wheel<T> {
+impl<T: Ord> Default for Wheel<T> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<T: Ord + Copy> Wheel<T> {
+impl<T: Ord> Wheel<T> {
     pub fn new() -> Self {
         Wheel {
             elapsed: 0,
@@ -176,12 +176,13 @@ impl<T: Ord + Copy> Wheel<T> {
 
     /// Moves overflow timers that the wheel now reaches into it.
     fn refill_from_overflow(&mut self) {
-        while let Some((&(when, item), _)) = self.overflow.first_key_value() {
+        while let Some((&(when, _), _)) = self.overflow.first_key_value() {
             if level_for(self.elapsed, when) >= LEVELS {
                 break;
             }
-            self.overflow.pop_first();
-            self.place(when, item);
+            if let Some(((when, item), ())) = self.overflow.pop_first() {
+                self.place(when, item);
+            }
         }
     }
 
@@ -210,10 +211,12 @@ impl<T: Ord + Copy> Wheel<T> {
                 }
                 _ => {}
             }
-            if let Some(Reverse((when, item))) = self.ready.peek().copied()
-                && when <= now
+            if self
+                .ready
+                .peek()
+                .is_some_and(|Reverse((when, _))| *when <= now)
+                && let Some(Reverse((when, item))) = self.ready.pop()
             {
-                self.ready.pop();
                 self.len -= 1;
                 return Some((time(when), item));
             }

@@ -17,6 +17,8 @@ pub enum ProtoError {
     MissingTime,
     #[error("field `occurred_at` is out of range")]
     TimeRange,
+    #[error("the transition has no detail")]
+    MissingDetail,
 }
 
 fn to_pb_time(t: Timestamp) -> prost_types::Timestamp {
@@ -152,6 +154,171 @@ pub fn transition_to_pb(defs: &Definitions, t: &Transition) -> pb::Transition {
         step: v.step.into(),
         detail: Some(detail),
     }
+}
+
+/// A transition read back from the topic, as the JSON line `simulate` prints
+/// for it (same fields, same order, same bytes).
+pub fn transition_json(t: &pb::Transition) -> Result<String, ProtoError> {
+    use pb::transition::Detail as P;
+    use std::collections::BTreeMap;
+
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        transition_id: &'a str,
+        #[serde(rename = "type")]
+        kind: &'static str,
+        conversation: &'a str,
+        contact_id: &'a str,
+        at: String,
+        entry: u32,
+        thread: &'a str,
+        step: &'a str,
+        #[serde(flatten)]
+        detail: D<'a>,
+    }
+    #[derive(serde::Serialize)]
+    #[serde(untagged)]
+    enum D<'a> {
+        Entered {
+            event_id: &'a str,
+            event_name: &'a str,
+        },
+        Reentered {
+            event_id: &'a str,
+            event_name: &'a str,
+            previous_entry: u32,
+            left_thread: &'a str,
+            left_step: &'a str,
+        },
+        WaitStarted {
+            expires_at: String,
+            duration: String,
+        },
+        Goto {
+            target_thread: &'a str,
+            target_step: &'a str,
+            taken: bool,
+        },
+        Exited {
+            reason: &'a str,
+        },
+        CouponAssigned {
+            pool: &'a str,
+            code: &'a str,
+            field: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            expiration_field: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            expires_at: Option<String>,
+        },
+        CouponPoolExhausted {
+            pool: &'a str,
+            outcome: &'a str,
+        },
+        CouponPoolLow {
+            pool: &'a str,
+            remaining: u64,
+        },
+        Send {
+            message: &'a str,
+            fields: &'a BTreeMap<String, String>,
+        },
+        Suppressed {
+            message: &'a str,
+            reason: &'a str,
+        },
+    }
+    let time = |t: &Option<prost_types::Timestamp>| -> Result<String, ProtoError> {
+        Ok(from_pb_time(t.as_ref().ok_or(ProtoError::MissingTime)?)?.to_string())
+    };
+    let (kind, detail) = match t.detail.as_ref().ok_or(ProtoError::MissingDetail)? {
+        P::Entered(d) => (
+            "entered",
+            D::Entered {
+                event_id: &d.event_id,
+                event_name: &d.event_name,
+            },
+        ),
+        P::Reentered(d) => (
+            "reentered",
+            D::Reentered {
+                event_id: &d.event_id,
+                event_name: &d.event_name,
+                previous_entry: d.previous_entry,
+                left_thread: &d.left_thread,
+                left_step: &d.left_step,
+            },
+        ),
+        P::WaitStarted(d) => (
+            "wait_started",
+            D::WaitStarted {
+                expires_at: time(&d.expires_at)?,
+                duration: crate::domain::Duration(d.duration_ms).to_string(),
+            },
+        ),
+        P::Goto(d) => (
+            "goto",
+            D::Goto {
+                target_thread: &d.target_thread,
+                target_step: &d.target_step,
+                taken: d.taken,
+            },
+        ),
+        P::Exited(d) => ("exited", D::Exited { reason: &d.reason }),
+        P::CouponAssigned(d) => (
+            "coupon_assigned",
+            D::CouponAssigned {
+                pool: &d.pool,
+                code: &d.code,
+                field: &d.field,
+                expiration_field: d.expiration_field.as_deref(),
+                expires_at: match &d.expires_at {
+                    Some(_) => Some(time(&d.expires_at)?),
+                    None => None,
+                },
+            },
+        ),
+        P::CouponPoolExhausted(d) => (
+            "coupon_pool_exhausted",
+            D::CouponPoolExhausted {
+                pool: &d.pool,
+                outcome: &d.outcome,
+            },
+        ),
+        P::CouponPoolLow(d) => (
+            "coupon_pool_low",
+            D::CouponPoolLow {
+                pool: &d.pool,
+                remaining: d.remaining,
+            },
+        ),
+        P::Send(d) => (
+            "send",
+            D::Send {
+                message: &d.message,
+                fields: &d.fields,
+            },
+        ),
+        P::Suppressed(d) => (
+            "suppressed",
+            D::Suppressed {
+                message: &d.message,
+                reason: &d.reason,
+            },
+        ),
+    };
+    let line = Line {
+        transition_id: &t.transition_id,
+        kind,
+        conversation: &t.conversation,
+        contact_id: &t.contact_id,
+        at: time(&t.at)?,
+        entry: t.entry,
+        thread: &t.thread,
+        step: &t.step,
+        detail,
+    };
+    Ok(serde_json::to_string(&line).unwrap_or_default())
 }
 
 #[cfg(test)]

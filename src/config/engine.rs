@@ -1,0 +1,665 @@
+//! The engine config of `winback run` (TOML): brokers, topics, state directory,
+//! batching, the conversation files, and a `[kafka]` table handed to
+//! librdkafka as is. Environment variables override the brokers and carry
+//! secrets, so a config file can be committed. README.md documents every key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::diagnostic::{Diagnostic, Severity, Source};
+
+pub const DEFAULT_GROUP_ID: &str = "winback";
+pub const DEFAULT_EMBEDDED_LISTEN: &str = "127.0.0.1:9092";
+pub const DEFAULT_PURCHASES_TOPIC: &str = "checkouts";
+pub const DEFAULT_SUBSCRIPTIONS_TOPIC: &str = "subscriptions";
+pub const DEFAULT_TRANSITIONS_TOPIC: &str = "winback.transitions";
+pub const DEFAULT_SENDS_TOPIC: &str = "winback.sends";
+pub const DEFAULT_DEAD_LETTERS_TOPIC: &str = "winback.dead-letters";
+pub const DEFAULT_STATE_DIR: &str = "winback-state";
+pub const DEFAULT_COMMIT_INTERVAL_MS: u64 = 1000;
+pub const DEFAULT_MAX_BATCH_EVENTS: usize = 20_000;
+pub const DEFAULT_MAX_BATCH_TIMERS: usize = 100_000;
+pub const DEFAULT_TIMER_HORIZON_MS: i64 = 60 * 60 * 1000;
+pub const DEFAULT_EMBEDDED_PARTITIONS: i32 = 4;
+
+/// `WINBACK_BOOTSTRAP_SERVERS` overrides `broker.bootstrap_servers`.
+pub const ENV_BOOTSTRAP: &str = "WINBACK_BOOTSTRAP_SERVERS";
+/// `WINBACK_GROUP_ID` overrides `broker.group_id`.
+pub const ENV_GROUP_ID: &str = "WINBACK_GROUP_ID";
+/// `WINBACK_KAFKA_SASL_PASSWORD=...` sets librdkafka's `sasl.password`: the
+/// rest of the name, lower-cased, with `_` read as `.`.
+pub const ENV_KAFKA_PREFIX: &str = "WINBACK_KAFKA_";
+
+/// librdkafka properties winback sets itself; `[kafka]` may not override them,
+/// because the delivery guarantees depend on them.
+pub const RESERVED_KAFKA_KEYS: &[&str] = &[
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "enable.idempotence",
+    "auto.offset.reset",
+    "partition.assignment.strategy",
+];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEngine {
+    conversations: Spanned<Vec<Spanned<String>>>,
+    state_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    broker: Option<Spanned<RawBroker>>,
+    #[serde(default)]
+    input: Option<Spanned<Vec<Spanned<RawInput>>>>,
+    #[serde(default)]
+    output: Option<Spanned<RawOutput>>,
+    #[serde(default)]
+    processing: Option<Spanned<RawProcessing>>,
+    #[serde(default)]
+    kafka: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBroker {
+    bootstrap_servers: Option<Spanned<String>>,
+    group_id: Option<Spanned<String>>,
+    embedded_listen: Option<Spanned<String>>,
+    embedded_partitions: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInput {
+    topic: Spanned<String>,
+    format: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutput {
+    transitions: Option<Spanned<String>>,
+    sends: Option<Spanned<String>>,
+    dead_letters: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProcessing {
+    commit_interval_ms: Option<Spanned<i64>>,
+    max_batch_events: Option<Spanned<i64>>,
+    max_batch_timers: Option<Spanned<i64>>,
+    timer_horizon_ms: Option<Spanned<i64>>,
+}
+
+/// How an input topic's record values are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputFormat {
+    /// One JSON event per record (the JSON-lines form of `simulate`).
+    Json,
+    /// `winback.v1.InputEvent`.
+    Protobuf,
+}
+
+impl InputFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InputFormat::Json => "json",
+            InputFormat::Protobuf => "protobuf",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputTopic {
+    pub topic: String,
+    pub format: InputFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputTopics {
+    pub transitions: String,
+    pub sends: String,
+    pub dead_letters: String,
+}
+
+/// A validated engine config, environment overrides applied.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The file it came from (relative paths inside it are resolved against its folder).
+    pub file: PathBuf,
+    pub conversations: Vec<PathBuf>,
+    pub state_dir: PathBuf,
+    /// Empty: start the embedded broker.
+    pub bootstrap_servers: String,
+    pub group_id: String,
+    pub embedded_listen: String,
+    /// Partitions of each topic the embedded broker creates.
+    pub embedded_partitions: i32,
+    /// Topics read; all must be partitioned alike and keyed by contact id.
+    pub inputs: Vec<InputTopic>,
+    pub outputs: OutputTopics,
+    pub commit_interval_ms: u64,
+    pub max_batch_events: usize,
+    pub max_batch_timers: usize,
+    pub timer_horizon_ms: i64,
+    /// Passed to librdkafka for every client (consumer and producer).
+    pub kafka: BTreeMap<String, String>,
+}
+
+impl EngineConfig {
+    pub fn embedded(&self) -> bool {
+        self.bootstrap_servers.trim().is_empty()
+    }
+
+    /// The format of an input topic, if winback reads it.
+    pub fn input_format(&self, topic: &str) -> Option<InputFormat> {
+        self.inputs
+            .iter()
+            .find(|i| i.topic == topic)
+            .map(|i| i.format)
+    }
+}
+
+/// Every problem found in an engine config.
+#[derive(Debug, thiserror::Error)]
+#[error("{} error(s) in the engine config", self.diagnostics.iter().filter(|d| d.severity == Severity::Error).count())]
+pub struct InvalidEngine {
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Reads and validates an engine config, applying the environment `env`
+/// (pass `std::env::vars()`; tests pass their own).
+pub fn load_engine(
+    path: &Path,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<EngineConfig, InvalidEngine> {
+    let text = std::fs::read_to_string(path).map_err(|e| InvalidEngine {
+        diagnostics: vec![Diagnostic {
+            severity: Severity::Error,
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            field: String::new(),
+            message: format!("cannot read the file: {e}"),
+        }],
+    })?;
+    parse_engine(path, &text, env)
+}
+
+/// As [`load_engine`], over a text already read.
+pub fn parse_engine(
+    path: &Path,
+    text: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<EngineConfig, InvalidEngine> {
+    let src = Source { path, text };
+    let raw: RawEngine = toml::from_str(text).map_err(|e| InvalidEngine {
+        diagnostics: vec![src.diag(
+            Severity::Error,
+            e.span(),
+            "",
+            e.message().trim_end().to_string(),
+        )],
+    })?;
+    let mut diags = Vec::new();
+    let base = path.parent().unwrap_or(Path::new(""));
+    let resolve = |p: &str| {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+
+    let mut conversations = Vec::new();
+    if raw.conversations.get_ref().is_empty() {
+        diags.push(src.diag(
+            Severity::Error,
+            Some(raw.conversations.span()),
+            "conversations",
+            "name at least one conversation file",
+        ));
+    }
+    for c in raw.conversations.get_ref() {
+        conversations.push(resolve(c.get_ref()));
+    }
+
+    let state_dir = raw.state_dir.as_ref().map_or_else(
+        || PathBuf::from(DEFAULT_STATE_DIR),
+        |s| resolve(s.get_ref()),
+    );
+
+    let broker = raw.broker.as_ref().map(|b| b.get_ref());
+    let mut bootstrap_servers = broker
+        .and_then(|b| b.bootstrap_servers.as_ref())
+        .map_or_else(String::new, |s| s.get_ref().clone());
+    let mut group_id = broker
+        .and_then(|b| b.group_id.as_ref())
+        .map_or_else(|| DEFAULT_GROUP_ID.to_string(), |s| s.get_ref().clone());
+    let embedded_listen = broker.and_then(|b| b.embedded_listen.as_ref()).map_or_else(
+        || DEFAULT_EMBEDDED_LISTEN.to_string(),
+        |s| s.get_ref().clone(),
+    );
+    if let Some(l) = broker.and_then(|b| b.embedded_listen.as_ref())
+        && l.get_ref().parse::<std::net::SocketAddr>().is_err()
+    {
+        diags.push(src.diag(
+            Severity::Error,
+            Some(l.span()),
+            "broker.embedded_listen",
+            format!(
+                "{:?} is not an address such as \"127.0.0.1:9092\"",
+                l.get_ref()
+            ),
+        ));
+    }
+    let mut embedded_partitions = DEFAULT_EMBEDDED_PARTITIONS;
+    if let Some(p) = broker.and_then(|b| b.embedded_partitions.as_ref()) {
+        match i32::try_from(*p.get_ref()) {
+            Ok(n) if (1..=1024).contains(&n) => embedded_partitions = n,
+            _ => diags.push(src.diag(
+                Severity::Error,
+                Some(p.span()),
+                "broker.embedded_partitions",
+                "must be between 1 and 1024",
+            )),
+        }
+    }
+    if let Some(g) = broker.and_then(|b| b.group_id.as_ref())
+        && g.get_ref().trim().is_empty()
+    {
+        diags.push(src.diag(
+            Severity::Error,
+            Some(g.span()),
+            "broker.group_id",
+            "must not be empty",
+        ));
+    }
+
+    let mut inputs = Vec::new();
+    match &raw.input {
+        None => {
+            inputs.push(InputTopic {
+                topic: DEFAULT_PURCHASES_TOPIC.into(),
+                format: InputFormat::Json,
+            });
+            inputs.push(InputTopic {
+                topic: DEFAULT_SUBSCRIPTIONS_TOPIC.into(),
+                format: InputFormat::Json,
+            });
+        }
+        Some(list) => {
+            if list.get_ref().is_empty() {
+                diags.push(src.diag(
+                    Severity::Error,
+                    Some(list.span()),
+                    "input",
+                    "name at least one input topic",
+                ));
+            }
+            for (i, inp) in list.get_ref().iter().enumerate() {
+                let inp = inp.get_ref();
+                let topic = inp.topic.get_ref().trim().to_string();
+                if let Some(msg) = topic_problem(&topic) {
+                    diags.push(src.diag(
+                        Severity::Error,
+                        Some(inp.topic.span()),
+                        format!("input[{i}].topic"),
+                        msg,
+                    ));
+                }
+                if inputs.iter().any(|t: &InputTopic| t.topic == topic) {
+                    diags.push(src.diag(
+                        Severity::Error,
+                        Some(inp.topic.span()),
+                        format!("input[{i}].topic"),
+                        format!("topic {topic:?} is listed twice"),
+                    ));
+                }
+                let format = match inp.format.as_ref().map(|f| (f, f.get_ref().as_str())) {
+                    None | Some((_, "json")) => InputFormat::Json,
+                    Some((_, "protobuf")) => InputFormat::Protobuf,
+                    Some((f, other)) => {
+                        diags.push(src.diag(
+                            Severity::Error,
+                            Some(f.span()),
+                            format!("input[{i}].format"),
+                            format!("{other:?}: expected \"json\" or \"protobuf\""),
+                        ));
+                        InputFormat::Json
+                    }
+                };
+                inputs.push(InputTopic { topic, format });
+            }
+        }
+    }
+
+    let out = raw.output.as_ref().map(|o| o.get_ref());
+    let mut out_topic = |v: Option<&Spanned<String>>, field: &str, default: &str| {
+        let Some(v) = v else {
+            return default.to_string();
+        };
+        let t = v.get_ref().trim().to_string();
+        if let Some(msg) = topic_problem(&t) {
+            diags.push(src.diag(
+                Severity::Error,
+                Some(v.span()),
+                format!("output.{field}"),
+                msg,
+            ));
+        }
+        t
+    };
+    let outputs = OutputTopics {
+        transitions: out_topic(
+            out.and_then(|o| o.transitions.as_ref()),
+            "transitions",
+            DEFAULT_TRANSITIONS_TOPIC,
+        ),
+        sends: out_topic(
+            out.and_then(|o| o.sends.as_ref()),
+            "sends",
+            DEFAULT_SENDS_TOPIC,
+        ),
+        dead_letters: out_topic(
+            out.and_then(|o| o.dead_letters.as_ref()),
+            "dead_letters",
+            DEFAULT_DEAD_LETTERS_TOPIC,
+        ),
+    };
+    for t in [&outputs.transitions, &outputs.sends, &outputs.dead_letters] {
+        if inputs.iter().any(|i| &i.topic == t) {
+            diags.push(src.diag(
+                Severity::Error,
+                raw.output.as_ref().map(|o| o.span()),
+                "output",
+                format!("topic {t:?} is both an input and an output"),
+            ));
+        }
+    }
+    if outputs.transitions == outputs.sends
+        || outputs.transitions == outputs.dead_letters
+        || outputs.sends == outputs.dead_letters
+    {
+        diags.push(src.diag(
+            Severity::Error,
+            raw.output.as_ref().map(|o| o.span()),
+            "output",
+            "the transitions, sends and dead-letter topics must differ",
+        ));
+    }
+
+    let proc_ = raw.processing.as_ref().map(|p| p.get_ref());
+    let mut positive = |v: Option<&Spanned<i64>>, field: &str, default: i64, max: i64| match v {
+        None => default,
+        Some(v) if (1..=max).contains(v.get_ref()) => *v.get_ref(),
+        Some(v) => {
+            diags.push(src.diag(
+                Severity::Error,
+                Some(v.span()),
+                format!("processing.{field}"),
+                format!("must be between 1 and {max}"),
+            ));
+            default
+        }
+    };
+    let commit_interval_ms = positive(
+        proc_.and_then(|p| p.commit_interval_ms.as_ref()),
+        "commit_interval_ms",
+        DEFAULT_COMMIT_INTERVAL_MS as i64,
+        3_600_000,
+    ) as u64;
+    let max_batch_events = positive(
+        proc_.and_then(|p| p.max_batch_events.as_ref()),
+        "max_batch_events",
+        DEFAULT_MAX_BATCH_EVENTS as i64,
+        10_000_000,
+    ) as usize;
+    let max_batch_timers = positive(
+        proc_.and_then(|p| p.max_batch_timers.as_ref()),
+        "max_batch_timers",
+        DEFAULT_MAX_BATCH_TIMERS as i64,
+        10_000_000,
+    ) as usize;
+    let timer_horizon_ms = positive(
+        proc_.and_then(|p| p.timer_horizon_ms.as_ref()),
+        "timer_horizon_ms",
+        DEFAULT_TIMER_HORIZON_MS,
+        365 * 86_400_000,
+    );
+
+    let mut kafka = BTreeMap::new();
+    for (k, v) in &raw.kafka {
+        let key = k.get_ref().trim();
+        let field = format!("kafka.{key:?}");
+        if RESERVED_KAFKA_KEYS.contains(&key) {
+            diags.push(src.diag(
+                Severity::Error,
+                Some(k.span()),
+                field,
+                "winback sets this property itself (see the [broker] table and README.md)",
+            ));
+            continue;
+        }
+        let value = match v.get_ref() {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            _ => {
+                diags.push(src.diag(
+                    Severity::Error,
+                    Some(v.span()),
+                    field,
+                    "expected a string, number or boolean",
+                ));
+                continue;
+            }
+        };
+        kafka.insert(key.to_string(), value);
+    }
+
+    for (name, value) in env {
+        if name == ENV_BOOTSTRAP {
+            bootstrap_servers = value;
+        } else if name == ENV_GROUP_ID {
+            group_id = value;
+        } else if let Some(rest) = name.strip_prefix(ENV_KAFKA_PREFIX)
+            && !rest.is_empty()
+        {
+            let key = rest.to_ascii_lowercase().replace('_', ".");
+            if RESERVED_KAFKA_KEYS.contains(&key.as_str()) {
+                diags.push(Diagnostic {
+                    severity: Severity::Error,
+                    file: path.to_path_buf(),
+                    line: 0,
+                    column: 0,
+                    field: format!("${name}"),
+                    message: format!("{key:?} is set by winback itself"),
+                });
+                continue;
+            }
+            kafka.insert(key, value);
+        }
+    }
+    if group_id.trim().is_empty() {
+        diags.push(Diagnostic {
+            severity: Severity::Error,
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            field: format!("${ENV_GROUP_ID}"),
+            message: "must not be empty".into(),
+        });
+    }
+
+    // librdkafka knows its own properties: let it judge names and values now,
+    // not at the first connection.
+    let mut probe = rdkafka::ClientConfig::new();
+    for (k, v) in &kafka {
+        probe.set(k, v);
+        if let Err(e) = probe.create_native_config() {
+            let span = raw
+                .kafka
+                .iter()
+                .find(|(rk, _)| rk.get_ref().trim() == k)
+                .map(|(rk, _)| rk.span());
+            diags.push(src.diag(
+                Severity::Error,
+                span,
+                format!("kafka.{k:?}"),
+                format!("librdkafka rejects it: {e}"),
+            ));
+            probe.remove(k);
+        }
+    }
+
+    if diags.iter().any(|d| d.severity == Severity::Error) {
+        return Err(InvalidEngine { diagnostics: diags });
+    }
+    Ok(EngineConfig {
+        file: path.to_path_buf(),
+        conversations,
+        state_dir,
+        bootstrap_servers,
+        group_id,
+        embedded_listen,
+        embedded_partitions,
+        inputs,
+        outputs,
+        commit_interval_ms,
+        max_batch_events,
+        max_batch_timers,
+        timer_horizon_ms,
+        kafka,
+    })
+}
+
+/// Kafka's own rule for topic names.
+fn topic_problem(t: &str) -> Option<String> {
+    if t.is_empty() {
+        return Some("must not be empty".into());
+    }
+    if t.len() > 249 {
+        return Some("is longer than Kafka's 249 characters".into());
+    }
+    if t == "." || t == ".." {
+        return Some(format!("{t:?} is not a valid topic name"));
+    }
+    t.chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        .map(|c| format!("{c:?} is not allowed in a topic name (letters, digits, '.', '_', '-')"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<EngineConfig, InvalidEngine> {
+        parse_engine(
+            Path::new("conf/winback.toml"),
+            text,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse(text, &[]) {
+            Ok(_) => vec![],
+            Err(e) => e.diagnostics.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let c = parse("conversations = [\"a.toml\"]\nstate_dir = \"st\"\n", &[]).unwrap();
+        assert_eq!(c.conversations, vec![PathBuf::from("conf/a.toml")]);
+        assert_eq!(c.state_dir, PathBuf::from("conf/st"));
+        assert!(c.embedded());
+        assert_eq!(c.group_id, DEFAULT_GROUP_ID);
+        assert_eq!(c.inputs.len(), 2);
+        assert_eq!(c.input_format("checkouts"), Some(InputFormat::Json));
+        assert_eq!(c.outputs.sends, DEFAULT_SENDS_TOPIC);
+        assert_eq!(c.commit_interval_ms, DEFAULT_COMMIT_INTERVAL_MS);
+    }
+
+    #[test]
+    fn environment_overrides_brokers_and_carries_secrets() {
+        let c = parse(
+            "conversations = [\"a.toml\"]\n[broker]\nbootstrap_servers = \"file:9092\"\n[kafka]\n\"security.protocol\" = \"sasl_ssl\"\n",
+            &[
+                (ENV_BOOTSTRAP, "env:9092"),
+                ("WINBACK_KAFKA_SASL_PASSWORD", "s3cret"),
+                ("WINBACK_KAFKA_SASL_MECHANISM", "PLAIN"),
+                ("UNRELATED", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.bootstrap_servers, "env:9092");
+        assert!(!c.embedded());
+        assert_eq!(c.kafka["sasl.password"], "s3cret");
+        assert_eq!(c.kafka["security.protocol"], "sasl_ssl");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_line_and_field() {
+        let errs = errors(
+            "conversations = [\"a.toml\"]\n\
+             [[input]]\ntopic = \"bad topic\"\nformat = \"xml\"\n\
+             [processing]\ncommit_interval_ms = 0\n\
+             [kafka]\n\"group.id\" = \"x\"\n\"no.such.property\" = \"1\"\n",
+        );
+        let joined = errs.join("\n");
+        assert!(
+            joined.contains("conf/winback.toml:3:9: error: input[0].topic: ' '"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains(":4:10: error: input[0].format: \"xml\""),
+            "{joined}"
+        );
+        assert!(
+            joined.contains(":6:22: error: processing.commit_interval_ms"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains(":8:1: error: kafka.\"group.id\": winback sets"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains(":9:1: error: kafka.\"no.such.property\": librdkafka rejects it"),
+            "{joined}"
+        );
+        assert_eq!(errs.len(), 5, "{joined}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_line() {
+        let errs = errors("conversations = [\"a.toml\"]\n[broker]\nbootstrap = \"x\"\n");
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].starts_with("conf/winback.toml:3:1: error:"),
+            "{errs:?}"
+        );
+        assert!(errs[0].contains("unknown field `bootstrap`"), "{errs:?}");
+    }
+
+    #[test]
+    fn outputs_must_differ_from_inputs_and_each_other() {
+        let errs = errors(
+            "conversations = [\"a.toml\"]\n[output]\ntransitions = \"checkouts\"\nsends = \"checkouts\"\n",
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("both an input and an output")),
+            "{errs:?}"
+        );
+        assert!(errs.iter().any(|e| e.contains("must differ")), "{errs:?}");
+    }
+}

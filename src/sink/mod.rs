@@ -1,0 +1,283 @@
+//! Kafka out: the transitions topic (every transition), the sends topic (send
+//! transitions, for mail senders) and the dead-letter topic, through one
+//! idempotent producer.
+//!
+//! Delivery is tracked per batch: every record of the running batch is kept
+//! until the broker acknowledged it; [`Sink::finish`] waits for all of them,
+//! producing again whatever failed, so the runtime stores input offsets only
+//! once everything they produced is acknowledged (at-least-once; consumers
+//! de-duplicate by `transition_id`).
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use prost::Message;
+use rdkafka::ClientConfig;
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+
+use crate::config::engine::EngineConfig;
+use crate::domain::{Definitions, Transition, TransitionKind};
+use crate::wire;
+
+/// Headers of transition records.
+pub const HEADER_TYPE: &str = "winback.type";
+pub const HEADER_CONVERSATION: &str = "winback.conversation";
+pub const HEADER_TRANSITION_ID: &str = "winback.transition_id";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("cannot create the Kafka producer: {0}")]
+    Create(KafkaError),
+    #[error("stopped with {0} record(s) not acknowledged by the broker")]
+    Interrupted(usize),
+}
+
+/// One record to produce, kept until acknowledged.
+#[derive(Debug, Clone)]
+pub struct OutRecord {
+    pub topic: String,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Delivery reports of the running batch, by record index.
+#[derive(Default)]
+pub struct Tracker {
+    acked: Mutex<Vec<usize>>,
+    failed: Mutex<Vec<(usize, String)>>,
+}
+
+impl ClientContext for Tracker {}
+
+impl ProducerContext for Tracker {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, index: usize) {
+        match result {
+            Ok(_) => {
+                if let Ok(mut a) = self.acked.lock() {
+                    a.push(index);
+                }
+            }
+            Err((e, _)) => {
+                if let Ok(mut f) = self.failed.lock() {
+                    f.push((index, e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+fn take<T>(m: &Mutex<Vec<T>>) -> Vec<T> {
+    match m.lock() {
+        Ok(mut v) => std::mem::take(&mut *v),
+        // A panicking delivery callback cannot leave a half-pushed Vec.
+        Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+    }
+}
+
+pub struct Sink {
+    config: ClientConfig,
+    producer: ThreadedProducer<Tracker>,
+    /// The running batch's records, by delivery index.
+    pending: Vec<OutRecord>,
+    /// Records produced and acknowledged, over the sink's life.
+    pub delivered: u64,
+    /// Deliveries that failed and were produced again.
+    pub retried: u64,
+}
+
+impl Sink {
+    pub fn new(cfg: &EngineConfig, bootstrap: &str) -> Result<Sink, SinkError> {
+        let mut config = crate::source::client_config(cfg, bootstrap);
+        config.set("enable.idempotence", "true");
+        if !cfg.kafka.contains_key("linger.ms") {
+            config.set("linger.ms", "5");
+        }
+        if !cfg.kafka.contains_key("message.timeout.ms") {
+            // Fail a delivery within a bounded time, so `finish` produces it again.
+            config.set("message.timeout.ms", "30000");
+        }
+        Ok(Sink {
+            producer: Self::producer(&config)?,
+            config,
+            pending: Vec::new(),
+            delivered: 0,
+            retried: 0,
+        })
+    }
+
+    fn producer(config: &ClientConfig) -> Result<ThreadedProducer<Tracker>, SinkError> {
+        config
+            .create_with_context(Tracker::default())
+            .map_err(SinkError::Create)
+    }
+
+    /// Records of the running batch not yet acknowledged (all of them until
+    /// [`Sink::finish`]).
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn send(&mut self, rec: OutRecord) {
+        let index = self.pending.len();
+        self.pending.push(rec);
+        self.produce(index);
+    }
+
+    /// Adds a transition: to the transitions topic, and a send also to the
+    /// sends topic. Keyed by contact id.
+    pub fn send_transition(&mut self, defs: &Definitions, cfg: &EngineConfig, t: &Transition) {
+        let pb = wire::proto::transition_to_pb(defs, t);
+        let value = pb.encode_to_vec();
+        let headers = vec![
+            (
+                HEADER_TYPE.to_string(),
+                t.kind.type_name().as_bytes().to_vec(),
+            ),
+            (
+                HEADER_CONVERSATION.to_string(),
+                pb.conversation.into_bytes(),
+            ),
+            (
+                HEADER_TRANSITION_ID.to_string(),
+                pb.transition_id.into_bytes(),
+            ),
+        ];
+        let key = t.contact.as_bytes().to_vec();
+        if matches!(t.kind, TransitionKind::Send { .. }) {
+            self.send(OutRecord {
+                topic: cfg.outputs.sends.clone(),
+                key: key.clone(),
+                value: value.clone(),
+                headers: headers.clone(),
+            });
+        }
+        self.send(OutRecord {
+            topic: cfg.outputs.transitions.clone(),
+            key,
+            value,
+            headers,
+        });
+    }
+
+    fn produce(&mut self, index: usize) {
+        let rec = &self.pending[index];
+        let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
+        for (k, v) in &rec.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let mut record = BaseRecord::with_opaque_to(&rec.topic, index)
+            .key(&rec.key)
+            .payload(&rec.value)
+            .headers(headers);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    // The local queue drains as the broker acknowledges.
+                    record = r;
+                    self.producer.flush(Duration::from_millis(100)).ok();
+                }
+                Err((e, r)) => {
+                    // Not queued at all: count it failed, `finish` retries it.
+                    tracing::warn!(topic = %r.topic, error = %e, "produce refused");
+                    if let Ok(mut f) = self.producer.context().failed.lock() {
+                        f.push((index, e.to_string()));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits until every record of the running batch is acknowledged,
+    /// producing failed ones again (after a fatal producer error, all
+    /// unacknowledged ones through a new producer). Gives up only when `stop`
+    /// is set, leaving the batch unacknowledged: the caller must then not store
+    /// its offsets.
+    pub fn finish(&mut self, stop: &AtomicBool) -> Result<(), SinkError> {
+        let n = self.pending.len();
+        let mut acked = vec![false; n];
+        let mut left = n;
+        let mut backoff = Duration::from_millis(100);
+        let mut waited = Duration::ZERO;
+        loop {
+            let _ = self.producer.flush(Duration::from_millis(500));
+            let ctx = self.producer.context();
+            for i in take(&ctx.acked) {
+                if let Some(a) = acked.get_mut(i)
+                    && !*a
+                {
+                    *a = true;
+                    left -= 1;
+                }
+            }
+            let failed = take(&ctx.failed);
+            if left == 0 {
+                self.delivered += n as u64;
+                self.pending.clear();
+                return Ok(());
+            }
+            let fatal = self.producer.client().fatal_error();
+            if failed.is_empty() && fatal.is_none() {
+                // Still in flight: librdkafka retries on its own until
+                // `message.timeout.ms`.
+                waited += Duration::from_millis(500);
+                if stop.load(Ordering::Acquire) && waited > Duration::from_secs(10) {
+                    return Err(SinkError::Interrupted(left));
+                }
+                continue;
+            }
+            if let Some((_, e)) = failed.first() {
+                tracing::warn!(failed = failed.len(), first_error = %e, "deliveries failed; producing them again");
+            }
+            if stop.load(Ordering::Acquire) {
+                return Err(SinkError::Interrupted(left));
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            if let Some((code, reason)) = fatal {
+                tracing::warn!(?code, %reason, "fatal producer error; producing the batch through a new producer");
+                self.producer = Self::producer(&self.config)?;
+                for i in (0..n).filter(|&i| !acked[i]) {
+                    self.retried += 1;
+                    self.produce(i);
+                }
+            } else {
+                for (i, _) in failed {
+                    self.retried += 1;
+                    self.produce(i);
+                }
+            }
+        }
+    }
+}
+
+/// Reads a transition record as produced by the sink.
+pub fn decode_transition(payload: &[u8]) -> Result<crate::pb::Transition, prost::DecodeError> {
+    crate::pb::Transition::decode(payload)
+}
+
+/// The header `name` of a record, as text.
+pub fn header<'a, M: rdkafka::Message>(m: &'a M, name: &str) -> Option<&'a str> {
+    use rdkafka::message::Headers;
+    let h = m.headers()?;
+    h.iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// For tests and tools: the key of a message as text.
+pub fn key_text<M: rdkafka::Message>(m: &M) -> Option<&str> {
+    m.key().and_then(|k| std::str::from_utf8(k).ok())
+}

@@ -1,0 +1,120 @@
+//! Kafka in: client settings shared by every winback client, the group
+//! consumer's settings, decoding input records through the wire schemas, and
+//! the dead-letter form of a record that cannot be folded.
+
+use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+
+use crate::config::engine::{EngineConfig, InputFormat};
+use crate::domain::Event;
+use crate::wire;
+
+/// Headers of a dead-letter record; its key and value are the original's.
+pub const DLQ_TOPIC: &str = "winback.dlq.topic";
+pub const DLQ_PARTITION: &str = "winback.dlq.partition";
+pub const DLQ_OFFSET: &str = "winback.dlq.offset";
+pub const DLQ_REASON: &str = "winback.dlq.reason";
+
+/// Settings every client gets: the brokers and the `[kafka]` table.
+pub fn client_config(cfg: &EngineConfig, bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap);
+    // noida-db (and some proxies) answer a whole partition's backlog in one
+    // fetch; librdkafka would drop the connection over the 100 MB default.
+    c.set("receive.message.max.bytes", "2147483647");
+    for (k, v) in &cfg.kafka {
+        c.set(k, v);
+    }
+    c
+}
+
+/// The input consumer: a group member whose positions come from the store,
+/// never from auto-commit.
+pub fn consumer_config(cfg: &EngineConfig, bootstrap: &str) -> ClientConfig {
+    let mut c = client_config(cfg, bootstrap);
+    c.set("group.id", &cfg.group_id);
+    c.set("enable.auto.commit", "false");
+    c.set("enable.auto.offset.store", "false");
+    c.set("auto.offset.reset", "earliest");
+    // Eager assignment: a revocation is total, which the runtime's batch
+    // boundary handles simply (and cooperative-sticky stalls on noida-db).
+    c.set("partition.assignment.strategy", "range");
+    if !cfg.kafka.contains_key("session.timeout.ms") {
+        c.set("session.timeout.ms", "10000");
+    }
+    c
+}
+
+/// Why an input record cannot be folded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected(pub String);
+
+/// Decodes one record value as `format` and checks the event's shape.
+pub fn decode(format: InputFormat, payload: Option<&[u8]>) -> Result<Event, Rejected> {
+    let bytes = payload.ok_or_else(|| Rejected("the record has no value".into()))?;
+    let ev = match format {
+        InputFormat::Json => {
+            let text = std::str::from_utf8(bytes)
+                .map_err(|e| Rejected(format!("the value is not UTF-8: {e}")))?;
+            wire::json::decode_event(text.trim_end()).map_err(|e| Rejected(e.to_string()))?
+        }
+        InputFormat::Protobuf => {
+            wire::proto::decode_event(bytes).map_err(|e| Rejected(e.to_string()))?
+        }
+    };
+    ev.check_shape().map_err(|e| Rejected(e.to_string()))?;
+    Ok(ev)
+}
+
+/// The headers of a dead letter for the record at `topic`/`partition`/`offset`.
+pub fn dead_letter_headers(topic: &str, partition: i32, offset: i64, reason: &str) -> OwnedHeaders {
+    let partition = partition.to_string();
+    let offset = offset.to_string();
+    OwnedHeaders::new_with_capacity(4)
+        .insert(Header {
+            key: DLQ_TOPIC,
+            value: Some(topic),
+        })
+        .insert(Header {
+            key: DLQ_PARTITION,
+            value: Some(&partition),
+        })
+        .insert(Header {
+            key: DLQ_OFFSET,
+            value: Some(&offset),
+        })
+        .insert(Header {
+            key: DLQ_REASON,
+            value: Some(reason),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    #[test]
+    fn decodes_both_formats_and_names_the_problem() {
+        let json = br#"{"event_id":"e1","name":"checkout","contact_id":"c1","occurred_at":"2026-01-05T10:00:00Z"}"#;
+        let ev = decode(InputFormat::Json, Some(json)).unwrap();
+        assert_eq!(ev.contact_id, "c1");
+        let pb = wire::proto::event_to_pb(&ev).encode_to_vec();
+        assert_eq!(decode(InputFormat::Protobuf, Some(&pb)).unwrap(), ev);
+
+        assert_eq!(
+            decode(InputFormat::Json, None).unwrap_err().0,
+            "the record has no value"
+        );
+        assert!(
+            decode(InputFormat::Json, Some(b"\xff"))
+                .unwrap_err()
+                .0
+                .contains("UTF-8")
+        );
+        assert!(decode(InputFormat::Json, Some(b"{\"name\":1}")).is_err());
+        assert!(decode(InputFormat::Protobuf, Some(json)).is_err());
+        let no_contact = br#"{"event_id":"e1","name":"checkout","contact_id":"","occurred_at":"2026-01-05T10:00:00Z"}"#;
+        assert!(decode(InputFormat::Json, Some(no_contact)).is_err());
+    }
+}
