@@ -1,0 +1,364 @@
+//! Kafka helpers for the integration tests: the broker (the one `.ci/run`
+//! starts, named by `WINBACK_TEST_BROKERS`, else an in-process noida-db), fresh
+//! random topic and group names, producing, reading topics, and running the
+//! engine in a thread with a clock the test moves.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use winback::config::engine::{EngineConfig, parse_engine};
+use winback::domain::{Definitions, Timestamp};
+use winback::runtime::{self, ManualClock, RunParams, RunStats, RuntimeError};
+
+pub fn brokers() -> String {
+    static BROKERS: OnceLock<String> = OnceLock::new();
+    BROKERS
+        .get_or_init(|| match std::env::var("WINBACK_TEST_BROKERS") {
+            Ok(b) if !b.is_empty() => b,
+            _ => noida::kafka::spawn("127.0.0.1:0")
+                .expect("start an in-process broker")
+                .to_string(),
+        })
+        .clone()
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub struct Topics {
+    pub input: String,
+    pub transitions: String,
+    pub sends: String,
+    pub dead_letters: String,
+    pub group: String,
+}
+
+impl Topics {
+    pub fn fresh() -> Topics {
+        let t = unique("wb");
+        Topics {
+            input: format!("{t}.checkouts"),
+            transitions: format!("{t}.transitions"),
+            sends: format!("{t}.sends"),
+            dead_letters: format!("{t}.dlq"),
+            group: format!("{t}.group"),
+        }
+    }
+
+    pub fn create(&self, partitions: i32) {
+        let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+            ClientConfig::new()
+                .set("bootstrap.servers", brokers())
+                .create()
+                .expect("admin client");
+        let names = [
+            &self.input,
+            &self.transitions,
+            &self.sends,
+            &self.dead_letters,
+        ];
+        let topics: Vec<_> = names
+            .iter()
+            .map(|n| {
+                rdkafka::admin::NewTopic::new(
+                    n,
+                    partitions,
+                    rdkafka::admin::TopicReplication::Fixed(1),
+                )
+            })
+            .collect();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let res = rt
+            .block_on(admin.create_topics(&topics, &rdkafka::admin::AdminOptions::new()))
+            .expect("create topics");
+        for r in res {
+            r.expect("topic created");
+        }
+    }
+
+    /// An engine config over these topics, state in `state_dir`.
+    pub fn config(&self, state_dir: &Path, conversations: &[&str], extra: &str) -> EngineConfig {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let convs: Vec<String> = conversations
+            .iter()
+            .map(|c| format!("{:?}", root.join(c).display().to_string()))
+            .collect();
+        let text = format!(
+            r#"conversations = [{convs}]
+state_dir = {state:?}
+[broker]
+bootstrap_servers = {brokers:?}
+group_id = {group:?}
+[[input]]
+topic = {input:?}
+format = "json"
+[output]
+transitions = {transitions:?}
+sends = {sends:?}
+dead_letters = {dlq:?}
+[processing]
+commit_interval_ms = 200
+{extra}
+"#,
+            convs = convs.join(", "),
+            state = state_dir.display().to_string(),
+            brokers = brokers(),
+            group = self.group,
+            input = self.input,
+            transitions = self.transitions,
+            sends = self.sends,
+            dlq = self.dead_letters,
+        );
+        parse_engine(Path::new("test.toml"), &text, std::iter::empty())
+            .unwrap_or_else(|e| panic!("test config: {:?}", e.diagnostics))
+    }
+}
+
+/// Produces records (key, value) to `topic`, waiting for every acknowledgement.
+pub fn produce(topic: &str, records: &[(String, Vec<u8>)]) {
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    for (k, v) in records {
+        let mut rec = BaseRecord::to(topic).key(k.as_bytes()).payload(v);
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    p.poll(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(30)).expect("all produced");
+}
+
+/// One record read back.
+#[derive(Debug, Clone)]
+pub struct Read {
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Reads `topic` from the beginning until `want` records arrived or
+/// `timeout` passed; returns what arrived.
+pub fn read(topic: &str, want: usize, timeout: Duration) -> Vec<Read> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("receive.message.max.bytes", "2147483647")
+        .create()
+        .expect("consumer");
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let parts = md.topics()[0].partitions().len() as i32;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..parts {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("tpl");
+    }
+    c.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < want && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            let mut headers = BTreeMap::new();
+            if let Some(h) = m.headers() {
+                for h in h.iter() {
+                    headers.insert(
+                        h.key.to_string(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    );
+                }
+            }
+            out.push(Read {
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().unwrap_or_default().to_vec(),
+                headers,
+            });
+        }
+    }
+    out
+}
+
+/// Transition records as the JSON lines `simulate` prints.
+pub fn as_json(records: &[Read]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| {
+            let t = winback::sink::decode_transition(&r.value).expect("a transition");
+            winback::wire::proto::transition_json(&t).expect("complete")
+        })
+        .collect()
+}
+
+/// `winback run` in a thread.
+pub struct Running {
+    pub stats: Arc<RunStats>,
+    pub clock: Arc<ManualClock>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Result<(), RuntimeError>>>,
+}
+
+impl Running {
+    pub fn start(cfg: EngineConfig, defs: Arc<Definitions>, clock: Timestamp) -> Running {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(RunStats::default());
+        let clock = Arc::new(ManualClock::new(clock));
+        let params = RunParams {
+            bootstrap: cfg.bootstrap_servers.clone(),
+            config: cfg,
+            definitions: defs,
+            clock: clock.clone(),
+            stop: Arc::clone(&stop),
+            stats: Arc::clone(&stats),
+        };
+        let handle = std::thread::spawn(move || runtime::run(params));
+        Running {
+            stats,
+            clock,
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Waits until the engine has taken `n` input records and written a
+    /// batch after that.
+    pub fn wait_events(&self, n: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.stats.events.load(Ordering::Acquire) < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} events taken",
+                self.stats.events.load(Ordering::Acquire)
+            );
+            if self.handle.as_ref().is_some_and(|h| h.is_finished()) {
+                panic!("the engine stopped early");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let b = self.stats.batches.load(Ordering::Acquire);
+        while self.stats.batches.load(Ordering::Acquire) <= b {
+            assert!(Instant::now() < deadline, "no batch written");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Graceful stop: finishes the batch and writes it.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = self.handle.take() {
+            h.join().expect("engine thread").expect("clean stop");
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A deterministic stream of purchases (and list events) for `contacts`
+/// contacts over about `days` days, as JSON lines in time order.
+pub fn purchase_stream(contacts: usize, days: i64, seed: u64) -> Vec<String> {
+    let mut x = seed | 1;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let start = 1_767_225_600_000i64; // 2026-01-01
+    let mut evs: Vec<(i64, String)> = Vec::new();
+    for c in 0..contacts {
+        let id = format!("c{c:04}");
+        if rnd() % 4 != 0 {
+            evs.push((
+                start,
+                format!(r#"{{"event_id":"s-{id}","name":"subscribe","contact_id":"{id}","list_id":"master","occurred_at":"{}"}}"#, ts(start)),
+            ));
+        }
+        let purchases = 1 + rnd() % 4;
+        for k in 0..purchases {
+            let at = start + 3_600_000 + (rnd() % (days as u64 * 86_400)) as i64 * 1000;
+            evs.push((
+                at,
+                format!(r#"{{"event_id":"o-{id}-{k}","name":"checkout","contact_id":"{id}","occurred_at":"{}","merchant_id":"m{}","order_id":"o-{id}-{k}","total":{}.5}}"#, ts(at), rnd() % 3, 10 + rnd() % 90),
+            ));
+        }
+        if rnd() % 8 == 0 {
+            let at = start + (rnd() % (days as u64 * 86_400)) as i64 * 1000;
+            evs.push((
+                at,
+                format!(r#"{{"event_id":"u-{id}","name":"unsubscribe","contact_id":"{id}","list_id":"master","occurred_at":"{}"}}"#, ts(at)),
+            ));
+        }
+    }
+    evs.sort_by_key(|(t, _)| *t);
+    evs.into_iter().map(|(_, l)| l).collect()
+}
+
+fn ts(ms: i64) -> String {
+    Timestamp(ms).to_string()
+}
+
+/// Lines as keyed records (the contact id is the key).
+pub fn keyed(lines: &[String]) -> Vec<(String, Vec<u8>)> {
+    lines
+        .iter()
+        .map(|l| {
+            let ev = winback::wire::json::decode_event(l).expect("valid test event");
+            (ev.contact_id, l.as_bytes().to_vec())
+        })
+        .collect()
+}
+
+/// `simulate` over the same lines, to `until`: the oracle.
+pub fn simulate(defs: &Arc<Definitions>, lines: &[String], until: Timestamp) -> Vec<String> {
+    let mut sim = winback::sim::Simulator::new(Arc::clone(defs));
+    let mut out = Vec::new();
+    for l in lines {
+        if let Ok(ev) = winback::wire::json::decode_event(l) {
+            let _ = sim.feed(&ev, &mut out);
+        }
+    }
+    sim.advance_to(until, &mut out);
+    out.iter()
+        .map(|t| winback::wire::json::encode_transition(defs, t))
+        .collect()
+}

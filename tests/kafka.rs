@@ -1,0 +1,244 @@
+//! `winback run` against a real Kafka-protocol broker (the one `.ci/run`
+//! starts; an in-process noida-db otherwise), each test with fresh random
+//! topic and group names. The wall clock is injected: no test sleeps for a wait.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::kafka::{self, Running, Topics};
+use common::{SEEDS, definitions};
+use winback::domain::Timestamp;
+
+const T: Duration = Duration::from_secs(60);
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// Equal as multisets; on failure shows the first differences, not everything.
+fn assert_same(got: &[String], want: &[String]) {
+    let (g, w) = (sorted(got.to_vec()), sorted(want.to_vec()));
+    if g != w {
+        let only_got: Vec<&String> = g.iter().filter(|l| !w.contains(l)).take(5).collect();
+        let only_want: Vec<&String> = w.iter().filter(|l| !g.contains(l)).take(5).collect();
+        panic!(
+            "{} transitions, expected {}\nonly in the output: {only_got:#?}\nonly expected: {only_want:#?}",
+            g.len(),
+            w.len()
+        );
+    }
+}
+
+fn until() -> Timestamp {
+    Timestamp::parse_rfc3339("2026-12-31T00:00:00Z").unwrap()
+}
+
+/// The epoch: an idle clock that never moves a partition's clock forward.
+const STILL: Timestamp = Timestamp(0);
+
+#[test]
+fn seeds_through_kafka_give_the_transitions_of_simulate() {
+    let defs = definitions(&SEEDS);
+    let topics = Topics::fresh();
+    // One partition: the coupon pool is then not split, exactly as in `simulate`.
+    topics.create(1);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = topics.config(dir.path(), &SEEDS, "");
+    let mut lines = kafka::purchase_stream(150, 200, 7);
+    lines.extend(
+        std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/events.jsonl"
+        ))
+        .unwrap()
+        .lines()
+        .map(str::to_string),
+    );
+    let expected = kafka::simulate(&defs, &lines, until());
+    assert!(expected.iter().any(|l| l.contains("\"type\":\"send\"")));
+    assert!(
+        expected
+            .iter()
+            .any(|l| l.contains("\"type\":\"coupon_assigned\""))
+    );
+
+    kafka::produce(&topics.input, &kafka::keyed(&lines));
+    let run = Running::start(cfg, defs.clone(), STILL);
+    run.wait_events(lines.len() as u64, T);
+    // Caught up and idle: the wall clock takes the partition to `until`.
+    run.clock.set(until());
+    let got = kafka::read(&topics.transitions, expected.len(), T);
+    run.stop();
+    assert_same(&kafka::as_json(&got), &expected);
+
+    // The sends topic carries exactly the send transitions.
+    let sends = kafka::as_json(&kafka::read(
+        &topics.sends,
+        usize::MAX,
+        Duration::from_secs(3),
+    ));
+    let want: Vec<String> = expected
+        .iter()
+        .filter(|l| l.contains("\"type\":\"send\""))
+        .cloned()
+        .collect();
+    assert_same(&sends, &want);
+}
+
+#[test]
+fn several_partitions_give_the_transitions_of_simulate() {
+    // Coupon pools are split across partitions (codes, exhaustion and low-stock
+    // marks differ from `simulate`'s single pool), so this one runs seed 000.
+    let files = ["config/winback-90d.toml"];
+    let defs = definitions(&files);
+    let topics = Topics::fresh();
+    topics.create(3);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = topics.config(dir.path(), &files, "");
+    let lines = kafka::purchase_stream(120, 150, 11);
+    let expected = kafka::simulate(&defs, &lines, until());
+    kafka::produce(&topics.input, &kafka::keyed(&lines));
+    let run = Running::start(cfg, defs, STILL);
+    run.wait_events(lines.len() as u64, T);
+    run.clock.set(until());
+    let got = kafka::read(&topics.transitions, expected.len(), T);
+    run.stop();
+    assert_same(&kafka::as_json(&got), &expected);
+}
+
+#[test]
+fn a_restart_mid_stream_loses_nothing_and_resends_nothing() {
+    let defs = definitions(&SEEDS);
+    let topics = Topics::fresh();
+    topics.create(1);
+    let dir = tempfile::tempdir().unwrap();
+    let lines = kafka::purchase_stream(100, 200, 3);
+    let (first, second) = lines.split_at(lines.len() / 2);
+    let expected = kafka::simulate(&defs, &lines, until());
+
+    kafka::produce(&topics.input, &kafka::keyed(first));
+    let run = Running::start(topics.config(dir.path(), &SEEDS, ""), defs.clone(), STILL);
+    run.wait_events(first.len() as u64, T);
+    run.stop();
+
+    // The same state directory, the rest of the stream.
+    kafka::produce(&topics.input, &kafka::keyed(second));
+    let run = Running::start(topics.config(dir.path(), &SEEDS, ""), defs.clone(), STILL);
+    run.wait_events(second.len() as u64, T);
+    run.clock.set(until());
+    kafka::read(&topics.transitions, expected.len(), T);
+    run.stop();
+    // Everything is in; anything beyond the expected count would be a re-send.
+    let got = kafka::read(
+        &topics.transitions,
+        expected.len() + 1,
+        Duration::from_secs(3),
+    );
+
+    // Every transition exactly once (no id twice), coupon codes included.
+    let got = kafka::as_json(&got);
+    let mut ids = BTreeSet::new();
+    for l in &got {
+        let j: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert!(
+            ids.insert(j["transition_id"].as_str().unwrap().to_string()),
+            "produced twice: {l}"
+        );
+    }
+    assert_same(&got, &expected);
+}
+
+#[test]
+fn malformed_records_land_in_the_dead_letter_topic_with_their_reason() {
+    let defs = definitions(&SEEDS);
+    let topics = Topics::fresh();
+    topics.create(1);
+    let dir = tempfile::tempdir().unwrap();
+    let good = kafka::purchase_stream(20, 60, 5);
+    let mut records = kafka::keyed(&good);
+    let bad: Vec<(String, Vec<u8>, &str)> = vec![
+        ("c0001".into(), b"{not json".to_vec(), "invalid JSON"),
+        ("c0002".into(), vec![0xff, 0xfe, 0x00], "not UTF-8"),
+        (
+            "c0003".into(),
+            br#"{"event_id":"x1","name":"checkout","occurred_at":"2026-01-02T00:00:00Z"}"#.to_vec(),
+            "missing field `contact_id`",
+        ),
+        (
+            "c0004".into(),
+            br#"{"event_id":"x2","name":"subscribe","contact_id":"c0004","occurred_at":"2026-01-02T00:00:00Z"}"#.to_vec(),
+            "list_id",
+        ),
+    ];
+    // Interleaved with the good ones.
+    for (i, (k, v, _)) in bad.iter().enumerate() {
+        records.insert(i * 5 + 1, (k.clone(), v.clone()));
+    }
+    let expected = kafka::simulate(&defs, &good, until());
+    kafka::produce(&topics.input, &records);
+    let run = Running::start(topics.config(dir.path(), &SEEDS, ""), defs, STILL);
+    run.wait_events(records.len() as u64, T);
+    run.clock.set(until());
+    let got = kafka::read(&topics.transitions, expected.len(), T);
+    run.stop();
+    assert_eq!(sorted(kafka::as_json(&got)), sorted(expected));
+
+    let dlq = kafka::read(&topics.dead_letters, bad.len(), T);
+    assert_eq!(dlq.len(), bad.len());
+    for (rec, (key, value, reason)) in dlq.iter().zip(&bad) {
+        assert_eq!(rec.headers["winback.dlq.topic"], topics.input);
+        assert_eq!(rec.headers["winback.dlq.partition"], "0");
+        assert!(rec.headers["winback.dlq.offset"].parse::<i64>().is_ok());
+        assert!(
+            rec.headers["winback.dlq.reason"].contains(reason),
+            "{:?} should say {reason:?}",
+            rec.headers["winback.dlq.reason"]
+        );
+        assert_eq!(rec.key.as_deref(), Some(key.as_bytes()));
+        if !reason.contains("list_id") {
+            // Undecodable: the original bytes, untouched.
+            assert_eq!(&rec.value, value);
+        }
+    }
+}
+
+#[test]
+fn a_wait_fires_from_the_idle_wall_clock() {
+    let defs = definitions(&["config/winback-90d.toml"]);
+    let topics = Topics::fresh();
+    topics.create(1);
+    let dir = tempfile::tempdir().unwrap();
+    let bought = Timestamp::parse_rfc3339("2026-03-01T12:00:00Z").unwrap();
+    let line = format!(
+        r#"{{"event_id":"o1","name":"checkout","contact_id":"ann","occurred_at":"{bought}"}}"#
+    );
+    kafka::produce(&topics.input, &kafka::keyed(&[line]));
+    let run = Running::start(
+        topics.config(dir.path(), &["config/winback-90d.toml"], ""),
+        defs,
+        bought,
+    );
+    run.wait_events(1, T);
+    // entered, goto, wait_started: and no send yet.
+    let before = kafka::as_json(&kafka::read(&topics.transitions, 4, Duration::from_secs(2)));
+    assert_eq!(before.len(), 3, "{before:?}");
+    // 90 days later by the wall clock, with no event at all.
+    run.clock.set(Timestamp(bought.0 + 90 * 86_400_000 - 1));
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        kafka::read(&topics.sends, 1, Duration::from_secs(1)).len(),
+        0
+    );
+    run.clock.set(Timestamp(bought.0 + 90 * 86_400_000));
+    let sends = kafka::as_json(&kafka::read(&topics.sends, 1, T));
+    run.stop();
+    assert_eq!(sends.len(), 1);
+    assert!(
+        sends[0].contains("\"at\":\"2026-05-30T12:00:00Z\""),
+        "{}",
+        sends[0]
+    );
+}
