@@ -1,0 +1,211 @@
+//! The runtime's partition processing (contact state read from RocksDB, waits
+//! split between the in-memory wheel and the durable expiry index) against the
+//! in-memory simulator as the model: over random event streams, with random
+//! batch boundaries, restarts (a new process on the same store: empty wheel),
+//! timer-budget pauses, tiny horizons and tiny load limits, it emits exactly
+//! the simulator's transitions, in the same order.
+
+mod common;
+
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use winback::domain::{Definitions, Event, Timestamp, Transition};
+use winback::runtime::partition::{Fed, Partition, PartitionSettings};
+use winback::sim::Simulator;
+use winback::store::rocks::Store;
+use winback::wire;
+
+const T0: i64 = 1_767_607_200_000; // 2026-01-05T10:00:00Z
+const DAY: i64 = 86_400_000;
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// An event: contact, delay since the previous arrival, lateness, kind.
+    Event {
+        contact: u8,
+        gap_ms: i64,
+        late_ms: i64,
+        kind: u8,
+    },
+    /// Idle wall clock: advance by this much.
+    Idle(i64),
+    /// Write the batch.
+    Commit,
+    /// Write the batch, drop the process, open the store again.
+    Restart,
+}
+
+fn arb_ops() -> impl Strategy<Value = Vec<Op>> {
+    let op = prop_oneof![
+        8 => (0u8..12, prop_oneof![Just(0i64), 0..3 * DAY, 0..100 * DAY], prop_oneof![3 => Just(0i64), 1 => 0..95 * DAY], 0u8..8)
+            .prop_map(|(contact, gap_ms, late_ms, kind)| Op::Event { contact, gap_ms, late_ms, kind }),
+        1 => prop_oneof![0..DAY, 0..120 * DAY].prop_map(Op::Idle),
+        1 => Just(Op::Commit),
+        1 => Just(Op::Restart),
+    ];
+    proptest::collection::vec(op, 1..80)
+}
+
+fn event(i: usize, contact: u8, at: i64, kind: u8) -> Event {
+    let (name, list) = match kind {
+        0 => ("subscribe", Some("master".to_string())),
+        1 => ("unsubscribe", Some("master".to_string())),
+        _ => ("checkout", None),
+    };
+    Event {
+        event_id: format!("e{i}"),
+        name: name.into(),
+        contact_id: format!("c{contact}"),
+        occurred_at: Timestamp(at),
+        merchant_id: Some("m1".into()),
+        order_id: None,
+        total_cents: Some(1000),
+        list_id: list,
+    }
+}
+
+fn json(defs: &Definitions, ts: &[Transition]) -> Vec<String> {
+    ts.iter()
+        .map(|t| wire::json::encode_transition(defs, t))
+        .collect()
+}
+
+fn check(
+    defs: Arc<Definitions>,
+    ops: &[Op],
+    settings: PartitionSettings,
+    budget: usize,
+) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let mut part = Partition::open(&store, defs.clone(), 0, 1, settings).unwrap();
+    let mut sim = Simulator::new(defs.clone());
+    let (mut want, mut got) = (Vec::new(), Vec::new());
+    let mut arrival = T0;
+    let commit = |part: &mut Partition, store: &Store| {
+        let mut b = store.batch(&defs, 0);
+        part.write(&mut b);
+        b.commit().unwrap();
+    };
+    for (i, op) in ops.iter().enumerate() {
+        match op {
+            Op::Event {
+                contact,
+                gap_ms,
+                late_ms,
+                kind,
+            } => {
+                arrival += gap_ms;
+                let ev = event(i, *contact, arrival - late_ms, *kind);
+                sim.feed(&ev, &mut want).unwrap();
+                // A pause ends the batch; the event is fed again in the next.
+                loop {
+                    let mut b = budget;
+                    match part.feed(&store, &ev, &mut got, &mut b).unwrap() {
+                        Fed::Folded(_) => break,
+                        Fed::Paused => commit(&mut part, &store),
+                    }
+                }
+            }
+            Op::Idle(d) => {
+                let to = Timestamp(sim.clock().map_or(arrival, |c| c.0) + d);
+                sim.advance_to(to, &mut want);
+                loop {
+                    let mut b = budget;
+                    if part.advance_to(&store, to, &mut got, &mut b).unwrap() {
+                        break;
+                    }
+                    commit(&mut part, &store);
+                }
+            }
+            Op::Commit => commit(&mut part, &store),
+            Op::Restart => {
+                commit(&mut part, &store);
+                drop(part);
+                drop(store);
+                store = Store::open(dir.path()).unwrap();
+                part = Partition::open(&store, defs.clone(), 0, 1, settings).unwrap();
+            }
+        }
+        prop_assert_eq!(part.clock(), sim.clock(), "clock after op {}", i);
+    }
+    // Everything still pending fires the same way.
+    let end = Timestamp(arrival + 400 * DAY);
+    sim.advance_to(end, &mut want);
+    loop {
+        let mut b = budget;
+        if part.advance_to(&store, end, &mut got, &mut b).unwrap() {
+            break;
+        }
+        commit(&mut part, &store);
+    }
+    prop_assert_eq!(json(&defs, &got), json(&defs, &want));
+    Ok(())
+}
+
+fn settings() -> impl Strategy<Value = (PartitionSettings, usize)> {
+    (
+        prop_oneof![Just(1i64), 1..DAY, Just(30 * DAY), Just(365 * DAY)],
+        prop_oneof![Just(1usize), 1..8usize, Just(100_000)],
+        prop_oneof![Just(1usize), 1..10usize, Just(usize::MAX)],
+    )
+        .prop_map(|(timer_horizon_ms, load_limit, budget)| {
+            (
+                PartitionSettings {
+                    timer_horizon_ms,
+                    load_limit,
+                },
+                budget,
+            )
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn partition_over_the_store_equals_the_simulator(ops in arb_ops(), (s, budget) in settings()) {
+        check(common::definitions(&common::SEEDS), &ops, s, budget)?;
+    }
+}
+
+#[test]
+fn a_far_wait_set_in_the_running_batch_fires_after_a_restart() {
+    let defs = common::definitions(&["config/winback-90d.toml"]);
+    let dir = tempfile::tempdir().unwrap();
+    let s = PartitionSettings {
+        timer_horizon_ms: DAY,
+        load_limit: 16,
+    };
+    let ops = vec![
+        Op::Event {
+            contact: 1,
+            gap_ms: 0,
+            late_ms: 0,
+            kind: 2,
+        },
+        Op::Restart,
+        Op::Idle(91 * DAY),
+    ];
+    check(defs.clone(), &ops, s, usize::MAX).unwrap();
+    // And nothing of it is held in memory before it is near.
+    let store = Store::open(dir.path()).unwrap();
+    let mut p = Partition::open(&store, defs.clone(), 0, 1, s).unwrap();
+    let mut out = Vec::new();
+    let mut b = usize::MAX;
+    p.feed(&store, &event(0, 1, T0, 2), &mut out, &mut b)
+        .unwrap();
+    assert_eq!(p.timers_in_memory(), 1, "kept until the batch is written");
+    let mut batch = store.batch(&defs, 0);
+    p.write(&mut batch);
+    batch.commit().unwrap();
+    assert_eq!(p.timers_in_memory(), 0, "on disk only once written");
+    assert_eq!(
+        store
+            .timers_before(&defs, 0, Timestamp(i64::MAX))
+            .unwrap()
+            .len(),
+        1
+    );
+}
