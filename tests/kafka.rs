@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::kafka::{self, Running, Topics};
+use common::kafka::{self, Running, Topics, assert_same};
 use common::{SEEDS, definitions};
 use winback::domain::Timestamp;
 
@@ -16,20 +16,6 @@ const T: Duration = Duration::from_secs(60);
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
-}
-
-/// Equal as multisets; on failure shows the first differences, not everything.
-fn assert_same(got: &[String], want: &[String]) {
-    let (g, w) = (sorted(got.to_vec()), sorted(want.to_vec()));
-    if g != w {
-        let only_got: Vec<&String> = g.iter().filter(|l| !w.contains(l)).take(5).collect();
-        let only_want: Vec<&String> = w.iter().filter(|l| !g.contains(l)).take(5).collect();
-        panic!(
-            "{} transitions, expected {}\nonly in the output: {only_got:#?}\nonly expected: {only_want:#?}",
-            g.len(),
-            w.len()
-        );
-    }
 }
 
 fn until() -> Timestamp {

@@ -112,6 +112,8 @@ pub struct RunStats {
     pub dead_letters: AtomicU64,
     pub batches: AtomicU64,
     pub timers_fired_idle: AtomicU64,
+    /// Records produced again after a failed delivery.
+    pub redelivered: Arc<AtomicU64>,
 }
 
 /// What the consumer's rebalance callback saw; handled by the loop between polls.
@@ -259,7 +261,8 @@ pub fn run(params: RunParams) -> Result<(), RuntimeError> {
         Some(_) => {}
         None => store.set_partitions(partitions)?,
     }
-    let sink = Sink::new(&cfg, &bootstrap)?;
+    let mut sink = Sink::new(&cfg, &bootstrap)?;
+    sink.retried = Arc::clone(&stats.redelivered);
     let topics: Vec<&str> = cfg.inputs.iter().map(|i| i.topic.as_str()).collect();
     consumer
         .subscribe(&topics)

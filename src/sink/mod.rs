@@ -8,8 +8,8 @@
 //! once everything they produced is acknowledged (at-least-once; consumers
 //! de-duplicate by `transition_id`).
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prost::Message;
@@ -88,8 +88,8 @@ pub struct Sink {
     pending: Vec<OutRecord>,
     /// Records produced and acknowledged, over the sink's life.
     pub delivered: u64,
-    /// Deliveries that failed and were produced again.
-    pub retried: u64,
+    /// Deliveries that failed and were produced again (shared with the run's stats).
+    pub retried: Arc<AtomicU64>,
 }
 
 impl Sink {
@@ -108,7 +108,7 @@ impl Sink {
             config,
             pending: Vec::new(),
             delivered: 0,
-            retried: 0,
+            retried: Arc::default(),
         })
     }
 
@@ -249,12 +249,12 @@ impl Sink {
                 tracing::warn!(?code, %reason, "fatal producer error; producing the batch through a new producer");
                 self.producer = Self::producer(&self.config)?;
                 for i in (0..n).filter(|&i| !acked[i]) {
-                    self.retried += 1;
+                    self.retried.fetch_add(1, Ordering::Relaxed);
                     self.produce(i);
                 }
             } else {
                 for (i, _) in failed {
-                    self.retried += 1;
+                    self.retried.fetch_add(1, Ordering::Relaxed);
                     self.produce(i);
                 }
             }

@@ -103,6 +103,16 @@ impl Topics {
 
     /// An engine config over these topics, state in `state_dir`.
     pub fn config(&self, state_dir: &Path, conversations: &[&str], extra: &str) -> EngineConfig {
+        self.config_on(&brokers(), state_dir, conversations, extra)
+    }
+
+    pub fn config_on(
+        &self,
+        bootstrap: &str,
+        state_dir: &Path,
+        conversations: &[&str],
+        extra: &str,
+    ) -> EngineConfig {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let convs: Vec<String> = conversations
             .iter()
@@ -127,7 +137,7 @@ commit_interval_ms = 200
 "#,
             convs = convs.join(", "),
             state = state_dir.display().to_string(),
-            brokers = brokers(),
+            brokers = bootstrap,
             group = self.group,
             input = self.input,
             transitions = self.transitions,
@@ -141,8 +151,12 @@ commit_interval_ms = 200
 
 /// Produces records (key, value) to `topic`, waiting for every acknowledgement.
 pub fn produce(topic: &str, records: &[(String, Vec<u8>)]) {
+    produce_on(&brokers(), topic, records)
+}
+
+pub fn produce_on(bootstrap: &str, topic: &str, records: &[(String, Vec<u8>)]) {
     let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
         .create()
         .expect("producer");
@@ -172,8 +186,12 @@ pub struct Read {
 /// Reads `topic` from the beginning until `want` records arrived or
 /// `timeout` passed; returns what arrived.
 pub fn read(topic: &str, want: usize, timeout: Duration) -> Vec<Read> {
+    read_on(&brokers(), topic, want, timeout)
+}
+
+pub fn read_on(bootstrap: &str, topic: &str, want: usize, timeout: Duration) -> Vec<Read> {
     let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
         .set("receive.message.max.bytes", "2147483647")
@@ -276,10 +294,16 @@ impl Running {
     }
 
     /// Graceful stop: finishes the batch and writes it.
-    pub fn stop(mut self) {
+    pub fn stop(self) {
+        self.stop_result().expect("clean stop");
+    }
+
+    /// Stops and returns what the engine returned.
+    pub fn stop_result(mut self) -> Result<(), RuntimeError> {
         self.stop.store(true, Ordering::Release);
-        if let Some(h) = self.handle.take() {
-            h.join().expect("engine thread").expect("clean stop");
+        match self.handle.take() {
+            Some(h) => h.join().expect("engine thread"),
+            None => Ok(()),
         }
     }
 }
@@ -361,4 +385,21 @@ pub fn simulate(defs: &Arc<Definitions>, lines: &[String], until: Timestamp) -> 
     out.iter()
         .map(|t| winback::wire::json::encode_transition(defs, t))
         .collect()
+}
+
+/// Equal as multisets; on failure shows the first differences, not everything.
+pub fn assert_same(got: &[String], want: &[String]) {
+    let mut g = got.to_vec();
+    let mut w = want.to_vec();
+    g.sort();
+    w.sort();
+    if g != w {
+        let only_got: Vec<&String> = g.iter().filter(|l| !w.contains(l)).take(5).collect();
+        let only_want: Vec<&String> = w.iter().filter(|l| !g.contains(l)).take(5).collect();
+        panic!(
+            "{} transitions, expected {}\nonly in the output: {only_got:#?}\nonly expected: {only_want:#?}",
+            g.len(),
+            w.len()
+        );
+    }
 }
