@@ -40,6 +40,10 @@ const SCHEMA_KEY: &[u8] = b"schema_version";
 const CLOCK_SUFFIX: &[u8] = b"clock";
 const POOL_PREFIX: &[u8] = b"pool/";
 const PARTITIONS_KEY: &[u8] = b"partitions";
+/// All memtables together (RocksDB flushes the largest when it is reached).
+const MEMTABLE_BUDGET: usize = 64 << 20;
+/// Shared by all families; holds data, index and filter blocks.
+const BLOCK_CACHE: usize = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -201,9 +205,21 @@ impl Store {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let families = FAMILIES
-            .iter()
-            .map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
+        // Memory is bounded for the whole store, not per family: RocksDB's
+        // default of 64 MB memtables (x2) in each of five families alone would
+        // be 640 MB. Millions of pending waits must cost disk, not RAM.
+        opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
+        let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE);
+        let families = FAMILIES.iter().map(|n| {
+            let mut o = Options::default();
+            o.set_write_buffer_size(MEMTABLE_BUDGET / 4);
+            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            let mut t = rocksdb::BlockBasedOptions::default();
+            t.set_block_cache(&cache);
+            t.set_cache_index_and_filter_blocks(true);
+            o.set_block_based_table_factory(&t);
+            ColumnFamilyDescriptor::new(*n, o)
+        });
         let db =
             DB::open_cf_descriptors(&opts, path, families).map_err(|source| StoreError::Rocks {
                 path: path.to_path_buf(),
@@ -420,6 +436,38 @@ impl Store {
             });
         }
         Ok((out, until))
+    }
+
+    /// Writes the memtables out (for measuring the on-disk size).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        for name in FAMILIES {
+            self.db
+                .flush_cf(self.cf(name))
+                .map_err(|e| self.err("flush", e))?;
+        }
+        Ok(())
+    }
+
+    /// Bytes on disk (SST files) and in memtables, per column family.
+    pub fn sizes(&self) -> Vec<(&'static str, u64, u64)> {
+        FAMILIES
+            .iter()
+            .map(|&name| {
+                let cf = self.cf(name);
+                let get = |p: &str| {
+                    self.db
+                        .property_int_value_cf(cf, p)
+                        .ok()
+                        .flatten()
+                        .unwrap_or(0)
+                };
+                (
+                    name,
+                    get("rocksdb.total-sst-files-size"),
+                    get("rocksdb.cur-size-all-mem-tables"),
+                )
+            })
+            .collect()
     }
 
     /// The input topics' partition count the state was built with.

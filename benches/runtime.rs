@@ -1,0 +1,431 @@
+//! The runtime's benchmarks: `cargo bench --bench runtime -- NAME` with NAME
+//! one of `catchup`, `waits`, `storm` (one per process, so that each
+//! measures memory on its own). The broker is `WINBACK_TEST_BROKERS` if set
+//! (`.ci/run` and README.md start noida-db there), else an in-process
+//! noida-db (then it shares this process's CPU and memory).
+//!
+//! - `catchup`: 1M contacts, 5M purchase events (`WINBACK_BENCH_CONTACTS`,
+//!   `WINBACK_BENCH_EVENTS`) over a year in a 4-partition JSON topic; the raw
+//!   consume rate of that topic with the same client and settings, then
+//!   `winback run` catching up on it from an empty state (seed 000; its waits
+//!   fire as event time moves), end to end: events/s and the ratio.
+//! - `waits`: 10M contacts (`WINBACK_BENCH_WAITS`) each entering seed 000's
+//!   90-day wait, through the partition processor and RocksDB (no broker):
+//!   resident memory of the process, timers held in memory, and disk bytes
+//!   per pending wait.
+//! - `storm`: 1M contacts (`WINBACK_BENCH_STORM`) buy within the same minute;
+//!   after catching up, the wall clock jumps 90 days: waits fired and sent
+//!   (acknowledged by the broker) per second.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use winback::config::engine::{EngineConfig, parse_engine};
+use winback::domain::{Definitions, Event, Timestamp};
+use winback::runtime::partition::{Partition, PartitionSettings};
+use winback::runtime::{ManualClock, RunParams, RunStats};
+use winback::store::rocks::Store;
+
+const DAY: i64 = 86_400_000;
+const T0: i64 = 1_767_225_600_000; // 2026-01-01
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn brokers() -> String {
+    match std::env::var("WINBACK_TEST_BROKERS") {
+        Ok(b) if !b.is_empty() => b,
+        _ => noida::kafka::spawn("127.0.0.1:0")
+            .expect("in-process broker")
+            .to_string(),
+    }
+}
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn seed000() -> Arc<Definitions> {
+    Arc::new(
+        winback::config::load_files(&[root().join("config/winback-90d.toml")])
+            .expect("valid seed")
+            .definitions,
+    )
+}
+
+/// splitmix64.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+fn rss() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (kb("VmRSS:") / 1024, kb("VmHWM:") / 1024)
+}
+
+fn purchase(contact: u64, at: i64, n: u64) -> String {
+    format!(
+        r#"{{"event_id":"o{n}","name":"checkout","contact_id":"c{contact:07}","occurred_at":"{}","merchant_id":"m1","total":25.0}}"#,
+        Timestamp(at)
+    )
+}
+
+struct Topics {
+    input: String,
+    transitions: String,
+    sends: String,
+    dlq: String,
+    group: String,
+}
+
+fn topics(bs: &str, partitions: i32) -> Topics {
+    let t = format!(
+        "bench-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    );
+    let tp = Topics {
+        input: format!("{t}.checkouts"),
+        transitions: format!("{t}.transitions"),
+        sends: format!("{t}.sends"),
+        dlq: format!("{t}.dlq"),
+        group: format!("{t}.group"),
+    };
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new()
+            .set("bootstrap.servers", bs)
+            .create()
+            .expect("admin");
+    let new: Vec<_> = [&tp.input, &tp.transitions, &tp.sends, &tp.dlq]
+        .iter()
+        .map(|n| {
+            rdkafka::admin::NewTopic::new(n, partitions, rdkafka::admin::TopicReplication::Fixed(1))
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for r in rt
+        .block_on(admin.create_topics(&new, &rdkafka::admin::AdminOptions::new()))
+        .expect("create topics")
+    {
+        r.expect("topic");
+    }
+    tp
+}
+
+fn config(bs: &str, tp: &Topics, state: &Path) -> EngineConfig {
+    let text = format!(
+        r#"conversations = [{conv:?}]
+state_dir = {state:?}
+[broker]
+bootstrap_servers = {bs:?}
+group_id = {group:?}
+[[input]]
+topic = {input:?}
+[output]
+transitions = {tr:?}
+sends = {sends:?}
+dead_letters = {dlq:?}
+"#,
+        conv = root().join("config/winback-90d.toml").display().to_string(),
+        state = state.display().to_string(),
+        group = tp.group,
+        input = tp.input,
+        tr = tp.transitions,
+        sends = tp.sends,
+        dlq = tp.dlq,
+    );
+    parse_engine(Path::new("bench.toml"), &text, std::iter::empty()).expect("bench config")
+}
+
+fn produce(bs: &str, topic: &str, lines: impl Iterator<Item = (String, String)>) -> (u64, f64) {
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bs)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer");
+    let start = Instant::now();
+    let mut n = 0u64;
+    for (key, value) in lines {
+        let mut rec = BaseRecord::to(topic).key(&key).payload(&value);
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    p.poll(Duration::from_millis(5));
+                }
+            }
+        }
+        n += 1;
+        if n.is_multiple_of(10_000) {
+            p.poll(Duration::ZERO);
+        }
+    }
+    p.flush(Duration::from_secs(600)).expect("produced");
+    (n, n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Reads the whole topic with the engine's client settings; records/s.
+fn raw_consume(cfg: &EngineConfig, bs: &str, topic: &str, total: u64) -> f64 {
+    let c: BaseConsumer = winback::source::client_config(cfg, bs)
+        .set("group.id", format!("{}-raw", cfg.group_id))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..md.topics()[0].partitions().len() as i32 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("tpl");
+    }
+    c.assign(&tpl).expect("assign");
+    let start = Instant::now();
+    let mut n = 0u64;
+    let mut bytes = 0usize;
+    while n < total {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(500)) {
+            use rdkafka::Message;
+            bytes += m.payload().map_or(0, <[u8]>::len);
+            n += 1;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1200),
+            "raw consume stalled at {n}"
+        );
+    }
+    let _ = bytes;
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn start_engine(
+    cfg: EngineConfig,
+    bs: &str,
+    clock: Arc<ManualClock>,
+) -> (Arc<RunStats>, Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    let stats = Arc::new(RunStats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let params = RunParams {
+        config: cfg,
+        definitions: seed000(),
+        bootstrap: bs.to_string(),
+        clock,
+        stop: Arc::clone(&stop),
+        stats: Arc::clone(&stats),
+    };
+    let h = std::thread::spawn(move || winback::runtime::run(params).expect("engine"));
+    (stats, stop, h)
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not done after {limit:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    start.elapsed()
+}
+
+fn catchup(bs: &str) {
+    let contacts = env_usize("WINBACK_BENCH_CONTACTS", 1_000_000) as u64;
+    let events = env_usize("WINBACK_BENCH_EVENTS", 5_000_000) as u64;
+    let tp = topics(bs, 4);
+    let mut rng = Rng(42);
+    let span = 365 * DAY;
+    let lines = (0..events).map(move |n| {
+        let c = rng.next() % contacts;
+        let at = T0 + (n as i64) * (span / events as i64);
+        (format!("c{c:07}"), purchase(c, at, n))
+    });
+    let (n, rate) = produce(bs, &tp.input, lines);
+    println!("catchup: produced {n} events at {rate:.0}/s");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(bs, &tp, dir.path());
+    let raw = raw_consume(&cfg, bs, &tp.input, n);
+    println!("catchup: raw consume (same client, same settings): {raw:.0} records/s");
+    let clock = Arc::new(ManualClock::new(Timestamp(0)));
+    let (stats, stop, h) = start_engine(cfg, bs, clock);
+    let start = Instant::now();
+    wait_until("catch-up", Duration::from_secs(3600), || {
+        stats.events.load(Ordering::Acquire) >= n
+    });
+    let b = stats.batches.load(Ordering::Acquire);
+    wait_until("last batch", Duration::from_secs(60), || {
+        stats.batches.load(Ordering::Acquire) > b
+    });
+    let took = start.elapsed().as_secs_f64();
+    let rate = n as f64 / took;
+    let (rss, hwm) = rss();
+    println!(
+        "catchup: winback run, {contacts} contacts, {n} events: {took:.1} s, {rate:.0} events/s end to end ({:.2} of the raw consume rate); {} transitions ({:.0}/s); RSS {rss} MiB, peak {hwm} MiB (broker included when in-process)",
+        rate / raw,
+        stats.transitions.load(Ordering::Acquire),
+        stats.transitions.load(Ordering::Acquire) as f64 / took
+    );
+    stop.store(true, Ordering::Release);
+    h.join().expect("engine thread");
+}
+
+fn waits() {
+    let n = env_usize("WINBACK_BENCH_WAITS", 10_000_000) as u64;
+    let defs = seed000();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("store");
+    let mut part = Partition::open(&store, defs.clone(), 0, 1, PartitionSettings::default())
+        .expect("partition");
+    let mut out = Vec::new();
+    let start = Instant::now();
+    let mut batch = store.batch(&defs, 0);
+    let mut peak_mem_timers = 0;
+    for i in 0..n {
+        // All within one day: every wait stays pending.
+        let ev = Event {
+            event_id: format!("o{i}"),
+            name: "checkout".into(),
+            contact_id: format!("c{i:08}"),
+            occurred_at: Timestamp(T0 + (i as i64 * DAY) / n as i64),
+            merchant_id: Some("m1".into()),
+            order_id: None,
+            total_cents: Some(2500),
+            list_id: None,
+        };
+        let mut budget = usize::MAX;
+        part.feed(&store, &ev, &mut out, &mut budget).expect("feed");
+        out.clear();
+        if (i + 1).is_multiple_of(20_000) {
+            peak_mem_timers = peak_mem_timers.max(part.timers_in_memory());
+            part.write(&mut batch);
+            batch.commit().expect("commit");
+            batch = store.batch(&defs, 0);
+        }
+    }
+    part.write(&mut batch);
+    batch.commit().expect("commit");
+    let took = start.elapsed().as_secs_f64();
+    let (rss, hwm) = rss();
+    let pending = store
+        .timers_before(&defs, 0, Timestamp(i64::MAX))
+        .map(|t| t.len())
+        .unwrap_or(0);
+    store.flush().expect("flush");
+    let sizes = store.sizes();
+    let get = |name: &str| sizes.iter().find(|s| s.0 == name).map_or(0, |s| s.1);
+    let on_disk: u64 = std::fs::read_dir(dir.path())
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    println!(
+        "waits: {n} contacts entered a 90-day wait in {took:.1} s ({:.0}/s); {pending} pending waits on disk; at most {peak_mem_timers} timers in memory at a batch end; RSS {rss} MiB, peak {hwm} MiB",
+        n as f64 / took
+    );
+    println!(
+        "waits: disk: timer index {} B/wait, contact state {} B/contact (SST, LZ4), store dir {} MiB in all",
+        get("timers") / n.max(1),
+        get("contacts") / n.max(1),
+        on_disk >> 20
+    );
+}
+
+fn storm(bs: &str) {
+    let n = env_usize("WINBACK_BENCH_STORM", 1_000_000) as u64;
+    let tp = topics(bs, 4);
+    let minute = 60_000i64;
+    let lines = (0..n).map(|i| {
+        (
+            format!("c{i:07}"),
+            purchase(i, T0 + (i as i64 * minute) / n as i64, i),
+        )
+    });
+    let (n, _) = produce(bs, &tp.input, lines);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(bs, &tp, dir.path());
+    let clock = Arc::new(ManualClock::new(Timestamp(0)));
+    let (stats, stop, h) = start_engine(cfg, bs, Arc::clone(&clock));
+    let t = wait_until("catch-up", Duration::from_secs(1800), || {
+        stats.events.load(Ordering::Acquire) >= n
+    });
+    let b = stats.batches.load(Ordering::Acquire);
+    wait_until("last batch", Duration::from_secs(60), || {
+        stats.batches.load(Ordering::Acquire) > b
+    });
+    println!(
+        "storm: {n} purchases in one minute caught up in {:.1} s",
+        t.as_secs_f64()
+    );
+    let before = stats.transitions.load(Ordering::Acquire);
+    // Each fired wait sends and exits: two transitions (and the send record).
+    let want = before + 2 * n;
+    clock.set(Timestamp(T0 + 90 * DAY + minute));
+    let start = Instant::now();
+    wait_until("storm", Duration::from_secs(1800), || {
+        stats.transitions.load(Ordering::Acquire) >= want
+    });
+    let b = stats.batches.load(Ordering::Acquire);
+    wait_until("storm batch", Duration::from_secs(120), || {
+        stats.batches.load(Ordering::Acquire) > b
+    });
+    let took = start.elapsed().as_secs_f64();
+    let (rss, hwm) = rss();
+    println!(
+        "storm: {n} waits expiring in the same minute fired, sent and acknowledged in {took:.1} s: {:.0} waits/s ({:.0} records/s produced); RSS {rss} MiB, peak {hwm} MiB (broker included when in-process)",
+        n as f64 / took,
+        3.0 * n as f64 / took
+    );
+    stop.store(true, Ordering::Release);
+    h.join().expect("engine thread");
+}
+
+fn main() {
+    let which: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let want = |n: &str| which.is_empty() || which.iter().any(|w| w == n);
+    if want("waits") {
+        waits();
+    }
+    if want("storm") {
+        storm(&brokers());
+    }
+    if want("catchup") {
+        catchup(&brokers());
+    }
+}
