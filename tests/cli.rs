@@ -249,3 +249,139 @@ fn json_output_matches_the_golden_files() {
         );
     }
 }
+
+#[test]
+fn validate_checks_an_engine_config_and_its_conversations() {
+    let o = winback(&["validate", "--config", "config/winback.toml"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("valid: 2 conversation(s)"),
+        "{}",
+        text(&o.stdout)
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = write(
+        dir.path(),
+        "engine.toml",
+        "conversations = [\"missing.toml\"]\n[processing]\ncommit_interval_ms = -5\n[kafka]\n\"enable.auto.commit\" = true\n",
+    );
+    let o = winback(&["validate", "--config", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("engine.toml:3:22: error: processing.commit_interval_ms"),
+        "{err}"
+    );
+    assert!(
+        err.contains("engine.toml:5:1: error: kafka.\"enable.auto.commit\""),
+        "{err}"
+    );
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+#[test]
+fn run_with_the_embedded_broker_produce_tail_and_a_clean_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let port = free_port();
+    let cfg = write(
+        dir.path(),
+        "engine.toml",
+        &format!(
+            "conversations = [{:?}]\nstate_dir = \"state\"\n[broker]\nembedded_listen = \"127.0.0.1:{port}\"\nembedded_partitions = 2\n[processing]\ncommit_interval_ms = 200\n",
+            root.join("config/winback-90d.toml").display().to_string()
+        ),
+    );
+    let cfg = cfg.to_str().unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_winback"))
+        .args(["run", "--config", cfg])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start run");
+    // The broker is up once its port answers.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "embedded broker never listened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let events = write(
+        dir.path(),
+        "events.jsonl",
+        "{\"event_id\":\"o1\",\"name\":\"checkout\",\"contact_id\":\"ann\",\"occurred_at\":\"2026-01-05T10:00:00Z\"}\nnot json\n",
+    );
+    let o = winback(&[
+        "produce",
+        "--config",
+        cfg,
+        "--events",
+        events.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a malformed line is reported: {}",
+        text(&o.stderr)
+    );
+    assert!(
+        text(&o.stderr).contains("events.jsonl:2:"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(
+        text(&o.stderr).contains("produced 1 event(s)"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    // Against today's wall clock the purchase is long past: its wait is over
+    // and the send comes out at once. entered, goto, wait_started, send, exited.
+    let o = winback(&["tail", "--config", cfg, "--max", "5", "--idle-exit", "30"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let lines: Vec<String> = text(&o.stdout).lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"type\":\"send\"")
+                && l.contains("\"at\":\"2026-04-05T10:00:00Z\"")),
+        "{lines:?}"
+    );
+    let o = winback(&[
+        "tail",
+        "--config",
+        cfg,
+        "--topic",
+        "sends",
+        "--max",
+        "1",
+        "--idle-exit",
+        "10",
+    ]);
+    assert_eq!(text(&o.stdout).lines().count(), 1);
+
+    // SIGTERM: finish the batch, write, exit 0.
+    let pid = run.id().to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    let out = run.wait_with_output().expect("run exits");
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("stopped: 1 event(s), 5 transition(s)"),
+        "{err}"
+    );
+    assert!(dir.path().join("state/rocksdb").is_dir());
+}

@@ -122,11 +122,16 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
                 }
             },
         };
-        writeln!(out, "{line}").map_err(|source| CliError::Write {
-            path: "stdout".into(),
-            source,
-        })?;
-        out.flush().ok();
+        if let Err(source) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+            // The reader went away (`| head`): that is the end, not an error.
+            if source.kind() == std::io::ErrorKind::BrokenPipe {
+                break;
+            }
+            return Err(CliError::Write {
+                path: "stdout".into(),
+                source,
+            });
+        }
         printed += 1;
     }
     Ok(ExitCode::SUCCESS)
