@@ -662,3 +662,46 @@ fn input_partitions(consumer: &BaseConsumer<Ctx>, cfg: &EngineConfig) -> Result<
     }
     Ok(first)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::definition::PoolDef;
+
+    fn defs(codes: &[&str]) -> Definitions {
+        Definitions::new(
+            vec![],
+            vec![PoolDef {
+                name: "p".into(),
+                codes: codes.iter().map(|c| Arc::from(*c)).collect(),
+                low_stock: 1,
+                expires_at: None,
+            }],
+            vec![],
+            vec![],
+            vec![],
+        )
+    }
+
+    #[test]
+    fn pool_codes_are_stored_once_and_may_only_grow() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        load_pools(&store, &defs(&["A", "B"])).unwrap();
+        assert_eq!(store.pool_codes("p").unwrap().unwrap(), ["A", "B"]);
+        // The same, and appended: fine; the stored list grows.
+        load_pools(&store, &defs(&["A", "B"])).unwrap();
+        load_pools(&store, &defs(&["A", "B", "C"])).unwrap();
+        assert_eq!(store.pool_codes("p").unwrap().unwrap(), ["A", "B", "C"]);
+        // Reordered, replaced or removed: refused, naming the first difference.
+        for bad in [&["B", "A", "C"][..], &["A", "X", "C"], &["A", "B"]] {
+            match load_pools(&store, &defs(bad)) {
+                Err(RuntimeError::PoolChanged { pool, stored, .. }) => {
+                    assert_eq!((pool.as_str(), stored), ("p", 3));
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        assert_eq!(store.pool_codes("p").unwrap().unwrap(), ["A", "B", "C"]);
+    }
+}

@@ -217,6 +217,9 @@ impl Store {
             let mut t = rocksdb::BlockBasedOptions::default();
             t.set_block_cache(&cache);
             t.set_cache_index_and_filter_blocks(true);
+            // A first purchase looks up a contact that is not there yet: the
+            // filter answers that without reading data blocks.
+            t.set_bloom_filter(10.0, false);
             o.set_block_based_table_factory(&t);
             ColumnFamilyDescriptor::new(*n, o)
         });
