@@ -377,6 +377,15 @@ impl Loop {
                     // Fetched before a revocation: not ours any more.
                     continue;
                 }
+                let next = self
+                    .positions
+                    .lock()
+                    .ok()
+                    .and_then(|p| p.get(&(topic.clone(), partition)).copied());
+                if next.is_some_and(|n| offset < n) {
+                    // Folded already (a fetch repeated around a seek): never twice.
+                    continue;
+                }
                 events += 1;
                 busy.insert(partition as u32);
                 self.stats.events.fetch_add(1, Ordering::Relaxed);
