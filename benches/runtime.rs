@@ -291,6 +291,12 @@ fn catchup(bs: &str) {
     let rate = n as f64 / took;
     let (rss, hwm) = rss();
     println!(
+        "catchup: of which waiting for acknowledgements {:.1} s, writing the store {:.1} s, {} batches",
+        stats.ack_wait_us.load(Ordering::Acquire) as f64 / 1e6,
+        stats.store_write_us.load(Ordering::Acquire) as f64 / 1e6,
+        stats.batches.load(Ordering::Acquire)
+    );
+    println!(
         "catchup: winback run, {contacts} contacts, {n} events: {took:.1} s, {rate:.0} events/s end to end ({:.2} of the raw consume rate); {} transitions ({:.0}/s); RSS {rss} MiB, peak {hwm} MiB (broker included when in-process)",
         rate / raw,
         stats.transitions.load(Ordering::Acquire),

@@ -96,8 +96,13 @@ impl Sink {
     pub fn new(cfg: &EngineConfig, bootstrap: &str) -> Result<Sink, SinkError> {
         let mut config = crate::source::client_config(cfg, bootstrap);
         config.set("enable.idempotence", "true");
+        // A batch is flushed as a whole at its end anyway: large produce
+        // requests cost the broker far less than many small ones.
         if !cfg.kafka.contains_key("linger.ms") {
-            config.set("linger.ms", "5");
+            config.set("linger.ms", "20");
+        }
+        if !cfg.kafka.contains_key("batch.num.messages") {
+            config.set("batch.num.messages", "10000");
         }
         if !cfg.kafka.contains_key("message.timeout.ms") {
             // Fail a delivery within a bounded time, so `finish` produces it again.

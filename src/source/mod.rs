@@ -42,6 +42,12 @@ pub fn consumer_config(cfg: &EngineConfig, bootstrap: &str) -> ClientConfig {
     if !cfg.kafka.contains_key("session.timeout.ms") {
         c.set("session.timeout.ms", "10000");
     }
+    // Fetch again only when the local queue runs low: a broker that answers
+    // a fetch with a whole backlog at once (noida-db) is otherwise asked over
+    // and over while the engine works through it.
+    if !cfg.kafka.contains_key("queued.min.messages") {
+        c.set("queued.min.messages", "10000");
+    }
     c
 }
 

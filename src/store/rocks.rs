@@ -24,7 +24,9 @@
 
 use std::path::{Path, PathBuf};
 
-use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch};
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions, WriteBatch,
+};
 
 use super::codec::{self, CodecError, SCHEMA_VERSION};
 use crate::domain::definition::{ConvIdx, Definitions};
@@ -396,8 +398,14 @@ impl Store {
         let start = partition.to_be_bytes();
         let seek = prefixed(partition, &[&time_key(from)]);
         let mut out: Vec<StoredTimer> = Vec::new();
-        let iter = self.db.iterator_cf(
+        // The bound keeps the seek from walking the deleted (fired or
+        // cancelled) timers past `until` in search of a live one: without it,
+        // an empty stretch costs as much as all the tombstones after it.
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(prefixed(partition, &[&time_key(until)]));
+        let iter = self.db.iterator_cf_opt(
             self.cf(CF_TIMERS),
+            ro,
             IteratorMode::From(&seek, Direction::Forward),
         );
         for item in iter {
