@@ -33,6 +33,10 @@ use winback::runtime::partition::{Partition, PartitionSettings};
 use winback::runtime::{ManualClock, RunParams, RunStats};
 use winback::store::rocks::Store;
 
+// The allocator `winback run` uses (src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DAY: i64 = 86_400_000;
 const T0: i64 = 1_767_225_600_000; // 2026-01-01
 
@@ -87,6 +91,16 @@ fn rss() -> (u64, u64) {
             .unwrap_or(0)
     };
     (kb("VmRSS:") / 1024, kb("VmHWM:") / 1024)
+}
+
+/// CPU time of this process so far (all threads), in seconds.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses).
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn purchase(contact: u64, at: i64, n: u64) -> String {
@@ -165,7 +179,8 @@ dead_letters = {dlq:?}
         sends = tp.sends,
         dlq = tp.dlq,
     );
-    parse_engine(Path::new("bench.toml"), &text, std::iter::empty()).expect("bench config")
+    // WINBACK_KAFKA_* variables reach librdkafka, as in `winback run`.
+    parse_engine(Path::new("bench.toml"), &text, std::env::vars()).expect("bench config")
 }
 
 fn produce(bs: &str, topic: &str, lines: impl Iterator<Item = (String, String)>) -> (u64, f64) {
@@ -278,6 +293,7 @@ fn catchup(bs: &str) {
     let raw = raw_consume(&cfg, bs, &tp.input, n);
     println!("catchup: raw consume (same client, same settings): {raw:.0} records/s");
     let clock = Arc::new(ManualClock::new(Timestamp(0)));
+    let cpu0 = cpu_seconds();
     let (stats, stop, h) = start_engine(cfg, bs, clock);
     let start = Instant::now();
     wait_until("catch-up", Duration::from_secs(3600), || {
@@ -288,8 +304,13 @@ fn catchup(bs: &str) {
         stats.batches.load(Ordering::Acquire) > b
     });
     let took = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
     let rate = n as f64 / took;
     let (rss, hwm) = rss();
+    println!(
+        "catchup: CPU of the winback process (all threads): {cpu:.1} s, {:.1} µs per event",
+        cpu * 1e6 / n as f64
+    );
     println!(
         "catchup: of which waiting for acknowledgements {:.1} s, writing the store {:.1} s, {} batches",
         stats.ack_wait_us.load(Ordering::Acquire) as f64 / 1e6,
@@ -400,6 +421,7 @@ fn storm(bs: &str) {
     // Each fired wait sends and exits: two transitions (and the send record).
     let want = before + 2 * n;
     clock.set(Timestamp(T0 + 90 * DAY + minute));
+    let cpu0 = cpu_seconds();
     let start = Instant::now();
     wait_until("storm", Duration::from_secs(1800), || {
         stats.transitions.load(Ordering::Acquire) >= want
@@ -409,7 +431,13 @@ fn storm(bs: &str) {
         stats.batches.load(Ordering::Acquire) > b
     });
     let took = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
     let (rss, hwm) = rss();
+    println!(
+        "storm: CPU of the winback process (all threads): {cpu:.1} s, {:.1} µs per wait; acknowledgement wait {:.1} s in all",
+        cpu * 1e6 / n as f64,
+        stats.ack_wait_us.load(Ordering::Acquire) as f64 / 1e6
+    );
     println!(
         "storm: {n} waits expiring in the same minute fired, sent and acknowledged in {took:.1} s: {:.0} waits/s ({:.0} records/s produced); RSS {rss} MiB, peak {hwm} MiB (broker included when in-process)",
         n as f64 / took,

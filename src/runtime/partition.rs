@@ -210,10 +210,9 @@ impl Partition {
         budget: &mut usize,
     ) -> Result<bool, StoreError> {
         loop {
-            if self.horizon <= t {
-                self.load_timers(store, t)?;
-            }
-            // Only what the wheel is known to hold completely may fire.
+            // Only what the wheel is known to hold completely may fire; it
+            // loads more only once that is fired and budget is left, so a
+            // partition out of budget never piles up loaded timers.
             let limit = Timestamp(t.0.min(self.horizon.0.saturating_sub(1)));
             while let Some((at, key)) = self.wheel.pop_due(limit) {
                 if *budget == 0 {
@@ -260,6 +259,10 @@ impl Partition {
             if self.horizon > t {
                 return Ok(true);
             }
+            if *budget == 0 {
+                return Ok(false);
+            }
+            self.load_timers(store, t)?;
         }
     }
 

@@ -104,6 +104,11 @@ impl Sink {
         if !cfg.kafka.contains_key("batch.num.messages") {
             config.set("batch.num.messages", "10000");
         }
+        // A batch (up to `max_batch_timers` fired waits, three records each)
+        // is queued whole before it is awaited.
+        if !cfg.kafka.contains_key("queue.buffering.max.messages") {
+            config.set("queue.buffering.max.messages", "2000000");
+        }
         if !cfg.kafka.contains_key("message.timeout.ms") {
             // Fail a delivery within a bounded time, so `finish` produces it again.
             config.set("message.timeout.ms", "30000");
@@ -188,9 +193,10 @@ impl Sink {
             match self.producer.send(record) {
                 Ok(()) => return,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    // The local queue drains as the broker acknowledges.
+                    // The local queue drains as the broker acknowledges
+                    // (the producer's own thread serves the reports).
                     record = r;
-                    self.producer.flush(Duration::from_millis(100)).ok();
+                    std::thread::sleep(Duration::from_millis(1));
                 }
                 Err((e, r)) => {
                     // Not queued at all: count it failed, `finish` retries it.
