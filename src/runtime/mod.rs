@@ -379,13 +379,21 @@ impl Loop {
                             .cfg
                             .input_format(m.topic())
                             .unwrap_or(crate::config::engine::InputFormat::Json);
-                        let decoded = source::decode(format, m.payload()).map_err(|r| {
-                            (
-                                r.0,
-                                m.key().unwrap_or_default().to_vec(),
-                                m.payload().unwrap_or_default().to_vec(),
-                            )
-                        });
+                        // Refused here, while the original bytes are at hand,
+                        // also when it decodes but cannot be folded.
+                        let decoded = source::decode(format, m.payload())
+                            .and_then(|ev| {
+                                crate::domain::engine::route_event(&self.defs, &ev)
+                                    .map(|_| ev)
+                                    .map_err(|e| source::Rejected(e.to_string()))
+                            })
+                            .map_err(|r| {
+                                (
+                                    r.0,
+                                    m.key().unwrap_or_default().to_vec(),
+                                    m.payload().unwrap_or_default().to_vec(),
+                                )
+                            });
                         Some((m.topic().to_string(), m.partition(), m.offset(), decoded))
                     }
                 };
