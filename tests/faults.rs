@@ -46,6 +46,23 @@ fn dedup(lines: Vec<String>) -> Vec<String> {
     m.into_values().collect()
 }
 
+/// Reads `topic` until `want` distinct transitions are there (or a minute
+/// passed), de-duplicated by id.
+fn read_distinct(bs: &str, topic: &str, want: usize) -> Vec<String> {
+    let deadline = Instant::now() + T;
+    loop {
+        let got = dedup(kafka::as_json(&kafka::read_on(
+            bs,
+            topic,
+            usize::MAX,
+            Duration::from_secs(2),
+        )));
+        if got.len() >= want || Instant::now() > deadline {
+            return got;
+        }
+    }
+}
+
 /// Short delivery timeouts so that failures surface within the test.
 const FAST_FAIL: &str = "[kafka]\n\"message.timeout.ms\" = 1500\n\"retry.backoff.ms\" = 50\n";
 
@@ -99,33 +116,22 @@ fn failing_produce_requests_store_nothing_until_acknowledged_then_recover() {
             })
             .unwrap() as i64
     };
-    {
+    let stored = {
         let store = winback::store::rocks::Store::open(&dir.path().join("rocksdb")).unwrap();
-        let stored = store.offset(0, &topics.input).unwrap().unwrap_or(0);
-        assert!(
-            stored <= first_output,
-            "offset {stored} stored past unacknowledged output (first output at {first_output})"
-        );
-    }
+        store.offset(0, &topics.input).unwrap().unwrap_or(0)
+    };
+    assert!(
+        stored <= first_output,
+        "offset {stored} stored past unacknowledged output (first output at {first_output})"
+    );
 
     // The broker accepts again: a new process on the same state starts from
-    // the stored (initial) offsets and produces everything.
+    // the stored offsets and produces everything.
     m.clear_request_errors(RDKafkaApiKey::Produce);
     let run = Running::start(cfg(), defs.clone(), Timestamp(0));
-    run.wait_events(lines.len() as u64, T);
+    run.wait_events(lines.len() as u64 - stored as u64, T);
     run.clock.set(until());
-    let deadline = Instant::now() + T;
-    let got = loop {
-        let got = dedup(kafka::as_json(&kafka::read_on(
-            &bs,
-            &topics.transitions,
-            usize::MAX,
-            Duration::from_secs(2),
-        )));
-        if got.len() >= expected.len() || Instant::now() > deadline {
-            break got;
-        }
-    };
+    let got = read_distinct(&bs, &topics.transitions, expected.len());
     run.stop();
     assert_same(&got, &expected);
 }
@@ -158,18 +164,7 @@ fn a_broker_outage_is_ridden_out() {
     kafka::produce_on(&bs, &topics.input, &kafka::keyed(second));
     run.wait_events(lines.len() as u64, T);
     run.clock.set(until());
-    let deadline = Instant::now() + T;
-    let got = loop {
-        let got = dedup(kafka::as_json(&kafka::read_on(
-            &bs,
-            &topics.transitions,
-            usize::MAX,
-            Duration::from_secs(2),
-        )));
-        if got.len() >= expected.len() || Instant::now() > deadline {
-            break got;
-        }
-    };
+    let got = read_distinct(&bs, &topics.transitions, expected.len());
     run.stop();
     assert_same(&got, &expected);
 }
