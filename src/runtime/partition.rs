@@ -124,24 +124,13 @@ impl Partition {
         self.wheel.len() + self.far.len()
     }
 
-    /// Contacts changed in the running batch.
-    pub fn dirty_contacts(&self) -> usize {
-        self.dirty.len()
-    }
-
     /// Records that `topic` is consumed up to `next_offset` (exclusive); stored
     /// with the batch.
     pub fn note_offset(&mut self, topic: &str, next_offset: i64) {
         self.offsets.insert(topic.to_string(), next_offset);
     }
 
-    /// Checks an event before it touches anything; `Ok(None)` when nothing
-    /// listens to its name.
-    pub fn check(&self, ev: &Event) -> Result<bool, EventError> {
-        route_event(self.engine.definitions(), ev).map(|r| r.is_some())
-    }
-
-    /// Folds one event (already accepted by [`Partition::check`]): fires the
+    /// Folds one event (its shape and route checked by the caller): fires the
     /// waits due by its time, folds it, then fires what it made due. `budget`
     /// counts the waits the batch may still fire.
     pub fn feed(

@@ -86,8 +86,6 @@ pub struct Sink {
     producer: ThreadedProducer<Tracker>,
     /// The running batch's records, by delivery index.
     pending: Vec<OutRecord>,
-    /// Records produced and acknowledged, over the sink's life.
-    pub delivered: u64,
     /// Deliveries that failed and were produced again (shared with the run's stats).
     pub retried: Arc<AtomicU64>,
 }
@@ -117,7 +115,6 @@ impl Sink {
             producer: Self::producer(&config)?,
             config,
             pending: Vec::new(),
-            delivered: 0,
             retried: Arc::default(),
         })
     }
@@ -234,7 +231,6 @@ impl Sink {
             }
             let failed = take(&ctx.failed);
             if left == 0 {
-                self.delivered += n as u64;
                 self.pending.clear();
                 return Ok(());
             }
@@ -286,9 +282,4 @@ pub fn header<'a, M: rdkafka::Message>(m: &'a M, name: &str) -> Option<&'a str> 
         .find(|h| h.key == name)
         .and_then(|h| h.value)
         .and_then(|v| std::str::from_utf8(v).ok())
-}
-
-/// For tests and tools: the key of a message as text.
-pub fn key_text<M: rdkafka::Message>(m: &M) -> Option<&str> {
-    m.key().and_then(|k| std::str::from_utf8(k).ok())
 }

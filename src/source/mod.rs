@@ -3,13 +3,13 @@
 //! the dead-letter form of a record that cannot be folded.
 
 use rdkafka::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
 
 use crate::config::engine::{EngineConfig, InputFormat};
 use crate::domain::Event;
 use crate::wire;
 
-/// Headers of a dead-letter record; its key and value are the original's.
+/// Headers of a dead-letter record (written by the runtime); its key and
+/// value are the original's.
 pub const DLQ_TOPIC: &str = "winback.dlq.topic";
 pub const DLQ_PARTITION: &str = "winback.dlq.partition";
 pub const DLQ_OFFSET: &str = "winback.dlq.offset";
@@ -70,29 +70,6 @@ pub fn decode(format: InputFormat, payload: Option<&[u8]>) -> Result<Event, Reje
     };
     ev.check_shape().map_err(|e| Rejected(e.to_string()))?;
     Ok(ev)
-}
-
-/// The headers of a dead letter for the record at `topic`/`partition`/`offset`.
-pub fn dead_letter_headers(topic: &str, partition: i32, offset: i64, reason: &str) -> OwnedHeaders {
-    let partition = partition.to_string();
-    let offset = offset.to_string();
-    OwnedHeaders::new_with_capacity(4)
-        .insert(Header {
-            key: DLQ_TOPIC,
-            value: Some(topic),
-        })
-        .insert(Header {
-            key: DLQ_PARTITION,
-            value: Some(&partition),
-        })
-        .insert(Header {
-            key: DLQ_OFFSET,
-            value: Some(&offset),
-        })
-        .insert(Header {
-            key: DLQ_REASON,
-            value: Some(reason),
-        })
 }
 
 #[cfg(test)]
