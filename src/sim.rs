@@ -31,7 +31,13 @@ pub struct Simulator {
 
 impl Simulator {
     pub fn new(defs: Arc<Definitions>) -> Self {
-        let pools = CouponPools::new(&defs);
+        Self::for_partition(defs, 0, 1)
+    }
+
+    /// One input partition of `partitions`, with its share of each coupon
+    /// pool: what `winback run` does with the events of that partition.
+    pub fn for_partition(defs: Arc<Definitions>, partition: usize, partitions: usize) -> Self {
+        let pools = CouponPools::for_partition(&defs, partition, partitions);
         Simulator {
             engine: Engine::new(defs),
             index: FastMap::default(),

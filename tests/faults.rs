@@ -1,5 +1,6 @@
 //! Fault injection with librdkafka's mock cluster: produce errors and a broker
-//! that goes down. The engine retries, stores no offset (nor clock, nor timer)
+//! that goes down, in at-least-once mode (the mock's transactions are stubs;
+//! exactly-once is tested against noida-db in `exactly_once.rs` and `crash.rs`). The engine retries, stores no offset (nor clock, nor timer)
 //! past output the broker has not acknowledged, and recovers: in the end every
 //! expected transition is there, and de-duplicated by `transition_id` the
 //! output is exactly `simulate`'s.
@@ -64,7 +65,8 @@ fn read_distinct(bs: &str, topic: &str, want: usize) -> Vec<String> {
 }
 
 /// Short delivery timeouts so that failures surface within the test.
-const FAST_FAIL: &str = "[kafka]\n\"message.timeout.ms\" = 1500\n\"retry.backoff.ms\" = 50\n";
+// The mock cluster's transactions are stubs: this is the at-least-once mode.
+const FAST_FAIL: &str = "guarantee = \"at_least_once\"\n[kafka]\n\"message.timeout.ms\" = 1500\n\"retry.backoff.ms\" = 50\n";
 
 #[test]
 fn failing_produce_requests_store_nothing_until_acknowledged_then_recover() {

@@ -3,6 +3,7 @@
 mod produce;
 mod run;
 mod simulate;
+mod state;
 mod tail;
 mod validate;
 
@@ -72,6 +73,18 @@ enum Command {
     Produce(produce::Args),
     /// Print the transitions (or sends, or dead letters) topic as JSON lines.
     Tail(tail::Args),
+    /// Rebuild the local state from the changelog topic (exactly-once mode).
+    Rebuild(state::RebuildArgs),
+    /// Inspect the local state.
+    #[command(subcommand)]
+    State(StateCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum StateCommand {
+    /// Print a digest of each partition's state and of all of it: two stores
+    /// holding the same state print the same digests.
+    Digest(state::DigestArgs),
 }
 
 pub fn main() -> Result<ExitCode, CliError> {
@@ -85,6 +98,8 @@ pub fn main() -> Result<ExitCode, CliError> {
         Command::Run(args) => run::run(&args),
         Command::Produce(args) => produce::run(&args),
         Command::Tail(args) => tail::run(&args),
+        Command::Rebuild(args) => state::rebuild(&args),
+        Command::State(StateCommand::Digest(args)) => state::digest(&args),
     }
 }
 

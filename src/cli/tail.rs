@@ -52,6 +52,8 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     // Read-only: no group, nothing committed.
     conf.set("group.id", "winback-tail");
     conf.set("enable.auto.commit", "false");
+    // Only what winback committed: an aborted batch was done again.
+    conf.set("isolation.level", "read_committed");
     let consumer: BaseConsumer = conf.create().map_err(|e| CliError::Kafka(e.to_string()))?;
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))

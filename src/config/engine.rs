@@ -18,6 +18,7 @@ pub const DEFAULT_SUBSCRIPTIONS_TOPIC: &str = "subscriptions";
 pub const DEFAULT_TRANSITIONS_TOPIC: &str = "winback.transitions";
 pub const DEFAULT_SENDS_TOPIC: &str = "winback.sends";
 pub const DEFAULT_DEAD_LETTERS_TOPIC: &str = "winback.dead-letters";
+pub const DEFAULT_CHANGELOG_TOPIC: &str = "winback.changelog";
 pub const DEFAULT_STATE_DIR: &str = "winback-state";
 pub const DEFAULT_COMMIT_INTERVAL_MS: u64 = 1000;
 pub const DEFAULT_MAX_BATCH_EVENTS: usize = 20_000;
@@ -29,6 +30,8 @@ pub const DEFAULT_EMBEDDED_PARTITIONS: i32 = 4;
 pub const ENV_BOOTSTRAP: &str = "WINBACK_BOOTSTRAP_SERVERS";
 /// `WINBACK_GROUP_ID` overrides `broker.group_id`.
 pub const ENV_GROUP_ID: &str = "WINBACK_GROUP_ID";
+/// `WINBACK_INSTANCE_ID` overrides `processing.instance_id`.
+pub const ENV_INSTANCE_ID: &str = "WINBACK_INSTANCE_ID";
 /// `WINBACK_KAFKA_SASL_PASSWORD=...` sets librdkafka's `sasl.password`: the
 /// rest of the name, lower-cased, with `_` read as `.`.
 pub const ENV_KAFKA_PREFIX: &str = "WINBACK_KAFKA_";
@@ -44,6 +47,9 @@ pub const RESERVED_KAFKA_KEYS: &[&str] = &[
     "enable.idempotence",
     "auto.offset.reset",
     "partition.assignment.strategy",
+    "transactional.id",
+    "isolation.level",
+    "enable.partition.eof",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +91,7 @@ struct RawOutput {
     transitions: Option<Spanned<String>>,
     sends: Option<Spanned<String>>,
     dead_letters: Option<Spanned<String>>,
+    changelog: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +101,28 @@ struct RawProcessing {
     max_batch_events: Option<Spanned<i64>>,
     max_batch_timers: Option<Spanned<i64>>,
     timer_horizon_ms: Option<Spanned<i64>>,
+    guarantee: Option<Spanned<String>>,
+    instance_id: Option<Spanned<String>>,
+}
+
+/// What a crash may do to the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarantee {
+    /// Kafka transactions: output, changelog and input offsets commit
+    /// together; consumers reading `read_committed` see every transition once.
+    ExactlyOnce,
+    /// An idempotent producer; a crash may produce a batch's transitions
+    /// again (same `transition_id`s); no changelog.
+    AtLeastOnce,
+}
+
+impl Guarantee {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Guarantee::ExactlyOnce => "exactly_once",
+            Guarantee::AtLeastOnce => "at_least_once",
+        }
+    }
 }
 
 /// How an input topic's record values are encoded.
@@ -125,6 +154,8 @@ pub struct OutputTopics {
     pub transitions: String,
     pub sends: String,
     pub dead_letters: String,
+    /// Compacted, partitioned like the input: each contact's state (exactly-once mode).
+    pub changelog: String,
 }
 
 /// A validated engine config, environment overrides applied.
@@ -147,6 +178,11 @@ pub struct EngineConfig {
     pub max_batch_events: usize,
     pub max_batch_timers: usize,
     pub timer_horizon_ms: i64,
+    pub guarantee: Guarantee,
+    /// Names this process across restarts (its transactional id): a restarted
+    /// process fences its predecessor's unfinished transaction at once.
+    /// Default: derived from the group, the host name and the state directory.
+    pub instance_id: String,
     /// Passed to librdkafka for every client (consumer and producer).
     pub kafka: BTreeMap<String, String>,
 }
@@ -372,8 +408,18 @@ pub fn parse_engine(
             "dead_letters",
             DEFAULT_DEAD_LETTERS_TOPIC,
         ),
+        changelog: out_topic(
+            out.and_then(|o| o.changelog.as_ref()),
+            "changelog",
+            DEFAULT_CHANGELOG_TOPIC,
+        ),
     };
-    for t in [&outputs.transitions, &outputs.sends, &outputs.dead_letters] {
+    for t in [
+        &outputs.transitions,
+        &outputs.sends,
+        &outputs.dead_letters,
+        &outputs.changelog,
+    ] {
         if inputs.iter().any(|i| &i.topic == t) {
             diags.push(src.diag(
                 Severity::Error,
@@ -383,15 +429,23 @@ pub fn parse_engine(
             ));
         }
     }
-    if outputs.transitions == outputs.sends
-        || outputs.transitions == outputs.dead_letters
-        || outputs.sends == outputs.dead_letters
+    let names = [
+        &outputs.transitions,
+        &outputs.sends,
+        &outputs.dead_letters,
+        &outputs.changelog,
+    ];
+    if names
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+        != names.len()
     {
         diags.push(src.diag(
             Severity::Error,
             raw.output.as_ref().map(|o| o.span()),
             "output",
-            "the transitions, sends and dead-letter topics must differ",
+            "the transitions, sends, dead-letter and changelog topics must differ",
         ));
     }
 
@@ -434,6 +488,36 @@ pub fn parse_engine(
         365 * 86_400_000,
     );
 
+    let guarantee = match proc_
+        .and_then(|p| p.guarantee.as_ref())
+        .map(|g| (g, g.get_ref().as_str()))
+    {
+        None | Some((_, "exactly_once")) => Guarantee::ExactlyOnce,
+        Some((_, "at_least_once")) => Guarantee::AtLeastOnce,
+        Some((g, other)) => {
+            diags.push(src.diag(
+                Severity::Error,
+                Some(g.span()),
+                "processing.guarantee",
+                format!("{other:?}: expected \"exactly_once\" or \"at_least_once\""),
+            ));
+            Guarantee::ExactlyOnce
+        }
+    };
+    let mut instance_id = proc_
+        .and_then(|p| p.instance_id.as_ref())
+        .map(|i| i.get_ref().trim().to_string());
+    if let Some(i) = proc_.and_then(|p| p.instance_id.as_ref())
+        && i.get_ref().trim().is_empty()
+    {
+        diags.push(src.diag(
+            Severity::Error,
+            Some(i.span()),
+            "processing.instance_id",
+            "must not be empty",
+        ));
+    }
+
     let mut kafka = BTreeMap::new();
     for (k, v) in &raw.kafka {
         let key = k.get_ref().trim();
@@ -470,6 +554,8 @@ pub fn parse_engine(
             bootstrap_servers = value;
         } else if name == ENV_GROUP_ID {
             group_id = value;
+        } else if name == ENV_INSTANCE_ID && !value.trim().is_empty() {
+            instance_id = Some(value.trim().to_string());
         } else if let Some(rest) = name.strip_prefix(ENV_KAFKA_PREFIX)
             && !rest.is_empty()
         {
@@ -523,12 +609,12 @@ pub fn parse_engine(
     if diags.iter().any(|d| d.severity == Severity::Error) {
         return Err(InvalidEngine { diagnostics: diags });
     }
+    let instance_id = instance_id.unwrap_or_else(|| default_instance_id(&group_id, &state_dir));
     Ok(EngineConfig {
         file: path.to_path_buf(),
         conversations,
         state_dir,
         bootstrap_servers,
-        group_id,
         embedded_listen,
         embedded_partitions,
         inputs,
@@ -537,8 +623,26 @@ pub fn parse_engine(
         max_batch_events,
         max_batch_timers,
         timer_horizon_ms,
+        guarantee,
+        instance_id,
+        group_id,
         kafka,
     })
+}
+
+/// The group, the host and the state directory name a process: the same on
+/// every restart of it (an emptied state directory included), different for
+/// two processes of one group, which cannot share a state directory.
+fn default_instance_id(group: &str, state_dir: &Path) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let dir = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    let hash = xxhash_rust::xxh3::xxh3_64(dir.as_os_str().as_encoded_bytes());
+    format!("{group}-{host}-{:08x}", hash >> 32)
 }
 
 /// Kafka's own rule for topic names.

@@ -22,6 +22,10 @@ pub enum EventError {
     Empty(&'static str),
     #[error("event `{name}` is a subscription event and needs `list_id`")]
     MissingListId { name: String },
+    #[error(
+        "`contact_id` must not contain NUL characters (keys starting with NUL are winback's own)"
+    )]
+    NulInContactId,
     #[error("`total` must not be negative")]
     NegativeTotal,
 }
@@ -43,6 +47,9 @@ impl Event {
         }
         if self.contact_id.is_empty() {
             return Err(EventError::Empty("contact_id"));
+        }
+        if self.contact_id.contains('\0') {
+            return Err(EventError::NulInContactId);
         }
         if self.total_cents.is_some_and(|t| t < 0) {
             return Err(EventError::NegativeTotal);

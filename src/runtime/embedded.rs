@@ -73,11 +73,20 @@ pub fn create_topics(
             cfg.outputs.transitions.as_str(),
             cfg.outputs.sends.as_str(),
             cfg.outputs.dead_letters.as_str(),
+            cfg.outputs.changelog.as_str(),
         ])
         .collect();
     let topics: Vec<NewTopic<'_>> = names
         .iter()
-        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
+        .map(|n| {
+            let t = NewTopic::new(n, partitions, TopicReplication::Fixed(1));
+            if *n == cfg.outputs.changelog {
+                // Only each contact's latest state matters.
+                t.set("cleanup.policy", "compact")
+            } else {
+                t
+            }
+        })
         .collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -10,12 +10,21 @@
 //! consumer group, is the authority on positions: on assignment a partition
 //! starts where its stored offsets say.
 //!
-//! A crash between the acknowledgement and the write makes the next run
-//! process the batch again: the same transitions, with the same ids
-//! (at-least-once; exactly-once is the changelog/transactions work).
+//! Exactly-once mode (the default): the batch's transitions, its changelog
+//! records (changed contacts, then the partition record) and its input
+//! offsets commit as one Kafka transaction, and only then is the RocksDB batch
+//! written. An aborted transaction rolls the in-memory state back to the
+//! store and seeks the input back to the stored offsets. A crash between the
+//! commit and the write leaves the store behind the changelog: the restore on
+//! assignment reads what it lacks ([`restore`]).
+//!
+//! At-least-once mode: the batch's records are acknowledged, then the batch
+//! is written. A crash between the two makes the next run process the batch
+//! again: the same transitions, with the same ids.
 
 pub mod embedded;
 pub mod partition;
+pub mod restore;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -28,9 +37,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
-use crate::config::engine::EngineConfig;
+use crate::config::engine::{EngineConfig, Guarantee};
 use crate::domain::{Definitions, Event, Timestamp, Transition};
-use crate::sink::{OutRecord, Sink, SinkError};
+use crate::sink::{OutRecord, Sink, SinkError, TxnOutcome};
 use crate::source;
 use crate::store::rocks::{Store, StoreError};
 use partition::{Fed, Partition, PartitionError, PartitionSettings};
@@ -82,13 +91,23 @@ pub enum RuntimeError {
     )]
     MissingTopic(String),
     #[error(
-        "the input topics differ in partition count ({0}): every contact's events must land in the same partition number"
+        "the input topics (and the changelog) differ in partition count ({0}): every contact's events and state must land in the same partition number"
     )]
     PartitionMismatch(String),
     #[error(
         "the input topics have {now} partitions but the state in {dir} was built with {stored}: coupon shares and contact placement depend on it"
     )]
     PartitionsChanged { now: u32, stored: u32, dir: PathBuf },
+    #[error("restoring partition {partition} from the changelog: {reason}")]
+    Restore { partition: u32, reason: String },
+    #[error(
+        "the state in {dir} was built in {stored} mode; this config runs {now} (use a new state directory)"
+    )]
+    GuaranteeChanged {
+        stored: String,
+        now: &'static str,
+        dir: PathBuf,
+    },
     #[error(
         "coupon pool {pool:?}: its codes file no longer starts with the {stored} codes loaded first (code {index} differs); codes may be appended, never reordered or removed"
     )]
@@ -121,6 +140,10 @@ pub struct RunStats {
     pub ack_wait_us: AtomicU64,
     /// Time spent writing batches to RocksDB, in µs.
     pub store_write_us: AtomicU64,
+    /// Transactions aborted (their batches processed again).
+    pub aborted: AtomicU64,
+    /// Changelog records read by restores.
+    pub restored_records: AtomicU64,
 }
 
 /// What the consumer's rebalance callback saw; handled by the loop between polls.
@@ -128,6 +151,16 @@ pub struct RunStats {
 enum Rebalanced {
     Assigned(Vec<(String, i32)>),
     Revoked(Vec<(String, i32)>),
+    Failed(RuntimeError),
+}
+
+/// What restoring from the changelog needs (exactly-once mode).
+struct Restorer {
+    cfg: EngineConfig,
+    defs: Arc<Definitions>,
+    bootstrap: String,
+    stop: Arc<AtomicBool>,
+    stats: Arc<RunStats>,
 }
 
 struct Ctx {
@@ -135,7 +168,43 @@ struct Ctx {
     /// The next offset to read per (topic, partition), as processed in memory:
     /// ahead of the store during a batch.
     positions: Arc<Mutex<HashMap<(String, i32), i64>>>,
+    /// Partitions whose state the loop holds in memory.
+    held: Mutex<BTreeSet<u32>>,
     events: Mutex<Vec<Rebalanced>>,
+    restorer: Option<Restorer>,
+}
+
+impl Ctx {
+    /// Brings the store's state of a newly assigned partition up to the
+    /// changelog (exactly-once mode), before its start offsets are read.
+    fn restore(&self, partition: u32) -> Result<(), RuntimeError> {
+        let Some(r) = &self.restorer else {
+            return Ok(());
+        };
+        let done = restore::restore_partition(
+            &self.store,
+            &r.defs,
+            &r.cfg,
+            &r.bootstrap,
+            partition,
+            &r.stop,
+            &mut |records, at, end| {
+                tracing::info!(partition, records, at, end, "restoring from the changelog");
+            },
+        )?;
+        r.stats
+            .restored_records
+            .fetch_add(done.records, Ordering::Relaxed);
+        tracing::info!(
+            partition,
+            records = done.records,
+            from = ?done.from,
+            to = done.to,
+            ms = done.elapsed.as_millis() as u64,
+            "restored from the changelog"
+        );
+        Ok(())
+    }
 }
 
 impl ClientContext for Ctx {}
@@ -155,7 +224,19 @@ impl ConsumerContext for Ctx {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 // Start where the state is: in-memory progress (a revocation
-                // not yet handled by the loop), else the store, else the start.
+                // not yet handled by the loop), else the store (restored from
+                // the changelog first in exactly-once mode), else the start.
+                let held = self.held.lock().map(|h| h.clone()).unwrap_or_default();
+                let ids: BTreeSet<u32> = parts.iter().map(|(_, p)| *p as u32).collect();
+                for id in ids.difference(&held) {
+                    if let Err(e) = self.restore(*id) {
+                        tracing::error!(error = %e, partition = id, "restore failed");
+                        if let Ok(mut ev) = self.events.lock() {
+                            ev.push(Rebalanced::Failed(e));
+                        }
+                        return;
+                    }
+                }
                 let positions = self.positions.lock().map(|p| p.clone()).unwrap_or_default();
                 for (topic, p) in &parts {
                     let next = match positions.get(&(topic.clone(), *p)) {
@@ -245,12 +326,32 @@ pub fn run(params: RunParams) -> Result<(), RuntimeError> {
     std::fs::create_dir_all(&cfg.state_dir).ok();
     let store = Arc::new(Store::open(&cfg.state_dir.join("rocksdb"))?);
     load_pools(&store, &defs)?;
+    match store.guarantee()? {
+        Some(g) if g != cfg.guarantee.as_str() => {
+            return Err(RuntimeError::GuaranteeChanged {
+                stored: g,
+                now: cfg.guarantee.as_str(),
+                dir: cfg.state_dir.clone(),
+            });
+        }
+        Some(_) => {}
+        None => store.set_guarantee(cfg.guarantee.as_str())?,
+    }
 
     let positions = Arc::new(Mutex::new(HashMap::new()));
+    let restorer = (cfg.guarantee == Guarantee::ExactlyOnce).then(|| Restorer {
+        cfg: cfg.clone(),
+        defs: Arc::clone(&defs),
+        bootstrap: bootstrap.clone(),
+        stop: Arc::clone(&stop),
+        stats: Arc::clone(&stats),
+    });
     let ctx = Ctx {
         store: Arc::clone(&store),
         positions: Arc::clone(&positions),
+        held: Mutex::new(BTreeSet::new()),
         events: Mutex::new(Vec::new()),
+        restorer,
     };
     let consumer: BaseConsumer<Ctx> = source::consumer_config(&cfg, &bootstrap)
         .create_with_context(ctx)
@@ -268,7 +369,10 @@ pub fn run(params: RunParams) -> Result<(), RuntimeError> {
         Some(_) => {}
         None => store.set_partitions(partitions)?,
     }
-    let mut sink = Sink::new(&cfg, &bootstrap)?;
+    // Before anything is restored: a transactional producer fences its
+    // predecessor, whose unfinished transaction would hold restores back.
+    let txn_id = (cfg.guarantee == Guarantee::ExactlyOnce).then_some(cfg.instance_id.as_str());
+    let mut sink = Sink::new(&cfg, &bootstrap, txn_id)?;
     sink.retried = Arc::clone(&stats.redelivered);
     let topics: Vec<&str> = cfg.inputs.iter().map(|i| i.topic.as_str()).collect();
     consumer
@@ -279,6 +383,8 @@ pub fn run(params: RunParams) -> Result<(), RuntimeError> {
         group = %cfg.group_id,
         inputs = ?topics,
         partitions,
+        guarantee = cfg.guarantee.as_str(),
+        instance = %cfg.instance_id,
         state_dir = %cfg.state_dir.display(),
         "running"
     );
@@ -433,6 +539,7 @@ impl Loop {
                             key,
                             value,
                             headers: dead_letter_headers(&topic, partition, offset, &reason),
+                            partition: None,
                         };
                         self.dead_letter(rec, &topic, partition, offset, &reason);
                     }
@@ -493,6 +600,7 @@ impl Loop {
                     key: p.event.contact_id.as_bytes().to_vec(),
                     value,
                     headers: dead_letter_headers(&p.topic, p.partition, p.offset, &reason),
+                    partition: None,
                 };
                 self.dead_letter(rec, &p.topic, p.partition, p.offset, &reason);
                 Ok(true)
@@ -592,24 +700,103 @@ impl Loop {
         Ok(true)
     }
 
-    /// Waits for the batch's acknowledgements, then writes its state in one
-    /// atomic batch, then tells the group (for lag monitoring only).
     fn commit(&mut self) -> Result<(), RuntimeError> {
         let changed = self.parts.values().any(|p| p.has_changes());
         if !changed && self.sink.pending() == 0 {
             return Ok(());
         }
+        match self.cfg.guarantee {
+            Guarantee::AtLeastOnce => self.commit_acknowledged(),
+            Guarantee::ExactlyOnce => self.commit_transaction(),
+        }
+    }
+
+    /// At-least-once: waits for the batch's acknowledgements, then writes its
+    /// state in one atomic batch, then tells the group (for lag monitoring only).
+    fn commit_acknowledged(&mut self) -> Result<(), RuntimeError> {
         let waited = Instant::now();
         self.sink.finish(&self.stop)?;
         self.stats
             .ack_wait_us
             .fetch_add(waited.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.write_batch(&HashMap::new())?;
+        let tpl = self.group_offsets();
+        if tpl.count() > 0
+            && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)
+        {
+            tracing::debug!(error = %e, "group offset commit (informational) failed");
+        }
+        Ok(())
+    }
+
+    /// Exactly-once: the batch's changelog records join its transaction with
+    /// the input offsets; once committed, the store is written. Aborted: the
+    /// batch is undone and read again.
+    fn commit_transaction(&mut self) -> Result<(), RuntimeError> {
+        let changelog = self.cfg.outputs.changelog.clone();
+        let mut records = Vec::new();
+        for part in self.parts.values() {
+            if !part.has_changes() {
+                continue;
+            }
+            let id = part.id as i32;
+            part.changelog(|key, value, is_partition| {
+                records.push(OutRecord {
+                    topic: changelog.clone(),
+                    key: key.to_vec(),
+                    value,
+                    headers: if is_partition {
+                        vec![(
+                            crate::store::changelog::HEADER_RECORD.to_string(),
+                            crate::store::changelog::RECORD_PARTITION
+                                .as_bytes()
+                                .to_vec(),
+                        )]
+                    } else {
+                        Vec::new()
+                    },
+                    partition: Some(id),
+                });
+            });
+        }
+        for r in records {
+            self.sink.send(r);
+        }
+        let tpl = self.group_offsets();
+        let group = self
+            .consumer
+            .group_metadata()
+            .ok_or_else(|| RuntimeError::Kafka {
+                what: "group metadata for the transaction".into(),
+                source: KafkaError::NoMessageReceived,
+            })?;
+        let waited = Instant::now();
+        let outcome = self.sink.commit_transaction(&tpl, &group, &changelog)?;
+        self.stats
+            .ack_wait_us
+            .fetch_add(waited.elapsed().as_micros() as u64, Ordering::Relaxed);
+        match outcome {
+            TxnOutcome::Committed(ends) => self.write_batch(&ends),
+            TxnOutcome::Aborted(reason) => {
+                tracing::warn!(%reason, "transaction aborted; processing the batch again");
+                self.stats.aborted.fetch_add(1, Ordering::Relaxed);
+                self.rollback()
+            }
+        }
+    }
+
+    /// Writes every partition's changes in one RocksDB batch, with the
+    /// changelog position each reached (`ends`: the last changelog offset
+    /// written per partition).
+    fn write_batch(&mut self, ends: &HashMap<i32, i64>) -> Result<(), RuntimeError> {
         let writing = Instant::now();
         let mut batch = self.store.batch(&self.defs, 0);
-        let mut tpl = TopicPartitionList::new();
         for part in self.parts.values_mut() {
             if part.has_changes() {
                 part.write(&mut batch);
+                if let Some(end) = ends.get(&(part.id as i32)) {
+                    batch.set_changelog_position(end + 1);
+                }
             }
         }
         batch.commit()?;
@@ -617,6 +804,12 @@ impl Loop {
             .store_write_us
             .fetch_add(writing.elapsed().as_micros() as u64, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The consumed positions of the partitions held, for the group.
+    fn group_offsets(&self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
         if let Ok(pos) = self.positions.lock() {
             for ((topic, p), next) in pos.iter() {
                 if self.parts.contains_key(&(*p as u32)) {
@@ -625,12 +818,73 @@ impl Loop {
                 }
             }
         }
-        if tpl.count() > 0
-            && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)
-        {
-            tracing::debug!(error = %e, "group offset commit (informational) failed");
+        tpl
+    }
+
+    /// Moves an assigned partition's fetch position (never past unfolded
+    /// input: failing that is an error). A partition revoked meanwhile needs
+    /// nothing.
+    fn seek(&self, topic: &str, partition: i32, to: Offset) -> Result<(), RuntimeError> {
+        let mut tries = 0;
+        loop {
+            match self
+                .consumer
+                .seek(topic, partition, to, Duration::from_secs(10))
+            {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    let assigned = self.consumer.assignment().is_ok_and(|a| {
+                        a.elements_for_topic(topic)
+                            .iter()
+                            .any(|e| e.partition() == partition)
+                    });
+                    if !assigned {
+                        return Ok(());
+                    }
+                    tries += 1;
+                    if tries >= 20 {
+                        return Err(RuntimeError::Kafka {
+                            what: format!("seek {topic}[{partition}] back to the stored offset"),
+                            source: e,
+                        });
+                    }
+                    // Just assigned: its fetcher may not be running yet.
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    /// Forgets everything since the last write: every partition's state from
+    /// the store, the input read again from the stored offsets.
+    fn rollback(&mut self) -> Result<(), RuntimeError> {
+        self.paused = None;
+        self.out.clear();
+        let ids: Vec<u32> = self.parts.keys().copied().collect();
+        for id in ids {
+            let part = self.open_partition(id)?;
+            self.parts.insert(id, part);
+            for input in &self.cfg.inputs {
+                let stored = self.store.offset(id, &input.topic)?;
+                if let Ok(mut pos) = self.positions.lock() {
+                    pos.remove(&(input.topic.clone(), id as i32));
+                }
+                let to = stored.map_or(Offset::Beginning, Offset::Offset);
+                self.seek(&input.topic, id as i32, to)?;
+            }
         }
         Ok(())
+    }
+
+    /// A partition's processing as the store has it.
+    fn open_partition(&self, id: u32) -> Result<Partition, StoreError> {
+        Partition::open(
+            &self.store,
+            Arc::clone(&self.defs),
+            id,
+            self.partitions,
+            self.settings,
+        )
     }
 
     fn handle_rebalances(&mut self) -> Result<(), RuntimeError> {
@@ -645,6 +899,7 @@ impl Loop {
         self.commit()?;
         for ev in events {
             match ev {
+                Rebalanced::Failed(e) => return Err(e),
                 Rebalanced::Revoked(tps) => {
                     for (topic, p) in tps {
                         self.parts.remove(&(p as u32));
@@ -657,21 +912,34 @@ impl Loop {
                     }
                 }
                 Rebalanced::Assigned(tps) => {
-                    for (_, p) in tps {
-                        let id = p as u32;
+                    let assigned: BTreeSet<u32> = tps.iter().map(|(_, p)| *p as u32).collect();
+                    for &id in &assigned {
                         if !self.parts.contains_key(&id) {
-                            let part = Partition::open(
-                                &self.store,
-                                Arc::clone(&self.defs),
-                                id,
-                                self.partitions,
-                                self.settings,
-                            )?;
+                            let part = self.open_partition(id)?;
                             self.parts.insert(id, part);
+                        }
+                    }
+                    if self.cfg.guarantee == Guarantee::ExactlyOnce {
+                        // Partitions this process no longer owns: their state
+                        // lives on in the changelog; a later assignment
+                        // restores it. (Kept until now, not dropped at the
+                        // revocation: an eager rebalance revokes everything and
+                        // mostly gives it back, which then restores nothing.)
+                        for id in self.store.stored_partitions()? {
+                            if !assigned.contains(&id) && !self.parts.contains_key(&id) {
+                                tracing::info!(
+                                    partition = id,
+                                    "dropping the state of a partition owned elsewhere"
+                                );
+                                self.store.drop_partition(id)?;
+                            }
                         }
                     }
                 }
             }
+        }
+        if let Ok(mut held) = self.consumer.context().held.lock() {
+            *held = self.parts.keys().copied().collect();
         }
         Ok(())
     }
@@ -694,14 +962,19 @@ fn dead_letter_headers(
     ]
 }
 
-/// The input topics' common partition count.
+/// The input topics' common partition count; every output topic must exist,
+/// and the changelog (exactly-once mode) must be partitioned like the input.
 fn input_partitions(consumer: &BaseConsumer<Ctx>, cfg: &EngineConfig) -> Result<u32, RuntimeError> {
     let mut counts = Vec::new();
-    let outputs = [
+    let mut outputs = vec![
         &cfg.outputs.transitions,
         &cfg.outputs.sends,
         &cfg.outputs.dead_letters,
     ];
+    if cfg.guarantee == Guarantee::ExactlyOnce {
+        outputs.push(&cfg.outputs.changelog);
+    }
+    let mut changelog = None;
     for topic in cfg.inputs.iter().map(|i| &i.topic).chain(outputs) {
         let md = consumer
             .fetch_metadata(Some(topic), Duration::from_secs(10))
@@ -716,9 +989,14 @@ fn input_partitions(consumer: &BaseConsumer<Ctx>, cfg: &EngineConfig) -> Result<
         }
         if cfg.inputs.iter().any(|i| &i.topic == topic) {
             counts.push((topic.clone(), n as u32));
+        } else if topic == &cfg.outputs.changelog {
+            changelog = Some(n as u32);
         }
     }
     let first = counts[0].1;
+    if let Some(n) = changelog.filter(|n| *n != first) {
+        counts.push((cfg.outputs.changelog.clone(), n));
+    }
     if counts.iter().any(|(_, n)| *n != first) {
         let list: Vec<String> = counts.iter().map(|(t, n)| format!("{t}: {n}")).collect();
         return Err(RuntimeError::PartitionMismatch(list.join(", ")));

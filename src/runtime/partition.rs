@@ -22,6 +22,7 @@ use crate::domain::engine::{Effects, Engine, Folded, TimerChange, route_event};
 use crate::domain::{
     ContactState, CouponPools, Definitions, Event, EventError, Timestamp, Transition,
 };
+use crate::store::changelog::{PartitionState, encode_partition};
 use crate::store::rocks::{Batch, CouponShare, Store, StoreError, StoredTimer};
 use crate::timer::Wheel;
 
@@ -65,12 +66,14 @@ pub struct Partition {
     horizon: Timestamp,
     clock: Option<Timestamp>,
     fx: Effects,
-    // The running batch, written by `write`:
-    dirty: FastMap<Arc<str>, ContactState>,
+    // The running batch, written by `write`: contacts read, and whether the
+    // batch changed them (only those are written).
+    dirty: FastMap<Arc<str>, (ContactState, bool)>,
     far: BTreeSet<(Timestamp, TimerKey)>,
     timer_ops: Vec<(bool, StoredTimer)>,
     offsets: BTreeMap<String, i64>,
-    pools_dirty: bool,
+    /// Every input topic's next offset, this batch included.
+    positions: BTreeMap<String, i64>,
     clock_dirty: bool,
 }
 
@@ -106,7 +109,7 @@ impl Partition {
             far: BTreeSet::new(),
             timer_ops: Vec::new(),
             offsets: BTreeMap::new(),
-            pools_dirty: false,
+            positions: store.offsets_of(id)?.into_iter().collect(),
             clock_dirty: false,
         })
     }
@@ -128,6 +131,47 @@ impl Partition {
     /// with the batch.
     pub fn note_offset(&mut self, topic: &str, next_offset: i64) {
         self.offsets.insert(topic.to_string(), next_offset);
+        self.positions.insert(topic.to_string(), next_offset);
+    }
+
+    /// The changelog records of the running batch: each changed contact's
+    /// state, then the partition's own record (clock, every input offset,
+    /// coupon shares), last. Call before [`Partition::write`].
+    pub fn changelog(&self, mut each: impl FnMut(&[u8], Vec<u8>, bool)) {
+        let defs = self.engine.definitions();
+        for (id, (st, changed)) in &self.dirty {
+            if *changed {
+                each(id.as_bytes(), crate::store::codec::encode(defs, st), false);
+            }
+        }
+        let st = PartitionState {
+            clock: self.clock,
+            offsets: self
+                .positions
+                .iter()
+                .map(|(t, o)| (t.clone(), *o))
+                .collect(),
+            coupons: defs
+                .pools
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let st = self.pools.pool(i as PoolIdx);
+                    (
+                        p.name.to_string(),
+                        CouponShare {
+                            taken: st.taken,
+                            low_warned: st.low_warned,
+                        },
+                    )
+                })
+                .collect(),
+        };
+        each(
+            crate::store::changelog::PARTITION_KEY,
+            encode_partition(&st),
+            true,
+        );
     }
 
     /// Folds one event (its shape and route checked by the caller): fires the
@@ -149,7 +193,7 @@ impl Partition {
             return Ok(Fed::Folded(Folded::Unrouted));
         };
         let id: Arc<str> = Arc::from(ev.contact_id.as_str());
-        let mut st = self.take_contact(store, &id)?;
+        let (mut st, changed) = self.take_contact(store, &id)?;
         self.fx.clear();
         std::mem::swap(&mut self.fx.transitions, out);
         let folded =
@@ -158,10 +202,9 @@ impl Partition {
         std::mem::swap(&mut self.fx.transitions, out);
         if folded == Folded::Applied {
             self.apply_timers(&id);
-            self.pools_dirty |= !defs.pools.is_empty();
-            self.dirty.insert(Arc::clone(&id), st);
+            self.dirty.insert(Arc::clone(&id), (st, true));
         } else {
-            self.dirty.entry(id).or_insert(st);
+            self.dirty.insert(id, (st, changed));
         }
         // A late event's wait may be over already: it fires at the clock.
         if let Some(now) = self.clock {
@@ -225,7 +268,7 @@ impl Partition {
                         contact: contact.to_string(),
                     },
                 ));
-                let mut st = self.take_contact(store, &contact)?;
+                let (mut st, changed) = self.take_contact(store, &contact)?;
                 self.fx.clear();
                 std::mem::swap(&mut self.fx.transitions, out);
                 let fired = self.engine.on_timer(
@@ -241,9 +284,8 @@ impl Partition {
                 std::mem::swap(&mut self.fx.transitions, out);
                 if fired {
                     self.apply_timers(&contact);
-                    self.pools_dirty |= !self.engine.definitions().pools.is_empty();
                 }
-                self.dirty.insert(contact, st);
+                self.dirty.insert(contact, (st, changed || fired));
             }
             if self.horizon > t {
                 return Ok(true);
@@ -279,12 +321,20 @@ impl Partition {
         Ok(())
     }
 
-    fn take_contact(&mut self, store: &Store, id: &Arc<str>) -> Result<ContactState, StoreError> {
+    /// A contact's state, and whether the running batch changed it already.
+    fn take_contact(
+        &mut self,
+        store: &Store,
+        id: &Arc<str>,
+    ) -> Result<(ContactState, bool), StoreError> {
         if let Some(st) = self.dirty.remove(id) {
             return Ok(st);
         }
         let defs = Arc::clone(self.engine.definitions());
-        Ok(store.contact(&defs, self.id, id)?.unwrap_or_default())
+        Ok((
+            store.contact(&defs, self.id, id)?.unwrap_or_default(),
+            false,
+        ))
     }
 
     fn apply_timers(&mut self, contact: &Arc<str>) {
@@ -344,8 +394,10 @@ impl Partition {
     /// Written changes are forgotten here: commit `batch` before feeding more.
     pub fn write(&mut self, batch: &mut Batch<'_>) {
         batch.switch_partition(self.id);
-        for (id, st) in self.dirty.drain() {
-            batch.put_contact(&id, &st);
+        for (id, (st, changed)) in self.dirty.drain() {
+            if changed {
+                batch.put_contact(&id, &st);
+            }
         }
         for (set, t) in self.timer_ops.drain(..) {
             if set {
@@ -363,20 +415,19 @@ impl Partition {
             batch.set_clock(c);
         }
         self.clock_dirty = false;
-        if self.pools_dirty {
-            let defs = Arc::clone(self.engine.definitions());
-            for (i, p) in defs.pools.iter().enumerate() {
-                let st = self.pools.pool(i as PoolIdx);
-                batch.set_coupon_share(
-                    &p.name,
-                    CouponShare {
-                        taken: st.taken,
-                        low_warned: st.low_warned,
-                    },
-                );
-            }
+        // Every share, every time: the store then holds what the changelog's
+        // partition record says (equal digests after a rebuild).
+        let defs = Arc::clone(self.engine.definitions());
+        for (i, p) in defs.pools.iter().enumerate() {
+            let st = self.pools.pool(i as PoolIdx);
+            batch.set_coupon_share(
+                &p.name,
+                CouponShare {
+                    taken: st.taken,
+                    low_warned: st.low_warned,
+                },
+            );
         }
-        self.pools_dirty = false;
         // Written waits are on disk now; the next load finds them there.
         self.far.clear();
     }

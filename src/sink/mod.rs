@@ -1,16 +1,25 @@
 //! Kafka out: the transitions topic (every transition), the sends topic (send
-//! transitions, for mail senders) and the dead-letter topic, through one
-//! idempotent producer.
+//! transitions, for mail senders), the dead-letter topic and the changelog,
+//! through one producer.
 //!
-//! Delivery is tracked per batch: every record of the running batch is kept
-//! until the broker acknowledged it; [`Sink::finish`] waits for all of them,
-//! producing again whatever failed, so the runtime stores input offsets only
-//! once everything they produced is acknowledged (at-least-once; consumers
+//! Exactly-once mode: the producer is transactional. A batch's records, its
+//! changelog records and its input offsets commit as one transaction
+//! ([`Sink::commit_transaction`]); a failure aborts it and the runtime
+//! processes the batch again from its stored state.
+//!
+//! At-least-once mode: an idempotent producer. Every record of the running
+//! batch is kept until the broker acknowledged it; [`Sink::finish`] waits for
+//! all of them, producing again whatever failed, so the runtime stores input
+//! offsets only once everything they produced is acknowledged (consumers
 //! de-duplicate by `transition_id`).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::ConsumerGroupMetadata;
 
 use prost::Message;
 use rdkafka::ClientConfig;
@@ -34,7 +43,24 @@ pub enum SinkError {
     Create(KafkaError),
     #[error("stopped with {0} record(s) not acknowledged by the broker")]
     Interrupted(usize),
+    #[error("transactions: {what}: {source}")]
+    Transaction {
+        what: &'static str,
+        source: KafkaError,
+    },
 }
+
+/// How a transaction ended.
+#[derive(Debug)]
+pub enum TxnOutcome {
+    /// Committed; the highest offset written per partition of the topic asked about.
+    Committed(HashMap<i32, i64>),
+    /// Aborted (nothing of it is visible to `read_committed` readers); why.
+    Aborted(String),
+}
+
+/// How long one transactional call may block before it is retried.
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One record to produce, kept until acknowledged.
 #[derive(Debug, Clone)]
@@ -43,12 +69,14 @@ pub struct OutRecord {
     pub key: Vec<u8>,
     pub value: Vec<u8>,
     pub headers: Vec<(String, Vec<u8>)>,
+    /// None: by the key's hash (librdkafka's default partitioner).
+    pub partition: Option<i32>,
 }
 
-/// Delivery reports of the running batch, by record index.
+/// Delivery reports of the running batch: record index, partition, offset.
 #[derive(Default)]
 pub struct Tracker {
-    acked: Mutex<Vec<usize>>,
+    acked: Mutex<Vec<(usize, i32, i64)>>,
     failed: Mutex<Vec<(usize, String)>>,
 }
 
@@ -59,9 +87,13 @@ impl ProducerContext for Tracker {
 
     fn delivery(&self, result: &DeliveryResult<'_>, index: usize) {
         match result {
-            Ok(_) => {
+            Ok(m) => {
                 if let Ok(mut a) = self.acked.lock() {
-                    a.push(index);
+                    a.push((
+                        index,
+                        rdkafka::Message::partition(m),
+                        rdkafka::Message::offset(m),
+                    ));
                 }
             }
             Err((e, _)) => {
@@ -88,12 +120,26 @@ pub struct Sink {
     pending: Vec<OutRecord>,
     /// Deliveries that failed and were produced again (shared with the run's stats).
     pub retried: Arc<AtomicU64>,
+    transactional: bool,
+    in_txn: bool,
+    /// Why the running transaction could not begin; reported at its commit.
+    begin_failed: Option<KafkaError>,
 }
 
 impl Sink {
-    pub fn new(cfg: &EngineConfig, bootstrap: &str) -> Result<Sink, SinkError> {
+    /// An idempotent producer, transactional with `transactional_id`; a
+    /// transactional one fences every earlier producer with the same id (its
+    /// unfinished transaction is aborted) before this returns.
+    pub fn new(
+        cfg: &EngineConfig,
+        bootstrap: &str,
+        transactional_id: Option<&str>,
+    ) -> Result<Sink, SinkError> {
         let mut config = crate::source::client_config(cfg, bootstrap);
         config.set("enable.idempotence", "true");
+        if let Some(id) = transactional_id {
+            config.set("transactional.id", id);
+        }
         // A batch is flushed as a whole at its end anyway: large produce
         // requests cost the broker far less than many small ones.
         if !cfg.kafka.contains_key("linger.ms") {
@@ -111,18 +157,29 @@ impl Sink {
             // Fail a delivery within a bounded time, so `finish` produces it again.
             config.set("message.timeout.ms", "30000");
         }
+        let producer = Self::producer(&config, transactional_id.is_some())?;
         Ok(Sink {
-            producer: Self::producer(&config)?,
+            producer,
             config,
             pending: Vec::new(),
             retried: Arc::default(),
+            transactional: transactional_id.is_some(),
+            in_txn: false,
+            begin_failed: None,
         })
     }
 
-    fn producer(config: &ClientConfig) -> Result<ThreadedProducer<Tracker>, SinkError> {
-        config
+    fn producer(
+        config: &ClientConfig,
+        transactional: bool,
+    ) -> Result<ThreadedProducer<Tracker>, SinkError> {
+        let p: ThreadedProducer<Tracker> = config
             .create_with_context(Tracker::default())
-            .map_err(SinkError::Create)
+            .map_err(SinkError::Create)?;
+        if transactional {
+            retry_txn("init", || p.init_transactions(TXN_TIMEOUT))?;
+        }
+        Ok(p)
     }
 
     /// Records of the running batch not yet acknowledged (all of them until
@@ -132,6 +189,12 @@ impl Sink {
     }
 
     pub fn send(&mut self, rec: OutRecord) {
+        if self.transactional && !self.in_txn && self.begin_failed.is_none() {
+            match self.producer.begin_transaction() {
+                Ok(()) => self.in_txn = true,
+                Err(e) => self.begin_failed = Some(e),
+            }
+        }
         let index = self.pending.len();
         self.pending.push(rec);
         self.produce(index);
@@ -163,6 +226,7 @@ impl Sink {
                 key: key.clone(),
                 value: value.clone(),
                 headers: headers.clone(),
+                partition: None,
             });
         }
         self.send(OutRecord {
@@ -170,6 +234,7 @@ impl Sink {
             key,
             value,
             headers,
+            partition: None,
         });
     }
 
@@ -186,6 +251,9 @@ impl Sink {
             .key(&rec.key)
             .payload(&rec.value)
             .headers(headers);
+        if let Some(p) = rec.partition {
+            record = record.partition(p);
+        }
         loop {
             match self.producer.send(record) {
                 Ok(()) => return,
@@ -221,7 +289,7 @@ impl Sink {
         loop {
             let _ = self.producer.flush(Duration::from_millis(500));
             let ctx = self.producer.context();
-            for i in take(&ctx.acked) {
+            for (i, _, _) in take(&ctx.acked) {
                 if let Some(a) = acked.get_mut(i)
                     && !*a
                 {
@@ -254,7 +322,7 @@ impl Sink {
             backoff = (backoff * 2).min(Duration::from_secs(5));
             if let Some((code, reason)) = fatal {
                 tracing::warn!(?code, %reason, "fatal producer error; producing the batch through a new producer");
-                self.producer = Self::producer(&self.config)?;
+                self.producer = Self::producer(&self.config, false)?;
                 for i in (0..n).filter(|&i| !acked[i]) {
                     self.retried.fetch_add(1, Ordering::Relaxed);
                     self.produce(i);
@@ -265,6 +333,124 @@ impl Sink {
                     self.produce(i);
                 }
             }
+        }
+    }
+}
+
+impl Sink {
+    /// Commits the running transaction with `offsets` as the group's consumed
+    /// positions (fenced by the group generation in `group`). Reports the
+    /// highest offset written to each partition of `topic` (the changelog).
+    /// An abortable failure aborts it; only a fatal one (this process was
+    /// fenced by another with the same instance id) is an error.
+    pub fn commit_transaction(
+        &mut self,
+        offsets: &TopicPartitionList,
+        group: &ConsumerGroupMetadata,
+        topic: &str,
+    ) -> Result<TxnOutcome, SinkError> {
+        if let Some(e) = self.begin_failed.take() {
+            return self.abort(e, "begin");
+        }
+        if !self.in_txn {
+            if offsets.count() == 0 {
+                return Ok(TxnOutcome::Committed(HashMap::new()));
+            }
+            if let Err(e) = self.producer.begin_transaction() {
+                return self.abort(e, "begin");
+            }
+            self.in_txn = true;
+        }
+        if offsets.count() > 0
+            && let Err(e) =
+                self.txn_call(|p| p.send_offsets_to_transaction(offsets, group, TXN_TIMEOUT))
+        {
+            return self.abort(e, "send offsets");
+        }
+        if let Err(e) = self.txn_call(|p| p.commit_transaction(TXN_TIMEOUT)) {
+            return self.abort(e, "commit");
+        }
+        self.in_txn = false;
+        // Every delivery report is out once the commit returned; take them
+        // as the producer's thread serves them.
+        let mut ends = HashMap::new();
+        let mut seen = 0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while seen < self.pending.len() && Instant::now() < deadline {
+            for (i, partition, offset) in take(&self.producer.context().acked) {
+                seen += 1;
+                if self.pending.get(i).is_some_and(|r| r.topic == topic) {
+                    let e = ends.entry(partition).or_insert(offset);
+                    *e = (*e).max(offset);
+                }
+            }
+            if seen < self.pending.len() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        take(&self.producer.context().failed);
+        if seen < self.pending.len() {
+            // Committed, but some offsets are unknown: the restore position
+            // stays where it was and the next restore reads a little more.
+            tracing::warn!(
+                missing = self.pending.len() - seen,
+                "delivery reports missing after a commit"
+            );
+            ends.clear();
+        }
+        self.pending.clear();
+        Ok(TxnOutcome::Committed(ends))
+    }
+
+    /// Retries a transactional call while librdkafka calls its error retriable.
+    fn txn_call(
+        &self,
+        f: impl Fn(&ThreadedProducer<Tracker>) -> Result<(), KafkaError>,
+    ) -> Result<(), KafkaError> {
+        let mut tries = 0;
+        loop {
+            match f(&self.producer) {
+                Err(KafkaError::Transaction(e)) if e.is_retriable() && tries < 10 => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "retriable transaction error; again");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn abort(&mut self, e: KafkaError, what: &'static str) -> Result<TxnOutcome, SinkError> {
+        let fatal = match &e {
+            KafkaError::Transaction(t) => t.is_fatal(),
+            _ => self.producer.client().fatal_error().is_some(),
+        };
+        if fatal {
+            return Err(SinkError::Transaction { what, source: e });
+        }
+        if self.in_txn {
+            if let Err(a) = self.txn_call(|p| p.abort_transaction(TXN_TIMEOUT)) {
+                return Err(SinkError::Transaction {
+                    what: "abort",
+                    source: a,
+                });
+            }
+            self.in_txn = false;
+        }
+        let ctx = self.producer.context();
+        take(&ctx.acked);
+        take(&ctx.failed);
+        self.pending.clear();
+        Ok(TxnOutcome::Aborted(format!("{what}: {e}")))
+    }
+}
+
+fn retry_txn(what: &'static str, f: impl Fn() -> Result<(), KafkaError>) -> Result<(), SinkError> {
+    let mut tries = 0;
+    loop {
+        match f() {
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && tries < 10 => tries += 1,
+            Err(e) => return Err(SinkError::Transaction { what, source: e }),
+            Ok(()) => return Ok(()),
         }
     }
 }

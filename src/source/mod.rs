@@ -39,6 +39,8 @@ pub fn consumer_config(cfg: &EngineConfig, bootstrap: &str) -> ClientConfig {
     // Eager assignment: a revocation is total, which the runtime's batch
     // boundary handles simply (and cooperative-sticky stalls on noida-db).
     c.set("partition.assignment.strategy", "range");
+    // Producers upstream may be transactional: never fold aborted records.
+    c.set("isolation.level", "read_committed");
     if !cfg.kafka.contains_key("session.timeout.ms") {
         c.set("session.timeout.ms", "10000");
     }
@@ -48,6 +50,21 @@ pub fn consumer_config(cfg: &EngineConfig, bootstrap: &str) -> ClientConfig {
     if !cfg.kafka.contains_key("queued.min.messages") {
         c.set("queued.min.messages", "10000");
     }
+    c
+}
+
+/// A consumer of committed records outside the group (restoring from the
+/// changelog, reading topics for tools): assigned partitions only, its end
+/// reported as a partition EOF at the last stable offset.
+pub fn reader_config(cfg: &EngineConfig, bootstrap: &str) -> ClientConfig {
+    let mut c = client_config(cfg, bootstrap);
+    // Required by librdkafka for a consumer; never joined or committed to.
+    c.set("group.id", format!("{}.reader", cfg.group_id));
+    c.set("enable.auto.commit", "false");
+    c.set("enable.auto.offset.store", "false");
+    c.set("auto.offset.reset", "earliest");
+    c.set("isolation.level", "read_committed");
+    c.set("enable.partition.eof", "true");
     c
 }
 

@@ -13,9 +13,11 @@
 //! | `offsets` | partition u32 ‖ topic | next offset to read, i64 |
 //! | `coupons` | partition u32 ‖ pool name | codes taken u64 ‖ low-stock warned u8 |
 //! | `meta` | partition u32 ‖ `clock` | the partition clock, ms i64 |
+//! | `meta` | partition u32 ‖ `changelog` | the next changelog offset to restore from, i64 (exactly-once) |
 //! | `meta` | `schema_version` (no partition) | u32 |
 //! | `meta` | `partitions` (no partition) | the input topics' partition count, u32 |
 //! | `meta` | `pool/` ‖ pool name (no partition) | the pool's codes as first loaded, one per line |
+//! | `meta` | `guarantee` (no partition) | `exactly_once` or `at_least_once`, as first run |
 //!
 //! Expiries are milliseconds with the sign bit flipped, so byte order is time
 //! order and a prefix scan walks a partition's timers from the earliest. The
@@ -40,6 +42,8 @@ pub const CF_META: &str = "meta";
 const FAMILIES: [&str; 5] = [CF_CONTACTS, CF_TIMERS, CF_OFFSETS, CF_COUPONS, CF_META];
 const SCHEMA_KEY: &[u8] = b"schema_version";
 const CLOCK_SUFFIX: &[u8] = b"clock";
+const CHANGELOG_SUFFIX: &[u8] = b"changelog";
+const GUARANTEE_KEY: &[u8] = b"guarantee";
 const POOL_PREFIX: &[u8] = b"pool/";
 const PARTITIONS_KEY: &[u8] = b"partitions";
 /// All memtables together (RocksDB flushes the largest when it is reached).
@@ -159,6 +163,23 @@ impl Batch<'_> {
             cf,
             prefixed(self.partition, &[topic.as_bytes()]),
             next_offset.to_be_bytes(),
+        );
+    }
+
+    /// Removes a contact (a tombstone in the changelog).
+    pub fn delete_contact(&mut self, contact: &str) {
+        let cf = self.store.cf(CF_CONTACTS);
+        self.wb
+            .delete_cf(cf, prefixed(self.partition, &[contact.as_bytes()]));
+    }
+
+    /// The changelog is applied up to `next` (exclusive).
+    pub fn set_changelog_position(&mut self, next: i64) {
+        let cf = self.store.cf(CF_META);
+        self.wb.put_cf(
+            cf,
+            prefixed(self.partition, &[CHANGELOG_SUFFIX]),
+            next.to_be_bytes(),
         );
     }
 
@@ -337,6 +358,118 @@ impl Store {
                 .map_err(|_| self.corrupt("offset"))
         })
         .transpose()
+    }
+
+    /// Every input offset stored for `partition`, by topic.
+    pub fn offsets_of(&self, partition: u32) -> Result<Vec<(String, i64)>, StoreError> {
+        let prefix = partition.to_be_bytes();
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_OFFSETS),
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
+            let (k, v) = item.map_err(|e| self.err("scan offsets", e))?;
+            if k.len() < 4 || k[..4] != prefix {
+                break;
+            }
+            let topic = String::from_utf8(k[4..].to_vec()).map_err(|_| self.corrupt("offset"))?;
+            let next = v
+                .as_ref()
+                .try_into()
+                .map(i64::from_be_bytes)
+                .map_err(|_| self.corrupt("offset"))?;
+            out.push((topic, next));
+        }
+        Ok(out)
+    }
+
+    /// Where restoring `partition` from the changelog goes on from (exactly-once mode).
+    pub fn changelog_position(&self, partition: u32) -> Result<Option<i64>, StoreError> {
+        let key = prefixed(partition, &[CHANGELOG_SUFFIX]);
+        let v = self
+            .db
+            .get_pinned_cf(self.cf(CF_META), key)
+            .map_err(|e| self.err("read changelog position", e))?;
+        v.map(|v| {
+            v.as_ref()
+                .try_into()
+                .map(i64::from_be_bytes)
+                .map_err(|_| self.corrupt("changelog position"))
+        })
+        .transpose()
+    }
+
+    /// Partitions the store holds anything for (offsets or a changelog position).
+    pub fn stored_partitions(&self) -> Result<Vec<u32>, StoreError> {
+        let mut out = std::collections::BTreeSet::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_OFFSETS), IteratorMode::Start)
+        {
+            let (k, _) = item.map_err(|e| self.err("scan offsets", e))?;
+            if let Some(p) = k.get(..4) {
+                out.insert(u32::from_be_bytes(p.try_into().unwrap_or_default()));
+            }
+        }
+        for item in self.db.iterator_cf(self.cf(CF_META), IteratorMode::Start) {
+            let (k, _) = item.map_err(|e| self.err("scan meta", e))?;
+            if k.len() == 4 + CHANGELOG_SUFFIX.len() && k.ends_with(CHANGELOG_SUFFIX) {
+                out.insert(u32::from_be_bytes(k[..4].try_into().unwrap_or_default()));
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// The delivery guarantee the store was first run with.
+    pub fn guarantee(&self) -> Result<Option<String>, StoreError> {
+        let v = self
+            .db
+            .get_pinned_cf(self.cf(CF_META), GUARANTEE_KEY)
+            .map_err(|e| self.err("read guarantee", e))?;
+        v.map(|v| {
+            std::str::from_utf8(&v)
+                .map(str::to_string)
+                .map_err(|_| self.corrupt("guarantee"))
+        })
+        .transpose()
+    }
+
+    pub fn set_guarantee(&self, g: &str) -> Result<(), StoreError> {
+        self.db
+            .put_cf(self.cf(CF_META), GUARANTEE_KEY, g)
+            .map_err(|e| self.err("write guarantee", e))
+    }
+
+    /// A digest of everything the store holds for `partition` (contacts,
+    /// timers, input offsets, coupon shares, clock), in key order; the
+    /// changelog position, which is bookkeeping of the restore, is left out.
+    /// Two stores with the same digest hold the same state.
+    pub fn digest(&self, partition: u32) -> Result<(u64, u64), StoreError> {
+        let prefix = partition.to_be_bytes();
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        let mut entries = 0u64;
+        for name in FAMILIES {
+            h.update(name.as_bytes());
+            h.update(&[0]);
+            for item in self.db.iterator_cf(
+                self.cf(name),
+                IteratorMode::From(&prefix, Direction::Forward),
+            ) {
+                let (k, v) = item.map_err(|e| self.err("scan for digest", e))?;
+                if k.len() < 4 || k[..4] != prefix {
+                    break;
+                }
+                if name == CF_META && &k[4..] == CHANGELOG_SUFFIX {
+                    continue;
+                }
+                h.update(&(k.len() as u64).to_be_bytes());
+                h.update(&k);
+                h.update(&(v.len() as u64).to_be_bytes());
+                h.update(&v);
+                entries += 1;
+            }
+        }
+        Ok((h.digest(), entries))
     }
 
     pub fn clock(&self, partition: u32) -> Result<Option<Timestamp>, StoreError> {

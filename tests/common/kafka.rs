@@ -52,6 +52,7 @@ pub struct Topics {
     pub transitions: String,
     pub sends: String,
     pub dead_letters: String,
+    pub changelog: String,
     pub group: String,
 }
 
@@ -63,6 +64,7 @@ impl Topics {
             transitions: format!("{t}.transitions"),
             sends: format!("{t}.sends"),
             dead_letters: format!("{t}.dlq"),
+            changelog: format!("{t}.changelog"),
             group: format!("{t}.group"),
         }
     }
@@ -78,6 +80,7 @@ impl Topics {
             &self.transitions,
             &self.sends,
             &self.dead_letters,
+            &self.changelog,
         ];
         let topics: Vec<_> = names
             .iter()
@@ -113,12 +116,25 @@ impl Topics {
         conversations: &[&str],
         extra: &str,
     ) -> EngineConfig {
+        let text = self.config_text(bootstrap, state_dir, conversations, extra);
+        parse_engine(Path::new("test.toml"), &text, std::iter::empty())
+            .unwrap_or_else(|e| panic!("test config: {:?}", e.diagnostics))
+    }
+
+    /// The engine config's text (for a file given to the `winback` binary).
+    pub fn config_text(
+        &self,
+        bootstrap: &str,
+        state_dir: &Path,
+        conversations: &[&str],
+        extra: &str,
+    ) -> String {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let convs: Vec<String> = conversations
             .iter()
             .map(|c| format!("{:?}", root.join(c).display().to_string()))
             .collect();
-        let text = format!(
+        format!(
             r#"conversations = [{convs}]
 state_dir = {state:?}
 [broker]
@@ -131,6 +147,7 @@ format = "json"
 transitions = {transitions:?}
 sends = {sends:?}
 dead_letters = {dlq:?}
+changelog = {changelog:?}
 [processing]
 commit_interval_ms = 200
 {extra}
@@ -143,9 +160,8 @@ commit_interval_ms = 200
             transitions = self.transitions,
             sends = self.sends,
             dlq = self.dead_letters,
-        );
-        parse_engine(Path::new("test.toml"), &text, std::iter::empty())
-            .unwrap_or_else(|e| panic!("test config: {:?}", e.diagnostics))
+            changelog = self.changelog,
+        )
     }
 }
 
@@ -155,6 +171,16 @@ pub fn produce(topic: &str, records: &[(String, Vec<u8>)]) {
 }
 
 pub fn produce_on(bootstrap: &str, topic: &str, records: &[(String, Vec<u8>)]) {
+    produce_to(bootstrap, topic, records, |_| None)
+}
+
+/// Produces records to the partition `partition` picks (None: by key hash).
+fn produce_to(
+    bootstrap: &str,
+    topic: &str,
+    records: &[(String, Vec<u8>)],
+    partition: impl Fn(&str) -> Option<i32>,
+) {
     let p: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
@@ -162,6 +188,9 @@ pub fn produce_on(bootstrap: &str, topic: &str, records: &[(String, Vec<u8>)]) {
         .expect("producer");
     for (k, v) in records {
         let mut rec = BaseRecord::to(topic).key(k.as_bytes()).payload(v);
+        if let Some(p) = partition(k) {
+            rec = rec.partition(p);
+        }
         loop {
             match p.send(rec) {
                 Ok(()) => break,
@@ -194,6 +223,7 @@ pub fn read_on(bootstrap: &str, topic: &str, want: usize, timeout: Duration) -> 
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
         .set("receive.message.max.bytes", "2147483647")
         .create()
         .expect("consumer");
@@ -370,6 +400,51 @@ pub fn keyed(lines: &[String]) -> Vec<(String, Vec<u8>)> {
             (ev.contact_id, l.as_bytes().to_vec())
         })
         .collect()
+}
+
+/// The partition a test puts a contact's events in (its own rule, so that
+/// the oracle knows it).
+pub fn partition_of(contact: &str, partitions: i32) -> i32 {
+    (xxhash_rust::xxh3::xxh3_64(contact.as_bytes()) % partitions as u64) as i32
+}
+
+/// Produces keyed lines, each to `partition_of` its contact.
+pub fn produce_partitioned(topic: &str, lines: &[String], partitions: i32) {
+    produce_to(&brokers(), topic, &keyed(lines), |k| {
+        Some(partition_of(k, partitions))
+    });
+}
+
+/// The oracle for `produce_partitioned` input: `simulate` per partition,
+/// each with its share of the coupon pools.
+pub fn simulate_partitioned(
+    defs: &Arc<Definitions>,
+    lines: &[String],
+    until: Timestamp,
+    partitions: i32,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in 0..partitions {
+        let mut sim = winback::sim::Simulator::for_partition(
+            Arc::clone(defs),
+            p as usize,
+            partitions as usize,
+        );
+        let mut got = Vec::new();
+        for l in lines {
+            if let Ok(ev) = winback::wire::json::decode_event(l)
+                && partition_of(&ev.contact_id, partitions) == p
+            {
+                let _ = sim.feed(&ev, &mut got);
+            }
+        }
+        sim.advance_to(until, &mut got);
+        out.extend(
+            got.iter()
+                .map(|t| winback::wire::json::encode_transition(defs, t)),
+        );
+    }
+    out
 }
 
 /// `simulate` over the same lines, to `until`: the oracle.
