@@ -48,6 +48,7 @@ pub const RESERVED_KAFKA_KEYS: &[&str] = &[
     "auto.offset.reset",
     "partition.assignment.strategy",
     "transactional.id",
+    "group.instance.id",
     "isolation.level",
     "enable.partition.eof",
 ];

@@ -39,6 +39,9 @@ pub fn consumer_config(cfg: &EngineConfig, bootstrap: &str) -> ClientConfig {
     // Eager assignment: a revocation is total, which the runtime's batch
     // boundary handles simply (and cooperative-sticky stalls on noida-db).
     c.set("partition.assignment.strategy", "range");
+    // Static membership: a restarted process takes its predecessor's place
+    // (and partitions) at once instead of waiting out its session.
+    c.set("group.instance.id", &cfg.instance_id);
     // Producers upstream may be transactional: never fold aborted records.
     c.set("isolation.level", "read_committed");
     if !cfg.kafka.contains_key("session.timeout.ms") {

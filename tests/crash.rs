@@ -1,0 +1,170 @@
+//! The crash harness: `winback run` (the binary, exactly-once mode) over a
+//! stream of purchases whose waits expire during the run, killed with SIGKILL
+//! at random moments and restarted, every other time with an empty state
+//! directory. Afterwards a `read_committed` reader must see exactly the
+//! transitions of `simulate` on the same events - every send once - and no
+//! coupon code twice.
+//!
+//! `WINBACK_CRASH_KILLS` (default 20) and `WINBACK_CRASH_CONTACTS` (default
+//! 3000) scale it; `WINBACK_CRASH_SEED` picks another kill schedule.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::kafka::{self, Topics, assert_same};
+use common::{SEEDS, definitions};
+use winback::domain::Timestamp;
+
+const PARTITIONS: i32 = 2;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn spawn(config: &Path, log: &Path) -> Child {
+    let log = std::fs::File::create(log).expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_winback"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start winback run")
+}
+
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let key = format!("\"{name}\":\"");
+    let start = line.find(&key)? + key.len();
+    let len = line[start..].find('"')?;
+    Some(&line[start..start + len])
+}
+
+#[test]
+fn sigkill_at_random_moments_loses_no_send_and_duplicates_none() {
+    let kills = env_or("WINBACK_CRASH_KILLS", 20);
+    let contacts = env_or("WINBACK_CRASH_CONTACTS", 3000) as usize;
+    let mut x = env_or("WINBACK_CRASH_SEED", 0x5eed) | 1;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+
+    let defs = definitions(&SEEDS);
+    let topics = Topics::fresh();
+    topics.create(PARTITIONS);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = dir.path().join("winback.toml");
+    std::fs::write(
+        &config,
+        topics.config_text(&kafka::brokers(), &state, &SEEDS, ""),
+    )
+    .unwrap();
+
+    // Dated January to July 2026: by the wall clock every wait is over, so
+    // the caught-up engine fires all of them, as `simulate` does to `until`.
+    let lines = kafka::purchase_stream(contacts, 200, 99);
+    let until = Timestamp::parse_rfc3339("2027-06-01T00:00:00Z").unwrap();
+    let now = Timestamp(chrono::Utc::now().timestamp_millis());
+    assert!(
+        now > Timestamp::parse_rfc3339("2026-11-01T00:00:00Z").unwrap() && now < until,
+        "the wall clock must be past every wait of the stream and before `until`"
+    );
+    let expected = kafka::simulate_partitioned(&defs, &lines, until, PARTITIONS);
+    let sends = expected
+        .iter()
+        .filter(|l| l.contains("\"type\":\"send\""))
+        .count();
+    assert!(sends > 100, "the stream sends too little to test: {sends}");
+    kafka::produce_partitioned(&topics.input, &lines, PARTITIONS);
+
+    let mut seen = Vec::new();
+    for i in 0..kills {
+        if i % 2 == 1 {
+            // The disk is lost: the next start restores from the changelog.
+            let _ = std::fs::remove_dir_all(&state);
+        }
+        let mut child = spawn(&config, &dir.path().join(format!("run-{i}.log")));
+        let after = Duration::from_millis(300 + rnd() % 2700);
+        std::thread::sleep(after);
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped");
+        // At least this many (a short read): shows the kills land mid-stream.
+        let committed = kafka::read(&topics.transitions, usize::MAX, Duration::from_secs(1)).len();
+        seen.push((after.as_millis(), committed));
+    }
+    eprintln!(
+        "{} transitions expected; kills (ms after start, transitions seen committed): {seen:?}",
+        expected.len()
+    );
+
+    // The last run is left to finish, then stopped gracefully.
+    let mut child = spawn(&config, &dir.path().join("run-last.log"));
+    let deadline = Instant::now() + Duration::from_secs(env_or("WINBACK_CRASH_FINISH_S", 300));
+    let mut got = Vec::new();
+    while got.len() < expected.len() && Instant::now() < deadline {
+        got = kafka::read(&topics.transitions, expected.len(), Duration::from_secs(5));
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(dir.path().join("run-last.log")).unwrap_or_default();
+            panic!("winback run exited early ({status}):\n{log}");
+        }
+    }
+    if got.len() < expected.len() {
+        let log = std::fs::read_to_string(dir.path().join("run-last.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let _ = child.kill();
+        panic!(
+            "{} of {} transitions committed; the last run's log ends:\n{}",
+            got.len(),
+            expected.len(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    // Anything more (a duplicate) would be committed within a few intervals.
+    std::thread::sleep(Duration::from_secs(2));
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(term.success());
+    let status = child.wait().expect("reaped");
+    let log = std::fs::read_to_string(dir.path().join("run-last.log")).unwrap_or_default();
+    assert!(status.success(), "graceful stop failed ({status}):\n{log}");
+
+    let got = kafka::as_json(&kafka::read(
+        &topics.transitions,
+        usize::MAX,
+        Duration::from_secs(5),
+    ));
+    assert_same(&got, &expected);
+
+    let sent = kafka::as_json(&kafka::read(
+        &topics.sends,
+        usize::MAX,
+        Duration::from_secs(5),
+    ));
+    assert_eq!(
+        sent.len(),
+        sends,
+        "every send exactly once on the sends topic"
+    );
+    let mut codes: BTreeMap<&str, usize> = BTreeMap::new();
+    for l in got
+        .iter()
+        .filter(|l| l.contains("\"type\":\"coupon_assigned\""))
+    {
+        *codes.entry(field(l, "code").expect("a code")).or_default() += 1;
+    }
+    assert!(!codes.is_empty(), "no coupon was handed out");
+    let twice: Vec<_> = codes.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "codes handed out twice: {twice:?}");
+}
