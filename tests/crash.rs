@@ -11,9 +11,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::kafka::{self, Topics, assert_same};
 use common::{SEEDS, definitions};
@@ -26,17 +24,6 @@ fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn spawn(config: &Path, log: &Path) -> Child {
-    let log = std::fs::File::create(log).expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_winback"))
-        .args(["run", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start winback run")
 }
 
 fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
@@ -93,7 +80,7 @@ fn sigkill_at_random_moments_loses_no_send_and_duplicates_none() {
             // The disk is lost: the next start restores from the changelog.
             let _ = std::fs::remove_dir_all(&state);
         }
-        let mut child = spawn(&config, &dir.path().join(format!("run-{i}.log")));
+        let mut child = kafka::spawn_run(&config, &dir.path().join(format!("run-{i}.log")));
         let after = Duration::from_millis(300 + rnd() % 2700);
         std::thread::sleep(after);
         child.kill().expect("SIGKILL");
@@ -108,37 +95,29 @@ fn sigkill_at_random_moments_loses_no_send_and_duplicates_none() {
     );
 
     // The last run is left to finish, then stopped gracefully.
-    let mut child = spawn(&config, &dir.path().join("run-last.log"));
-    let deadline = Instant::now() + Duration::from_secs(env_or("WINBACK_CRASH_FINISH_S", 300));
-    let mut got = Vec::new();
-    while got.len() < expected.len() && Instant::now() < deadline {
-        got = kafka::read(&topics.transitions, expected.len(), Duration::from_secs(5));
-        if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(dir.path().join("run-last.log")).unwrap_or_default();
-            panic!("winback run exited early ({status}):\n{log}");
-        }
-    }
+    let mut child = kafka::spawn_run(&config, &dir.path().join("run-last.log"));
+    let last_log = dir.path().join("run-last.log");
+    let got = kafka::read_until(
+        &topics.transitions,
+        expected.len(),
+        Duration::from_secs(env_or("WINBACK_CRASH_FINISH_S", 300)),
+    );
     if got.len() < expected.len() {
-        let log = std::fs::read_to_string(dir.path().join("run-last.log")).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
         let _ = child.kill();
         panic!(
             "{} of {} transitions committed; the last run's log ends:\n{}",
             got.len(),
             expected.len(),
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            kafka::log_tail(&last_log, 40)
         );
     }
     // Anything more (a duplicate) would be committed within a few intervals.
     std::thread::sleep(Duration::from_secs(2));
-    let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(term.success());
-    let status = child.wait().expect("reaped");
-    let log = std::fs::read_to_string(dir.path().join("run-last.log")).unwrap_or_default();
-    assert!(status.success(), "graceful stop failed ({status}):\n{log}");
+    assert!(
+        kafka::terminate(&mut child),
+        "graceful stop failed:\n{}",
+        kafka::log_tail(&last_log, 40)
+    );
 
     let got = kafka::as_json(&kafka::read(
         &topics.transitions,

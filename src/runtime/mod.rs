@@ -895,8 +895,20 @@ impl Loop {
         if events.is_empty() {
             return Ok(());
         }
-        // Everything folded so far becomes durable before partitions move.
-        self.commit()?;
+        let revoked = events.iter().any(|e| matches!(e, Rebalanced::Revoked(_)));
+        if revoked && self.cfg.guarantee == Guarantee::ExactlyOnce {
+            // The rebalance is under way once the revocation returned: a new
+            // owner may already restore and process these partitions, so a
+            // commit now could duplicate its work. The batch is undone
+            // instead (nothing of it is visible) and done again by whoever
+            // owns each partition next.
+            self.sink.abort_transaction()?;
+            self.stats.aborted.fetch_add(1, Ordering::Relaxed);
+            self.rollback()?;
+        } else {
+            // Everything folded so far becomes durable before partitions move.
+            self.commit()?;
+        }
         for ev in events {
             match ev {
                 Rebalanced::Failed(e) => return Err(e),

@@ -64,9 +64,10 @@ pub fn restore_partition(
         // belong to the changelog: start clean.
         store.drop_partition(partition)?;
     }
-    let consumer: BaseConsumer = crate::source::reader_config(cfg, bootstrap)
-        .create()
-        .map_err(kafka("create the changelog reader"))?;
+    let consumer: BaseConsumer<crate::source::Reader> =
+        crate::source::reader_config(cfg, bootstrap)
+            .create_with_context(crate::source::Reader)
+            .map_err(kafka("create the changelog reader"))?;
     let (_, high) = consumer
         .fetch_watermarks(topic, partition as i32, Duration::from_secs(10))
         .map_err(kafka(format!("watermarks of {topic}[{partition}]")))?;

@@ -419,6 +419,24 @@ impl Sink {
         }
     }
 
+    /// Aborts the running transaction, if any: nothing of it becomes visible.
+    pub fn abort_transaction(&mut self) -> Result<(), SinkError> {
+        self.begin_failed = None;
+        if self.in_txn {
+            self.txn_call(|p| p.abort_transaction(TXN_TIMEOUT))
+                .map_err(|source| SinkError::Transaction {
+                    what: "abort",
+                    source,
+                })?;
+            self.in_txn = false;
+        }
+        let ctx = self.producer.context();
+        take(&ctx.acked);
+        take(&ctx.failed);
+        self.pending.clear();
+        Ok(())
+    }
+
     fn abort(&mut self, e: KafkaError, what: &'static str) -> Result<TxnOutcome, SinkError> {
         let fatal = match &e {
             KafkaError::Transaction(t) => t.is_fatal(),
@@ -427,19 +445,7 @@ impl Sink {
         if fatal {
             return Err(SinkError::Transaction { what, source: e });
         }
-        if self.in_txn {
-            if let Err(a) = self.txn_call(|p| p.abort_transaction(TXN_TIMEOUT)) {
-                return Err(SinkError::Transaction {
-                    what: "abort",
-                    source: a,
-                });
-            }
-            self.in_txn = false;
-        }
-        let ctx = self.producer.context();
-        take(&ctx.acked);
-        take(&ctx.failed);
-        self.pending.clear();
+        self.abort_transaction()?;
         Ok(TxnOutcome::Aborted(format!("{what}: {e}")))
     }
 }

@@ -71,6 +71,22 @@ pub fn reader_config(cfg: &EngineConfig, bootstrap: &str) -> ClientConfig {
     c
 }
 
+/// The context of a [`reader_config`] consumer: reaching a partition's end
+/// is what it reads for, not an error to log.
+pub struct Reader;
+
+impl rdkafka::ClientContext for Reader {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let eof = matches!(error, rdkafka::error::KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(rdkafka::error::RDKafkaErrorCode::PartitionEOF);
+        if !eof {
+            tracing::warn!(%error, reason, "Kafka reader");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Reader {}
+
 /// Why an input record cannot be folded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected(pub String);

@@ -478,3 +478,42 @@ pub fn assert_same(got: &[String], want: &[String]) {
         );
     }
 }
+
+/// `winback run --config config` as a child process, its log in `log`.
+pub fn spawn_run(config: &Path, log: &Path) -> std::process::Child {
+    let log = std::fs::File::create(log).expect("log file");
+    std::process::Command::new(env!("CARGO_BIN_EXE_winback"))
+        .args(["run", "--config", config.to_str().expect("UTF-8 path")])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start winback run")
+}
+
+/// Stops a `winback run` child with SIGTERM; true if it exited with success.
+pub fn terminate(child: &mut std::process::Child) -> bool {
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    sent && child.wait().is_ok_and(|s| s.success())
+}
+
+/// Reads `topic` until it holds `want` records or `timeout` passed (each
+/// read from the start; a short read is retried).
+pub fn read_until(topic: &str, want: usize, timeout: Duration) -> Vec<Read> {
+    let deadline = Instant::now() + timeout;
+    let mut got = Vec::new();
+    while got.len() < want && Instant::now() < deadline {
+        got = read(topic, want, Duration::from_secs(5));
+    }
+    got
+}
+
+/// The last `n` lines of a log file.
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

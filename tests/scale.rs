@@ -1,0 +1,167 @@
+//! Scale-out: two and three `winback run` processes (the binary, each with
+//! its own state directory) in one consumer group share the input partitions,
+//! moving them (revoke, commit, restore from the changelog) as members join;
+//! one of them is killed with SIGKILL mid-run and replaced by a process with
+//! an empty disk, which restores its partitions from the changelog. The committed output
+//! must be exactly what one process gives on the same input (`simulate` per
+//! partition, which the single-process tests hold the runtime to), and no
+//! coupon code may be handed out twice across processes.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::kafka::{self, Topics, assert_same};
+use common::{SEEDS, definitions};
+use winback::domain::Timestamp;
+
+const PARTITIONS: i32 = 6;
+
+fn assigned(log: &std::path::Path) -> bool {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.contains("assigned") && l.contains("partitions=[("))
+}
+
+fn group_of(processes: usize, seed: u64, kill: bool) {
+    let defs = definitions(&SEEDS);
+    let topics = Topics::fresh();
+    topics.create(PARTITIONS);
+    let dir = tempfile::tempdir().unwrap();
+    let lines = kafka::purchase_stream(2000, 200, seed);
+    let until = Timestamp::parse_rfc3339("2027-06-01T00:00:00Z").unwrap();
+    let expected = kafka::simulate_partitioned(&defs, &lines, until, PARTITIONS);
+    kafka::produce_partitioned(&topics.input, &lines, PARTITIONS);
+
+    let mut children = Vec::new();
+    for i in 0..processes {
+        let config = dir.path().join(format!("p{i}.toml"));
+        let state = dir.path().join(format!("state-{i}"));
+        std::fs::write(
+            &config,
+            // noida-db completes a rebalance that waits on a dead member
+            // only after the rebalance timeout (Kafka: its session timeout).
+            topics.config_text(
+                &kafka::brokers(),
+                &state,
+                &SEEDS,
+                "[kafka]\n\"session.timeout.ms\" = 6000\n\"max.poll.interval.ms\" = 15000\n",
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join(format!("p{i}.log"));
+        children.push((kafka::spawn_run(&config, &log), log));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mut killed = Vec::new();
+    if kill {
+        // Once it has partitions and work is under way, one process dies.
+        let (mut victim, log) = children.remove(processes - 1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !assigned(&log) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never assigned:\n{}",
+                kafka::log_tail(&log, 30)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        victim.kill().expect("SIGKILL");
+        victim.wait().expect("reaped");
+        killed.push(log);
+        // Its machine is replaced: same config, empty disk. (noida-db never
+        // expires a dead member of a stable group, so the survivors would
+        // wait for it forever; Kafka hands its partitions to them after its
+        // session timeout, through the same revoke/assign/restore path the
+        // joins above take.)
+        let i = processes - 1;
+        std::fs::remove_dir_all(dir.path().join(format!("state-{i}"))).unwrap();
+        let log = dir.path().join(format!("p{i}-replacement.log"));
+        children.push((
+            kafka::spawn_run(&dir.path().join(format!("p{i}.toml")), &log),
+            log,
+        ));
+    }
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let mut got = Vec::new();
+    while got.len() < expected.len() && std::time::Instant::now() < deadline {
+        got = kafka::read(&topics.transitions, expected.len(), Duration::from_secs(5));
+        for (child, log) in &mut children {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("a process exited ({status}):\n{}", kafka::log_tail(log, 30));
+            }
+        }
+    }
+    let logs = || {
+        children
+            .iter()
+            .map(|(_, l)| kafka::log_tail(l, 30))
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    assert!(
+        got.len() >= expected.len(),
+        "{} of {} transitions committed; logs:\n{}",
+        got.len(),
+        expected.len(),
+        logs()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    for (child, log) in &mut children {
+        assert!(
+            kafka::terminate(child),
+            "graceful stop failed:\n{}",
+            kafka::log_tail(log, 30)
+        );
+    }
+
+    // Every process had partitions of its own at some point.
+    for (_, log) in &children {
+        assert!(
+            assigned(log),
+            "a process never got partitions:\n{}",
+            kafka::log_tail(log, 30)
+        );
+    }
+
+    let got = kafka::as_json(&kafka::read(
+        &topics.transitions,
+        usize::MAX,
+        Duration::from_secs(5),
+    ));
+    assert_same(&got, &expected);
+    let mut codes = BTreeSet::new();
+    for l in got
+        .iter()
+        .filter(|l| l.contains("\"type\":\"coupon_assigned\""))
+    {
+        let code = l
+            .split("\"code\":\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next());
+        assert!(
+            codes.insert(code.expect("a code")),
+            "code handed out twice: {l}"
+        );
+    }
+    assert!(!codes.is_empty());
+}
+
+#[test]
+fn two_processes_one_killed_give_the_transitions_of_one() {
+    group_of(2, 21, true);
+}
+
+#[test]
+fn two_processes_give_the_transitions_of_one() {
+    group_of(2, 23, false);
+}
+
+#[test]
+fn three_processes_one_killed_give_the_transitions_of_one() {
+    group_of(3, 22, true);
+}
