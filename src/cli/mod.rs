@@ -1,6 +1,7 @@
 //! The command line: parse and validate first, act after.
 
 mod produce;
+mod reprocess;
 mod run;
 mod simulate;
 mod state;
@@ -73,6 +74,9 @@ enum Command {
     Produce(produce::Args),
     /// Print the transitions (or sends, or dead letters) topic as JSON lines.
     Tail(tail::Args),
+    /// Re-derive transitions from the input topics' history with event time,
+    /// to a separate topic, a file or a summary (never the live topics).
+    Reprocess(reprocess::Args),
     /// Rebuild the local state from the changelog topic (exactly-once mode).
     Rebuild(state::RebuildArgs),
     /// Inspect the local state.
@@ -98,6 +102,7 @@ pub fn main() -> Result<ExitCode, CliError> {
         Command::Run(args) => run::run(&args),
         Command::Produce(args) => produce::run(&args),
         Command::Tail(args) => tail::run(&args),
+        Command::Reprocess(args) => reprocess::run(&args),
         Command::Rebuild(args) => state::rebuild(&args),
         Command::State(StateCommand::Digest(args)) => state::digest(&args),
     }

@@ -34,21 +34,22 @@ pub struct Args {
     pub format: Format,
 }
 
+/// What a run over events did (`simulate`, `reprocess`), printed to stderr.
 #[derive(Default)]
-struct Summary {
-    lines: u64,
-    folded: u64,
-    duplicates: u64,
-    malformed: u64,
+pub(super) struct Summary {
+    pub lines: u64,
+    pub folded: u64,
+    pub duplicates: u64,
+    pub malformed: u64,
     /// Event names no definition uses, with their counts: a misspelt event
     /// name shows up here instead of silently entering nobody.
-    unrouted: BTreeMap<String, u64>,
-    by_type: BTreeMap<&'static str, u64>,
-    sends_per_week: BTreeMap<(i32, u32), u64>,
+    pub unrouted: BTreeMap<String, u64>,
+    pub by_type: BTreeMap<&'static str, u64>,
+    pub sends_per_week: BTreeMap<(i32, u32), u64>,
 }
 
 impl Summary {
-    fn count(&mut self, t: &Transition) {
+    pub fn count(&mut self, t: &Transition) {
         *self.by_type.entry(t.kind.type_name()).or_default() += 1;
         if matches!(t.kind, TransitionKind::Send { .. })
             && let Some(dt) = chrono::DateTime::from_timestamp_millis(t.at.0)
@@ -58,7 +59,7 @@ impl Summary {
         }
     }
 
-    fn print(&self, clock: Option<Timestamp>) {
+    pub fn print(&self, clock: Option<Timestamp>) {
         eprintln!(
             "events: {} line(s), {} folded, {} duplicate(s) ignored, {} malformed skipped",
             self.lines, self.folded, self.duplicates, self.malformed

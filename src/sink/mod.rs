@@ -203,39 +203,13 @@ impl Sink {
     /// Adds a transition: to the transitions topic, and a send also to the
     /// sends topic. Keyed by contact id.
     pub fn send_transition(&mut self, defs: &Definitions, cfg: &EngineConfig, t: &Transition) {
-        let pb = wire::proto::transition_to_pb(defs, t);
-        let value = pb.encode_to_vec();
-        let headers = vec![
-            (
-                HEADER_TYPE.to_string(),
-                t.kind.type_name().as_bytes().to_vec(),
-            ),
-            (
-                HEADER_CONVERSATION.to_string(),
-                pb.conversation.into_bytes(),
-            ),
-            (
-                HEADER_TRANSITION_ID.to_string(),
-                pb.transition_id.into_bytes(),
-            ),
-        ];
-        let key = t.contact.as_bytes().to_vec();
+        let rec = transition_record(defs, t, &cfg.outputs.transitions);
         if matches!(t.kind, TransitionKind::Send { .. }) {
-            self.send(OutRecord {
-                topic: cfg.outputs.sends.clone(),
-                key: key.clone(),
-                value: value.clone(),
-                headers: headers.clone(),
-                partition: None,
-            });
+            let mut send = rec.clone();
+            send.topic.clone_from(&cfg.outputs.sends);
+            self.send(send);
         }
-        self.send(OutRecord {
-            topic: cfg.outputs.transitions.clone(),
-            key,
-            value,
-            headers,
-            partition: None,
-        });
+        self.send(rec);
     }
 
     fn produce(&mut self, index: usize) {
@@ -458,6 +432,33 @@ fn retry_txn(what: &'static str, f: impl Fn() -> Result<(), KafkaError>) -> Resu
             Err(e) => return Err(SinkError::Transaction { what, source: e }),
             Ok(()) => return Ok(()),
         }
+    }
+}
+
+/// A transition as a record of `topic`: `winback.v1.Transition`, keyed by
+/// contact id, with the type, conversation and transition id as headers.
+pub fn transition_record(defs: &Definitions, t: &Transition, topic: &str) -> OutRecord {
+    let pb = wire::proto::transition_to_pb(defs, t);
+    let value = pb.encode_to_vec();
+    OutRecord {
+        topic: topic.to_string(),
+        key: t.contact.as_bytes().to_vec(),
+        value,
+        headers: vec![
+            (
+                HEADER_TYPE.to_string(),
+                t.kind.type_name().as_bytes().to_vec(),
+            ),
+            (
+                HEADER_CONVERSATION.to_string(),
+                pb.conversation.into_bytes(),
+            ),
+            (
+                HEADER_TRANSITION_ID.to_string(),
+                pb.transition_id.into_bytes(),
+            ),
+        ],
+        partition: None,
     }
 }
 

@@ -70,38 +70,16 @@ impl Topics {
     }
 
     pub fn create(&self, partitions: i32) {
-        let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
-            ClientConfig::new()
-                .set("bootstrap.servers", brokers())
-                .create()
-                .expect("admin client");
-        let names = [
-            &self.input,
-            &self.transitions,
-            &self.sends,
-            &self.dead_letters,
-            &self.changelog,
-        ];
-        let topics: Vec<_> = names
-            .iter()
-            .map(|n| {
-                rdkafka::admin::NewTopic::new(
-                    n,
-                    partitions,
-                    rdkafka::admin::TopicReplication::Fixed(1),
-                )
-            })
-            .collect();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let res = rt
-            .block_on(admin.create_topics(&topics, &rdkafka::admin::AdminOptions::new()))
-            .expect("create topics");
-        for r in res {
-            r.expect("topic created");
-        }
+        create_topics(
+            &[
+                &self.input,
+                &self.transitions,
+                &self.sends,
+                &self.dead_letters,
+                &self.changelog,
+            ],
+            partitions,
+        );
     }
 
     /// An engine config over these topics, state in `state_dir`.
@@ -162,6 +140,31 @@ commit_interval_ms = 200
             dlq = self.dead_letters,
             changelog = self.changelog,
         )
+    }
+}
+
+/// Creates topics on the test broker.
+pub fn create_topics(names: &[&str], partitions: i32) {
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .create()
+            .expect("admin client");
+    let topics: Vec<_> = names
+        .iter()
+        .map(|n| {
+            rdkafka::admin::NewTopic::new(n, partitions, rdkafka::admin::TopicReplication::Fixed(1))
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let res = rt
+        .block_on(admin.create_topics(&topics, &rdkafka::admin::AdminOptions::new()))
+        .expect("create topics");
+    for r in res {
+        r.expect("topic created");
     }
 }
 

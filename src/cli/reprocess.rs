@@ -1,0 +1,392 @@
+//! `winback reprocess`: re-derives transitions from the input topics' history
+//! with event time, from nothing (a fresh state per partition in a scratch
+//! RocksDB store), to a separate topic, a file, or only a summary. It reads
+//! the input topics (committed records, up to their end when it starts) and
+//! never writes the live output topics unless `--allow-live-topic` says so.
+//!
+//! Each input partition is processed on its own, as `winback run` would: its
+//! records in offset order, several input topics merged by event time (ties:
+//! the topic listed first), with that partition's share of the coupon pools.
+//! The output is therefore a function of the input and the definitions:
+//! reprocessing the same input twice gives byte-identical records.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use super::CliError;
+use super::simulate::Summary;
+use crate::config::engine::EngineConfig;
+use crate::domain::{Definitions, Event, Folded, Timestamp, Transition};
+use crate::runtime::partition::{Fed, Partition, PartitionError, PartitionSettings};
+use crate::sink::{Sink, transition_record};
+use crate::store::Store;
+
+/// Marks every record `reprocess` writes.
+pub const HEADER_REPROCESS: &str = "winback.reprocess";
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("start").required(true).args(["from_beginning", "from"])))]
+pub struct Args {
+    /// The engine config: brokers, input topics, conversations.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Read the input topics from their first record.
+    #[arg(long)]
+    pub from_beginning: bool,
+    /// Read the input records appended at or after this RFC 3339 instant.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// After the input, advance each partition's clock to this RFC 3339
+    /// instant, firing the waits due by then (default: no further than the
+    /// partition's last event, so the output depends on the input only).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Produce the transitions to this topic (it must exist). Without it,
+    /// nothing is produced: a dry run.
+    #[arg(long)]
+    pub output_topic: Option<String>,
+    /// Allow `--output-topic` to be one of the live topics of the config.
+    #[arg(long)]
+    pub allow_live_topic: bool,
+    /// Write the transitions as JSON lines to this file (`-`: stdout).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// A scratch store, deleted when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn parse_time(flag: &str, v: &str) -> Result<Timestamp, CliError> {
+    Timestamp::parse_rfc3339(v).map_err(|reason| CliError::Until {
+        value: format!("{flag} {v}"),
+        reason,
+    })
+}
+
+pub fn run(args: &Args) -> Result<ExitCode, CliError> {
+    let Some(cfg) = super::load_engine(&args.config) else {
+        return Ok(ExitCode::from(1));
+    };
+    let Some(loaded) = super::load_definitions(&cfg.conversations) else {
+        return Ok(ExitCode::from(1));
+    };
+    let defs = Arc::new(loaded.definitions);
+    let from = args
+        .from
+        .as_deref()
+        .map(|f| parse_time("--from", f))
+        .transpose()?;
+    let until = args
+        .until
+        .as_deref()
+        .map(|u| parse_time("--until", u))
+        .transpose()?;
+    if let Some(t) = &args.output_topic {
+        let live = [
+            &cfg.outputs.transitions,
+            &cfg.outputs.sends,
+            &cfg.outputs.dead_letters,
+            &cfg.outputs.changelog,
+        ];
+        if cfg.inputs.iter().any(|i| &i.topic == t) {
+            eprintln!("winback reprocess: --output-topic {t:?} is an input topic");
+            return Ok(ExitCode::from(1));
+        }
+        if live.contains(&t) && !args.allow_live_topic {
+            eprintln!(
+                "winback reprocess: --output-topic {t:?} is a live output topic of {}; add --allow-live-topic to write to it anyway",
+                args.config.display()
+            );
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let bootstrap = super::run::client_bootstrap(&cfg);
+    let kafka_err = |e: KafkaError| CliError::Kafka(e.to_string());
+    let consumer: BaseConsumer<crate::source::Reader> =
+        crate::source::reader_config(&cfg, &bootstrap)
+            .create_with_context(crate::source::Reader)
+            .map_err(kafka_err)?;
+    let partitions = partition_count(&consumer, &cfg)?;
+    let out_partitions = match &args.output_topic {
+        Some(t) => Some(topic_partitions(&consumer, t)?),
+        None => None,
+    };
+
+    let scratch =
+        Scratch(std::env::temp_dir().join(format!("winback-reprocess-{}", std::process::id())));
+    let store = Store::open(&scratch.0).map_err(|e| CliError::Runtime(e.to_string()))?;
+    let mut sink = match &args.output_topic {
+        Some(_) => {
+            Some(Sink::new(&cfg, &bootstrap, None).map_err(|e| CliError::Runtime(e.to_string()))?)
+        }
+        None => None,
+    };
+    let mut file: Option<Box<dyn Write>> = match args.out.as_deref() {
+        None => None,
+        Some(p) if p == Path::new("-") => {
+            Some(Box::new(std::io::BufWriter::new(std::io::stdout().lock())))
+        }
+        Some(p) => Some(Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).map_err(|source| CliError::Write {
+                path: p.display().to_string(),
+                source,
+            })?,
+        ))),
+    };
+    let write_err = |source| CliError::Write {
+        path: args
+            .out
+            .as_ref()
+            .map_or_else(String::new, |p| p.display().to_string()),
+        source,
+    };
+
+    let mut summary = Summary::default();
+    let mut coupons = 0u64;
+    let mut last_clock = None;
+    for p in 0..partitions {
+        let events = read_partition(&consumer, &cfg, p, from, &mut summary)?;
+        let mut out = Vec::new();
+        let clock = process(
+            &store,
+            &defs,
+            p,
+            partitions,
+            events,
+            until,
+            &mut out,
+            &mut summary,
+        )?;
+        last_clock = last_clock.max(clock);
+        for t in &out {
+            summary.count(t);
+            if t.kind.type_name() == "coupon_assigned" {
+                coupons += 1;
+            }
+            if let Some(f) = file.as_mut() {
+                writeln!(f, "{}", crate::wire::json::encode_transition(&defs, t))
+                    .map_err(write_err)?;
+            }
+            if let (Some(sink), Some(topic), Some(n)) =
+                (sink.as_mut(), args.output_topic.as_deref(), out_partitions)
+            {
+                let mut rec = transition_record(&defs, t, topic);
+                rec.partition = Some((p % n) as i32);
+                rec.headers
+                    .push((HEADER_REPROCESS.to_string(), b"true".to_vec()));
+                sink.send(rec);
+            }
+        }
+        // Kept small: one partition's output at a time.
+        if let Some(sink) = sink.as_mut() {
+            sink.finish(&AtomicBool::new(false))
+                .map_err(|e| CliError::Runtime(e.to_string()))?;
+        }
+    }
+    if let Some(f) = file.as_mut() {
+        f.flush().map_err(write_err)?;
+    }
+    summary.print(last_clock);
+    match &args.output_topic {
+        Some(t) => eprintln!("written to {t}"),
+        None => eprintln!("dry run: nothing produced (--output-topic T writes the transitions)"),
+    }
+    if coupons > 0 {
+        eprintln!(
+            "note: {coupons} coupon code(s) above were drawn as if the pools were unused; live runs may have handed out the same codes - do not mail them"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn topic_partitions(
+    consumer: &BaseConsumer<crate::source::Reader>,
+    topic: &str,
+) -> Result<u32, CliError> {
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| CliError::Kafka(format!("metadata of {topic:?}: {e}")))?;
+    let n = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map_or(0, |t| t.partitions().len() as u32);
+    if n == 0 {
+        return Err(CliError::Kafka(format!("topic {topic:?} does not exist")));
+    }
+    Ok(n)
+}
+
+fn partition_count(
+    consumer: &BaseConsumer<crate::source::Reader>,
+    cfg: &EngineConfig,
+) -> Result<u32, CliError> {
+    let mut counts = Vec::new();
+    for i in &cfg.inputs {
+        counts.push((i.topic.clone(), topic_partitions(consumer, &i.topic)?));
+    }
+    let first = counts[0].1;
+    if counts.iter().any(|(_, n)| *n != first) {
+        return Err(CliError::Kafka(format!(
+            "the input topics differ in partition count: {counts:?}"
+        )));
+    }
+    Ok(first)
+}
+
+/// Partition `p` of every input topic, decoded, merged by event time.
+fn read_partition(
+    consumer: &BaseConsumer<crate::source::Reader>,
+    cfg: &EngineConfig,
+    p: u32,
+    from: Option<Timestamp>,
+    summary: &mut Summary,
+) -> Result<Vec<Event>, CliError> {
+    let kafka_err = |e: KafkaError| CliError::Kafka(e.to_string());
+    let mut per_topic: Vec<Vec<Event>> = Vec::new();
+    for input in &cfg.inputs {
+        let mut tpl = TopicPartitionList::new();
+        let start = match from {
+            None => Offset::Beginning,
+            Some(t) => {
+                let mut q = TopicPartitionList::new();
+                q.add_partition_offset(&input.topic, p as i32, Offset::Offset(t.0))
+                    .map_err(kafka_err)?;
+                let found = consumer
+                    .offsets_for_times(q, Duration::from_secs(10))
+                    .map_err(kafka_err)?;
+                found
+                    .find_partition(&input.topic, p as i32)
+                    .map_or(Offset::End, |e| match e.offset() {
+                        Offset::Offset(o) => Offset::Offset(o),
+                        _ => Offset::End,
+                    })
+            }
+        };
+        let (_, high) = consumer
+            .fetch_watermarks(&input.topic, p as i32, Duration::from_secs(10))
+            .map_err(kafka_err)?;
+        let mut events = Vec::new();
+        if high > 0 && start != Offset::End {
+            tpl.add_partition_offset(&input.topic, p as i32, start)
+                .map_err(kafka_err)?;
+            consumer.assign(&tpl).map_err(kafka_err)?;
+            loop {
+                match consumer.poll(Duration::from_secs(1)) {
+                    None => continue,
+                    Some(Err(KafkaError::PartitionEOF(_))) => break,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "input read error");
+                        continue;
+                    }
+                    Some(Ok(m)) => {
+                        summary.lines += 1;
+                        match crate::source::decode(input.format, m.payload()) {
+                            Ok(ev) => events.push(ev),
+                            Err(r) => {
+                                summary.malformed += 1;
+                                eprintln!(
+                                    "{}[{p}] offset {}: skipped: {}",
+                                    input.topic,
+                                    m.offset(),
+                                    r.0
+                                );
+                            }
+                        }
+                        if m.offset() + 1 >= high {
+                            break;
+                        }
+                    }
+                }
+            }
+            consumer.unassign().map_err(kafka_err)?;
+        }
+        per_topic.push(events);
+    }
+    // Merged by event time, each topic in its own (offset) order.
+    let mut heads: Vec<std::iter::Peekable<std::vec::IntoIter<Event>>> = per_topic
+        .into_iter()
+        .map(|v| v.into_iter().peekable())
+        .collect();
+    let mut merged = Vec::new();
+    loop {
+        let next = heads
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, h)| h.peek().map(|e| (e.occurred_at, i)))
+            .min();
+        let Some((_, i)) = next else { break };
+        if let Some(ev) = heads[i].next() {
+            merged.push(ev);
+        }
+    }
+    Ok(merged)
+}
+
+/// Folds one partition's events from nothing; returns its final clock.
+#[allow(clippy::too_many_arguments)]
+fn process(
+    store: &Store,
+    defs: &Arc<Definitions>,
+    p: u32,
+    partitions: u32,
+    events: Vec<Event>,
+    until: Option<Timestamp>,
+    out: &mut Vec<Transition>,
+    summary: &mut Summary,
+) -> Result<Option<Timestamp>, CliError> {
+    let err = |e: String| CliError::Runtime(e);
+    let mut part = Partition::open(
+        store,
+        Arc::clone(defs),
+        p,
+        partitions,
+        PartitionSettings::default(),
+    )
+    .map_err(|e| err(e.to_string()))?;
+    let mut unlimited = usize::MAX;
+    for (i, ev) in events.iter().enumerate() {
+        match part.feed(store, ev, out, &mut unlimited) {
+            Ok(Fed::Folded(Folded::Applied)) => summary.folded += 1,
+            Ok(Fed::Folded(Folded::Unrouted)) => {
+                summary.folded += 1;
+                *summary.unrouted.entry(ev.name.clone()).or_default() += 1;
+            }
+            Ok(Fed::Folded(Folded::Duplicate)) => summary.duplicates += 1,
+            Ok(Fed::Paused) => return Err(err("paused without a timer budget".into())),
+            Err(PartitionError::Event(e)) => {
+                summary.malformed += 1;
+                eprintln!("partition {p}: event {:?} skipped: {e}", ev.event_id);
+            }
+            Err(PartitionError::Store(e)) => return Err(err(e.to_string())),
+        }
+        // Bounded memory: the scratch store takes the state every so often.
+        if i % 20_000 == 19_999 {
+            let mut batch = store.batch(defs, p);
+            part.write(&mut batch);
+            batch.commit().map_err(|e| err(e.to_string()))?;
+        }
+    }
+    if let Some(u) = until {
+        part.advance_to(store, u, out, &mut unlimited)
+            .map_err(|e| err(e.to_string()))?;
+    }
+    let mut batch = store.batch(defs, p);
+    part.write(&mut batch);
+    batch.commit().map_err(|e| err(e.to_string()))?;
+    Ok(part.clock())
+}
