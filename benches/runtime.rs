@@ -16,6 +16,18 @@
 //! - `storm`: 1M contacts (`WINBACK_BENCH_STORM`) buy within the same minute;
 //!   after catching up, the wall clock jumps 90 days: waits fired and sent
 //!   (acknowledged by the broker) per second.
+//! - `eos`: catch-up on 300k events (100k contacts) with a 100 ms commit
+//!   interval, at-least-once and exactly-once alternately, twice each: the
+//!   throughput ratio.
+//! - `restore`: 1M contact states (`WINBACK_BENCH_RESTORE`) written to a
+//!   4-partition changelog, restored into an empty store: contacts/s.
+//! - `latency`: purchases of new contacts at 10k/s (`WINBACK_BENCH_RATE`) for
+//!   20 s (`WINBACK_BENCH_SECONDS`), exactly-once with 100 ms commits
+//!   (`WINBACK_BENCH_COMMIT_MS`): time from sending a purchase to its `entered`
+//!   transition being readable `read_committed`, p50/p99/max.
+//!
+//! Every benchmark but `waits` runs in the default exactly-once mode unless it
+//! says otherwise.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -115,6 +127,7 @@ struct Topics {
     transitions: String,
     sends: String,
     dlq: String,
+    changelog: String,
     group: String,
 }
 
@@ -131,33 +144,50 @@ fn topics(bs: &str, partitions: i32) -> Topics {
         transitions: format!("{t}.transitions"),
         sends: format!("{t}.sends"),
         dlq: format!("{t}.dlq"),
+        changelog: format!("{t}.changelog"),
         group: format!("{t}.group"),
     };
+    for name in [
+        &tp.input,
+        &tp.transitions,
+        &tp.sends,
+        &tp.dlq,
+        &tp.changelog,
+    ] {
+        create_topic(bs, name, partitions);
+    }
+    tp
+}
+
+fn create_topic(bs: &str, name: &str, partitions: i32) {
     let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
         ClientConfig::new()
             .set("bootstrap.servers", bs)
             .create()
             .expect("admin");
-    let new: Vec<_> = [&tp.input, &tp.transitions, &tp.sends, &tp.dlq]
-        .iter()
-        .map(|n| {
-            rdkafka::admin::NewTopic::new(n, partitions, rdkafka::admin::TopicReplication::Fixed(1))
-        })
-        .collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
+    let new = [rdkafka::admin::NewTopic::new(
+        name,
+        partitions,
+        rdkafka::admin::TopicReplication::Fixed(1),
+    )];
     for r in rt
         .block_on(admin.create_topics(&new, &rdkafka::admin::AdminOptions::new()))
-        .expect("create topics")
+        .expect("create topic")
     {
         r.expect("topic");
     }
-    tp
 }
 
 fn config(bs: &str, tp: &Topics, state: &Path) -> EngineConfig {
+    config_with(bs, tp, state, "")
+}
+
+/// `processing` is the body of the `[processing]` table.
+fn config_with(bs: &str, tp: &Topics, state: &Path, processing: &str) -> EngineConfig {
     let text = format!(
         r#"conversations = [{conv:?}]
 state_dir = {state:?}
@@ -170,6 +200,9 @@ topic = {input:?}
 transitions = {tr:?}
 sends = {sends:?}
 dead_letters = {dlq:?}
+changelog = {changelog:?}
+[processing]
+{processing}
 "#,
         conv = root().join("config/winback-90d.toml").display().to_string(),
         state = state.display().to_string(),
@@ -178,6 +211,7 @@ dead_letters = {dlq:?}
         tr = tp.transitions,
         sends = tp.sends,
         dlq = tp.dlq,
+        changelog = tp.changelog,
     );
     // WINBACK_KAFKA_* variables reach librdkafka, as in `winback run`.
     parse_engine(Path::new("bench.toml"), &text, std::env::vars()).expect("bench config")
@@ -447,6 +481,287 @@ fn storm(bs: &str) {
     h.join().expect("engine thread");
 }
 
+/// Catches up on `n` events of `tp.input` from an empty state with
+/// `processing` settings and a group of its own; events/s end to end.
+fn catch_up_rate(
+    bs: &str,
+    tp: &Topics,
+    n: u64,
+    processing: &str,
+    group: &str,
+) -> (f64, Arc<RunStats>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config_with(bs, tp, dir.path(), processing);
+    cfg.group_id = group.to_string();
+    cfg.instance_id = group.to_string();
+    // A changelog of its own: another run's would be restored, and with it
+    // that run's offsets (all input done).
+    cfg.outputs.changelog = format!("{group}.changelog");
+    create_topic(bs, &cfg.outputs.changelog, 4);
+    let clock = Arc::new(ManualClock::new(Timestamp(0)));
+    let (stats, stop, h) = start_engine(cfg, bs, clock);
+    let start = Instant::now();
+    wait_until("catch-up", Duration::from_secs(3600), || {
+        stats.events.load(Ordering::Acquire) >= n
+    });
+    let b = stats.batches.load(Ordering::Acquire);
+    wait_until("last batch", Duration::from_secs(60), || {
+        stats.batches.load(Ordering::Acquire) > b
+    });
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Release);
+    h.join().expect("engine thread");
+    (rate, stats)
+}
+
+/// Exactly-once against at-least-once on the same input, 100 ms commits.
+fn eos(bs: &str) {
+    let contacts = env_usize("WINBACK_BENCH_CONTACTS", 100_000) as u64;
+    let events = env_usize("WINBACK_BENCH_EVENTS", 300_000) as u64;
+    let tp = topics(bs, 4);
+    let mut rng = Rng(7);
+    let span = 365 * DAY;
+    let lines = (0..events).map(move |n| {
+        let c = rng.next() % contacts;
+        let at = T0 + (n as i64) * (span / events as i64);
+        (format!("c{c:07}"), purchase(c, at, n))
+    });
+    let (n, _) = produce(bs, &tp.input, lines);
+    let mut rows = Vec::new();
+    // Alternated, twice each: the machine's noise shows in the spread.
+    for round in 0..2 {
+        for g in ["at_least_once", "exactly_once"] {
+            let (rate, stats) = catch_up_rate(
+                bs,
+                &tp,
+                n,
+                &format!("guarantee = {g:?}\ncommit_interval_ms = 100"),
+                &format!("{}-{g}-{round}", tp.group),
+            );
+            println!(
+                "eos: {g}, {n} events, commit interval 100 ms: {rate:.0} events/s ({} batches, {} aborted)",
+                stats.batches.load(Ordering::Acquire),
+                stats.aborted.load(Ordering::Acquire)
+            );
+            rows.push((g, rate));
+        }
+    }
+    let mean = |g: &str| {
+        let v: Vec<f64> = rows.iter().filter(|r| r.0 == g).map(|r| r.1).collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    println!(
+        "eos: exactly-once / at-least-once throughput: {:.2}",
+        mean("exactly_once") / mean("at_least_once")
+    );
+}
+
+/// Restoring contacts from the changelog into an empty store.
+fn restore(bs: &str) {
+    let n = env_usize("WINBACK_BENCH_RESTORE", 1_000_000) as u64;
+    let partitions = 4u32;
+    let tp = topics(bs, partitions as i32);
+    let defs = seed000();
+    // One contact's state after its purchase: waiting 90 days.
+    let mut sim = winback::sim::Simulator::new(Arc::clone(&defs));
+    let ev = Event {
+        event_id: "o".into(),
+        name: "checkout".into(),
+        contact_id: "c".into(),
+        occurred_at: Timestamp(T0),
+        merchant_id: Some("m1".into()),
+        order_id: None,
+        total_cents: Some(2500),
+        list_id: None,
+    };
+    sim.feed(&ev, &mut Vec::new()).expect("fed");
+    let template = sim.states().next().expect("a contact").1.clone();
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bs)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer");
+    let started = Instant::now();
+    for i in 0..n {
+        let mut st = template.clone();
+        if let Some(e) = st
+            .conversations
+            .first_mut()
+            .and_then(|c| c.active.first_mut())
+        {
+            e.waiting_until = Some(Timestamp(T0 + 90 * DAY + i as i64));
+        }
+        let value = winback::store::codec::encode(&defs, &st);
+        let key = format!("c{i:08}");
+        let mut rec = BaseRecord::to(&tp.changelog)
+            .key(&key)
+            .payload(&value)
+            .partition((i % partitions as u64) as i32);
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    p.poll(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(600)).expect("produced");
+    println!(
+        "restore: wrote {n} contact states to the changelog in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(bs, &tp, dir.path());
+    let store = Store::open(dir.path()).expect("store");
+    let stop = AtomicBool::new(false);
+    let cpu0 = cpu_seconds();
+    let start = Instant::now();
+    let mut records = 0;
+    for part in 0..partitions {
+        let r = winback::runtime::restore::restore_partition(
+            &store,
+            &defs,
+            &cfg,
+            bs,
+            part,
+            &stop,
+            &mut |_, _, _| {},
+        )
+        .expect("restored");
+        records += r.records;
+    }
+    let took = start.elapsed().as_secs_f64();
+    let timers = (0..partitions)
+        .map(|p| {
+            store
+                .timers_before(&defs, p, Timestamp(i64::MAX))
+                .map_or(0, |t| t.len())
+        })
+        .sum::<usize>();
+    let (rss, hwm) = rss();
+    println!(
+        "restore: {records} contacts (and {timers} pending waits) restored into an empty store in {took:.1} s: {:.0} contacts/s; CPU {:.1} s; RSS {rss} MiB, peak {hwm} MiB",
+        records as f64 / took,
+        cpu_seconds() - cpu0
+    );
+}
+
+/// Latency from a purchase's arrival to its `entered` transition being
+/// committed (visible to a `read_committed` reader), at a steady input rate.
+fn latency(bs: &str) {
+    let rate = env_usize("WINBACK_BENCH_RATE", 10_000) as u64;
+    let secs = env_usize("WINBACK_BENCH_SECONDS", 20) as u64;
+    let interval = env_usize("WINBACK_BENCH_COMMIT_MS", 100);
+    let n = rate * secs;
+    let tp = topics(bs, 4);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config_with(
+        bs,
+        &tp,
+        dir.path(),
+        &format!("commit_interval_ms = {interval}"),
+    );
+    let clock = Arc::new(ManualClock::new(Timestamp(0)));
+    let (stats, stop, h) = start_engine(cfg, bs, clock);
+    // Joined and assigned before the clock starts.
+    std::thread::sleep(Duration::from_secs(5));
+    let origin = Instant::now();
+    let sent: Arc<Vec<std::sync::atomic::AtomicU64>> = Arc::new(
+        (0..n)
+            .map(|_| std::sync::atomic::AtomicU64::new(0))
+            .collect(),
+    );
+    let reader = {
+        let (bs, topic, sent) = (bs.to_string(), tp.transitions.clone(), Arc::clone(&sent));
+        std::thread::spawn(move || {
+            use rdkafka::Message;
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &bs)
+                .set("group.id", format!("{topic}-latency"))
+                .set("enable.auto.commit", "false")
+                .set("isolation.level", "read_committed")
+                .set("receive.message.max.bytes", "2147483647")
+                .set("fetch.wait.max.ms", "10")
+                .create()
+                .expect("reader");
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..4 {
+                tpl.add_partition_offset(&topic, p, Offset::Beginning)
+                    .expect("tpl");
+            }
+            c.assign(&tpl).expect("assign");
+            let mut lat = Vec::with_capacity(n as usize);
+            let deadline = Instant::now() + Duration::from_secs(secs + 120);
+            while (lat.len() as u64) < n && Instant::now() < deadline {
+                if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                    let ty = winback::sink::header(&m, winback::sink::HEADER_TYPE);
+                    if ty != Some("entered") {
+                        continue;
+                    }
+                    let seen = origin.elapsed().as_micros() as u64;
+                    let i: usize = std::str::from_utf8(m.key().unwrap_or_default())
+                        .ok()
+                        .and_then(|k| k.trim_start_matches('c').parse().ok())
+                        .unwrap_or(0);
+                    let at = sent[i].load(Ordering::Acquire);
+                    lat.push(seen.saturating_sub(at));
+                }
+            }
+            lat
+        })
+    };
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bs)
+        .set("linger.ms", "1")
+        .create()
+        .expect("producer");
+    for i in 0..n {
+        // Paced: event i leaves at i / rate seconds.
+        let due = Duration::from_micros(i * 1_000_000 / rate);
+        let now = origin.elapsed();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let key = format!("c{i:08}");
+        let value = purchase(i, T0 + i as i64 * 1000, i);
+        sent[i as usize].store(origin.elapsed().as_micros() as u64, Ordering::Release);
+        let mut rec = BaseRecord::to(&tp.input).key(&key).payload(&value);
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    p.poll(Duration::from_millis(1));
+                }
+            }
+        }
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(60)).expect("produced");
+    let mut lat = reader.join().expect("reader");
+    stop.store(true, Ordering::Release);
+    h.join().expect("engine thread");
+    lat.sort_unstable();
+    let pct = |q: f64| {
+        lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    println!(
+        "latency: {} of {n} purchases at {rate}/s entered (exactly-once, commit interval {interval} ms): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} batches)",
+        lat.len(),
+        pct(0.5),
+        pct(0.99),
+        pct(1.0),
+        stats.batches.load(Ordering::Acquire)
+    );
+}
+
 fn main() {
     let which: Vec<String> = std::env::args()
         .skip(1)
@@ -461,5 +776,14 @@ fn main() {
     }
     if want("catchup") {
         catchup(&brokers());
+    }
+    if want("eos") {
+        eos(&brokers());
+    }
+    if want("restore") {
+        restore(&brokers());
+    }
+    if want("latency") {
+        latency(&brokers());
     }
 }

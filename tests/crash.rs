@@ -1,7 +1,7 @@
 //! The crash harness: `winback run` (the binary, exactly-once mode) over a
 //! stream of purchases whose waits expire during the run, killed with SIGKILL
 //! at random moments and restarted, every other time with an empty state
-//! directory. Afterwards a `read_committed` reader must see exactly the
+//! directory, with every 5th transaction aborted on top. Afterwards a `read_committed` reader must see exactly the
 //! transitions of `simulate` on the same events - every send once - and no
 //! coupon code twice.
 //!
@@ -24,6 +24,31 @@ fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// The run's directory, kept for inspection when `WINBACK_CRASH_KEEP` is set.
+fn scopeguard(dir: tempfile::TempDir) -> Kept {
+    Kept(Some(dir))
+}
+
+struct Kept(Option<tempfile::TempDir>);
+
+impl Kept {
+    fn path(&self) -> &std::path::Path {
+        self.0
+            .as_ref()
+            .map_or(std::path::Path::new("."), |d| d.path())
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        if std::env::var("WINBACK_CRASH_KEEP").is_ok()
+            && let Some(d) = self.0.take()
+        {
+            let _ = d.keep();
+        }
+    }
 }
 
 fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
@@ -49,6 +74,10 @@ fn sigkill_at_random_moments_loses_no_send_and_duplicates_none() {
     let topics = Topics::fresh();
     topics.create(PARTITIONS);
     let dir = tempfile::tempdir().unwrap();
+    if std::env::var("WINBACK_CRASH_KEEP").is_ok() {
+        eprintln!("keeping {}", dir.path().display());
+    }
+    let dir = scopeguard(dir);
     let state = dir.path().join("state");
     let config = dir.path().join("winback.toml");
     std::fs::write(
@@ -80,7 +109,13 @@ fn sigkill_at_random_moments_loses_no_send_and_duplicates_none() {
             // The disk is lost: the next start restores from the changelog.
             let _ = std::fs::remove_dir_all(&state);
         }
-        let mut child = kafka::spawn_run(&config, &dir.path().join(format!("run-{i}.log")));
+        // Every 5th transaction of the killed runs is aborted on top: the
+        // rollback path runs too, between the kills.
+        let mut child = kafka::spawn_run_with(
+            &config,
+            &dir.path().join(format!("run-{i}.log")),
+            &[(winback::runtime::ENV_ABORT_EVERY, "5")],
+        );
         let after = Duration::from_millis(300 + rnd() % 2700);
         std::thread::sleep(after);
         child.kill().expect("SIGKILL");
@@ -89,9 +124,17 @@ fn sigkill_at_random_moments_loses_no_send_and_duplicates_none() {
         let committed = kafka::read(&topics.transitions, usize::MAX, Duration::from_secs(1)).len();
         seen.push((after.as_millis(), committed));
     }
+    let logs: String = (0..kills)
+        .map(|i| {
+            std::fs::read_to_string(dir.path().join(format!("run-{i}.log"))).unwrap_or_default()
+        })
+        .collect();
     eprintln!(
-        "{} transitions expected; kills (ms after start, transitions seen committed): {seen:?}",
-        expected.len()
+        "{} transitions expected; kills (ms after start, transitions seen committed): {seen:?}; in the killed runs' logs: {} restores, {} revocations, {} aborted transactions",
+        expected.len(),
+        logs.matches("restored from the changelog").count(),
+        logs.matches(" revoked").count(),
+        logs.matches("aborted").count(),
     );
 
     // The last run is left to finish, then stopped gracefully.

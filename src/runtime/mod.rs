@@ -118,6 +118,10 @@ pub enum RuntimeError {
     },
 }
 
+/// Fault injection for tests: `WINBACK_TEST_ABORT_EVERY=N` aborts every Nth
+/// transaction instead of committing it, as an abortable broker error would.
+pub const ENV_ABORT_EVERY: &str = "WINBACK_TEST_ABORT_EVERY";
+
 /// A batch that has polled nothing for this long stops fetching until the next.
 const IDLE_FETCH: Duration = Duration::from_millis(100);
 
@@ -407,6 +411,11 @@ pub fn run(params: RunParams) -> Result<(), RuntimeError> {
         clock,
         stop,
         stats,
+        transactions: 0,
+        abort_every: std::env::var(ENV_ABORT_EVERY)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0),
     };
     let result = rt.run();
     // Leave the group cleanly either way, so a restart is assigned at once.
@@ -437,6 +446,9 @@ struct Loop {
     clock: Arc<dyn WallClock>,
     stop: Arc<AtomicBool>,
     stats: Arc<RunStats>,
+    /// Transactions begun so far, and the fault injection's period.
+    transactions: u64,
+    abort_every: Option<u64>,
 }
 
 impl Loop {
@@ -735,7 +747,7 @@ impl Loop {
     fn commit_transaction(&mut self) -> Result<(), RuntimeError> {
         let changelog = self.cfg.outputs.changelog.clone();
         let mut records = Vec::new();
-        for part in self.parts.values() {
+        for part in self.parts.values_mut() {
             if !part.has_changes() {
                 continue;
             }
@@ -744,7 +756,7 @@ impl Loop {
                 records.push(OutRecord {
                     topic: changelog.clone(),
                     key: key.to_vec(),
-                    value,
+                    value: value.to_vec(),
                     headers: if is_partition {
                         vec![(
                             crate::store::changelog::HEADER_RECORD.to_string(),
@@ -771,7 +783,16 @@ impl Loop {
                 source: KafkaError::NoMessageReceived,
             })?;
         let waited = Instant::now();
-        let outcome = self.sink.commit_transaction(&tpl, &group, &changelog)?;
+        self.transactions += 1;
+        let outcome = if self
+            .abort_every
+            .is_some_and(|n| self.transactions.is_multiple_of(n))
+        {
+            self.sink.abort_transaction()?;
+            TxnOutcome::Aborted(format!("{ENV_ABORT_EVERY} injected an abort"))
+        } else {
+            self.sink.commit_transaction(&tpl, &group, &changelog)?
+        };
         self.stats
             .ack_wait_us
             .fetch_add(waited.elapsed().as_micros() as u64, Ordering::Relaxed);

@@ -69,6 +69,8 @@ pub struct Partition {
     // The running batch, written by `write`: contacts read, and whether the
     // batch changed them (only those are written).
     dirty: FastMap<Arc<str>, (ContactState, bool)>,
+    /// Changed contacts already encoded for the changelog.
+    encoded: FastMap<Arc<str>, Vec<u8>>,
     far: BTreeSet<(Timestamp, TimerKey)>,
     timer_ops: Vec<(bool, StoredTimer)>,
     offsets: BTreeMap<String, i64>,
@@ -106,6 +108,7 @@ impl Partition {
             horizon: Timestamp(i64::MIN),
             fx: Effects::default(),
             dirty: FastMap::default(),
+            encoded: FastMap::default(),
             far: BTreeSet::new(),
             timer_ops: Vec::new(),
             offsets: BTreeMap::new(),
@@ -137,11 +140,14 @@ impl Partition {
     /// The changelog records of the running batch: each changed contact's
     /// state, then the partition's own record (clock, every input offset,
     /// coupon shares), last. Call before [`Partition::write`].
-    pub fn changelog(&self, mut each: impl FnMut(&[u8], Vec<u8>, bool)) {
-        let defs = self.engine.definitions();
+    pub fn changelog(&mut self, mut each: impl FnMut(&[u8], &[u8], bool)) {
+        let defs = Arc::clone(self.engine.definitions());
         for (id, (st, changed)) in &self.dirty {
             if *changed {
-                each(id.as_bytes(), crate::store::codec::encode(defs, st), false);
+                let bytes = crate::store::codec::encode(&defs, st);
+                each(id.as_bytes(), &bytes, false);
+                // Encoded once: `write` stores the same bytes.
+                self.encoded.insert(Arc::clone(id), bytes);
             }
         }
         let st = PartitionState {
@@ -169,7 +175,7 @@ impl Partition {
         };
         each(
             crate::store::changelog::PARTITION_KEY,
-            encode_partition(&st),
+            &encode_partition(&st),
             true,
         );
     }
@@ -396,9 +402,13 @@ impl Partition {
         batch.switch_partition(self.id);
         for (id, (st, changed)) in self.dirty.drain() {
             if changed {
-                batch.put_contact(&id, &st);
+                match self.encoded.remove(&id) {
+                    Some(bytes) => batch.put_contact_encoded(&id, &bytes),
+                    None => batch.put_contact(&id, &st),
+                }
             }
         }
+        self.encoded.clear();
         for (set, t) in self.timer_ops.drain(..) {
             if set {
                 batch.set_timer(&t);

@@ -59,6 +59,11 @@ pub enum TxnOutcome {
     Aborted(String),
 }
 
+/// Record indexes take the low 32 bits of a delivery opaque, the batch
+/// generation the bits above.
+const GENERATION_SHIFT: u32 = 32;
+const GENERATION_MASK: usize = (1 << 24) - 1;
+
 /// How long one transactional call may block before it is retried.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -73,7 +78,9 @@ pub struct OutRecord {
     pub partition: Option<i32>,
 }
 
-/// Delivery reports of the running batch: record index, partition, offset.
+/// Delivery reports: opaque (batch generation and record index), partition,
+/// offset. Reports of an earlier batch (served after it was aborted or
+/// given up on) carry an old generation and are ignored.
 #[derive(Default)]
 pub struct Tracker {
     acked: Mutex<Vec<(usize, i32, i64)>>,
@@ -122,6 +129,8 @@ pub struct Sink {
     pub retried: Arc<AtomicU64>,
     transactional: bool,
     in_txn: bool,
+    /// Tags the running batch's delivery reports (the high bits of the opaque).
+    generation: usize,
     /// Why the running transaction could not begin; reported at its commit.
     begin_failed: Option<KafkaError>,
 }
@@ -165,6 +174,7 @@ impl Sink {
             retried: Arc::default(),
             transactional: transactional_id.is_some(),
             in_txn: false,
+            generation: 0,
             begin_failed: None,
         })
     }
@@ -221,7 +231,8 @@ impl Sink {
                 value: Some(v),
             });
         }
-        let mut record = BaseRecord::with_opaque_to(&rec.topic, index)
+        let opaque = (self.generation << GENERATION_SHIFT) | index;
+        let mut record = BaseRecord::with_opaque_to(&rec.topic, opaque)
             .key(&rec.key)
             .payload(&rec.value)
             .headers(headers);
@@ -241,7 +252,7 @@ impl Sink {
                     // Not queued at all: count it failed, `finish` retries it.
                     tracing::warn!(topic = %r.topic, error = %e, "produce refused");
                     if let Ok(mut f) = self.producer.context().failed.lock() {
-                        f.push((index, e.to_string()));
+                        f.push((opaque, e.to_string()));
                     }
                     return;
                 }
@@ -263,17 +274,20 @@ impl Sink {
         loop {
             let _ = self.producer.flush(Duration::from_millis(500));
             let ctx = self.producer.context();
-            for (i, _, _) in take(&ctx.acked) {
-                if let Some(a) = acked.get_mut(i)
+            for (o, _, _) in take(&ctx.acked) {
+                if let Some(a) = self.index(o).and_then(|i| acked.get_mut(i))
                     && !*a
                 {
                     *a = true;
                     left -= 1;
                 }
             }
-            let failed = take(&ctx.failed);
+            let failed: Vec<(usize, String)> = take(&ctx.failed)
+                .into_iter()
+                .filter_map(|(o, e)| self.index(o).map(|i| (i, e)))
+                .collect();
             if left == 0 {
-                self.pending.clear();
+                self.clear_batch();
                 return Ok(());
             }
             let fatal = self.producer.client().fatal_error();
@@ -351,7 +365,8 @@ impl Sink {
         let mut seen = 0;
         let deadline = Instant::now() + Duration::from_secs(10);
         while seen < self.pending.len() && Instant::now() < deadline {
-            for (i, partition, offset) in take(&self.producer.context().acked) {
+            for (o, partition, offset) in take(&self.producer.context().acked) {
+                let Some(i) = self.index(o) else { continue };
                 seen += 1;
                 if self.pending.get(i).is_some_and(|r| r.topic == topic) {
                     let e = ends.entry(partition).or_insert(offset);
@@ -372,7 +387,7 @@ impl Sink {
             );
             ends.clear();
         }
-        self.pending.clear();
+        self.clear_batch();
         Ok(TxnOutcome::Committed(ends))
     }
 
@@ -404,11 +419,25 @@ impl Sink {
                 })?;
             self.in_txn = false;
         }
+        self.clear_batch();
+        Ok(())
+    }
+
+    /// The record index of a delivery report's opaque, if it is of the
+    /// running batch.
+    fn index(&self, opaque: usize) -> Option<usize> {
+        (opaque >> GENERATION_SHIFT == self.generation & GENERATION_MASK)
+            .then_some(opaque & ((1 << GENERATION_SHIFT) - 1))
+            .filter(|i| *i < self.pending.len())
+    }
+
+    /// Forgets the running batch; its late delivery reports are ignored.
+    fn clear_batch(&mut self) {
         let ctx = self.producer.context();
         take(&ctx.acked);
         take(&ctx.failed);
         self.pending.clear();
-        Ok(())
+        self.generation = (self.generation + 1) & GENERATION_MASK;
     }
 
     fn abort(&mut self, e: KafkaError, what: &'static str) -> Result<TxnOutcome, SinkError> {

@@ -145,6 +145,13 @@ impl Batch<'_> {
         );
     }
 
+    /// A contact's state already encoded with [`codec::encode`].
+    pub fn put_contact_encoded(&mut self, contact: &str, bytes: &[u8]) {
+        let cf = self.store.cf(CF_CONTACTS);
+        self.wb
+            .put_cf(cf, prefixed(self.partition, &[contact.as_bytes()]), bytes);
+    }
+
     pub fn set_timer(&mut self, t: &StoredTimer) {
         let cf = self.store.cf(CF_TIMERS);
         self.wb

@@ -474,24 +474,70 @@ pub fn assert_same(got: &[String], want: &[String]) {
     if g != w {
         let only_got: Vec<&String> = g.iter().filter(|l| !w.contains(l)).take(5).collect();
         let only_want: Vec<&String> = w.iter().filter(|l| !g.contains(l)).take(5).collect();
+        let mut counts: BTreeMap<&String, (usize, usize)> = BTreeMap::new();
+        for l in &g {
+            counts.entry(l).or_default().0 += 1;
+        }
+        for l in &w {
+            counts.entry(l).or_default().1 += 1;
+        }
+        let extra: Vec<_> = counts
+            .iter()
+            .filter(|(_, (g, w))| g > w && *w > 0)
+            .take(5)
+            .collect();
         panic!(
-            "{} transitions, expected {}\nonly in the output: {only_got:#?}\nonly expected: {only_want:#?}",
+            "{} transitions, expected {}\nonly in the output: {only_got:#?}\nonly expected: {only_want:#?}\nmore often than expected (got, expected): {extra:#?}",
             g.len(),
             w.len()
         );
     }
 }
 
+/// A `winback run` child process, killed when dropped (a failing test
+/// leaves no engine running behind it).
+pub struct Proc(pub std::process::Child);
+
+impl std::ops::Deref for Proc {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// `winback run --config config` as a child process, its log in `log`.
-pub fn spawn_run(config: &Path, log: &Path) -> std::process::Child {
+pub fn spawn_run(config: &Path, log: &Path) -> Proc {
+    spawn_run_with(config, log, &[])
+}
+
+/// As [`spawn_run`], with extra environment variables.
+pub fn spawn_run_with(config: &Path, log: &Path, env: &[(&str, &str)]) -> Proc {
     let log = std::fs::File::create(log).expect("log file");
-    std::process::Command::new(env!("CARGO_BIN_EXE_winback"))
-        .args(["run", "--config", config.to_str().expect("UTF-8 path")])
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start winback run")
+    Proc(
+        std::process::Command::new(env!("CARGO_BIN_EXE_winback"))
+            .args(["run", "--config", config.to_str().expect("UTF-8 path")])
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start winback run"),
+    )
 }
 
 /// Stops a `winback run` child with SIGTERM; true if it exited with success.
