@@ -122,6 +122,22 @@ fn purchase(contact: u64, at: i64, n: u64) -> String {
     )
 }
 
+/// `events` purchases by random ones of `contacts` contacts, evenly over a
+/// year, keyed by contact.
+fn year_of_purchases(
+    contacts: u64,
+    events: u64,
+    seed: u64,
+) -> impl Iterator<Item = (String, String)> {
+    let mut rng = Rng(seed);
+    let span = 365 * DAY;
+    (0..events).map(move |n| {
+        let c = rng.next() % contacts;
+        let at = T0 + (n as i64) * (span / events as i64);
+        (format!("c{c:07}"), purchase(c, at, n))
+    })
+}
+
 struct Topics {
     input: String,
     transitions: String,
@@ -313,14 +329,7 @@ fn catchup(bs: &str) {
     let contacts = env_usize("WINBACK_BENCH_CONTACTS", 1_000_000) as u64;
     let events = env_usize("WINBACK_BENCH_EVENTS", 5_000_000) as u64;
     let tp = topics(bs, 4);
-    let mut rng = Rng(42);
-    let span = 365 * DAY;
-    let lines = (0..events).map(move |n| {
-        let c = rng.next() % contacts;
-        let at = T0 + (n as i64) * (span / events as i64);
-        (format!("c{c:07}"), purchase(c, at, n))
-    });
-    let (n, rate) = produce(bs, &tp.input, lines);
+    let (n, rate) = produce(bs, &tp.input, year_of_purchases(contacts, events, 42));
     println!("catchup: produced {n} events at {rate:.0}/s");
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config(bs, &tp, dir.path());
@@ -519,14 +528,7 @@ fn eos(bs: &str) {
     let contacts = env_usize("WINBACK_BENCH_CONTACTS", 100_000) as u64;
     let events = env_usize("WINBACK_BENCH_EVENTS", 300_000) as u64;
     let tp = topics(bs, 4);
-    let mut rng = Rng(7);
-    let span = 365 * DAY;
-    let lines = (0..events).map(move |n| {
-        let c = rng.next() % contacts;
-        let at = T0 + (n as i64) * (span / events as i64);
-        (format!("c{c:07}"), purchase(c, at, n))
-    });
-    let (n, _) = produce(bs, &tp.input, lines);
+    let (n, _) = produce(bs, &tp.input, year_of_purchases(contacts, events, 7));
     let mut rows = Vec::new();
     // Alternated, twice each: the machine's noise shows in the spread.
     for round in 0..2 {

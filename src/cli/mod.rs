@@ -139,6 +139,19 @@ fn load_engine(path: &std::path::Path) -> Option<crate::config::engine::EngineCo
     }
 }
 
+/// Loads an engine config and the conversations it names, printing every
+/// diagnostic to stderr; `None` if either is invalid.
+fn load_engine_and_definitions(
+    path: &std::path::Path,
+) -> Option<(
+    crate::config::engine::EngineConfig,
+    std::sync::Arc<crate::domain::Definitions>,
+)> {
+    let cfg = load_engine(path)?;
+    let loaded = load_definitions(&cfg.conversations)?;
+    Some((cfg, std::sync::Arc::new(loaded.definitions)))
+}
+
 /// Loads definitions, printing every diagnostic to stderr; `None` if invalid.
 fn load_definitions(files: &[PathBuf]) -> Option<crate::config::Loaded> {
     match crate::config::load_files(files) {

@@ -78,13 +78,9 @@ fn parse_time(flag: &str, v: &str) -> Result<Timestamp, CliError> {
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, CliError> {
-    let Some(cfg) = super::load_engine(&args.config) else {
+    let Some((cfg, defs)) = super::load_engine_and_definitions(&args.config) else {
         return Ok(ExitCode::from(1));
     };
-    let Some(loaded) = super::load_definitions(&cfg.conversations) else {
-        return Ok(ExitCode::from(1));
-    };
-    let defs = Arc::new(loaded.definitions);
     let from = args
         .from
         .as_deref()

@@ -18,13 +18,9 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, CliError> {
-    let Some(cfg) = super::load_engine(&args.config) else {
+    let Some((cfg, defs)) = super::load_engine_and_definitions(&args.config) else {
         return Ok(ExitCode::from(1));
     };
-    let Some(loaded) = super::load_definitions(&cfg.conversations) else {
-        return Ok(ExitCode::from(1));
-    };
-    let defs = Arc::new(loaded.definitions);
 
     let broker = if cfg.embedded() {
         let b = EmbeddedBroker::start(&cfg.embedded_listen, &cfg.state_dir.join("broker"))?;

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -49,7 +48,7 @@ fn open_store(cfg: &EngineConfig) -> Result<Store, CliError> {
 }
 
 pub fn rebuild(args: &RebuildArgs) -> Result<ExitCode, CliError> {
-    let Some(cfg) = super::load_engine(&args.config) else {
+    let Some((cfg, defs)) = super::load_engine_and_definitions(&args.config) else {
         return Ok(ExitCode::from(1));
     };
     if cfg.guarantee != Guarantee::ExactlyOnce {
@@ -59,10 +58,6 @@ pub fn rebuild(args: &RebuildArgs) -> Result<ExitCode, CliError> {
         );
         return Ok(ExitCode::from(1));
     }
-    let Some(loaded) = super::load_definitions(&cfg.conversations) else {
-        return Ok(ExitCode::from(1));
-    };
-    let defs = Arc::new(loaded.definitions);
     let broker = if cfg.embedded() {
         Some(EmbeddedBroker::start(
             &cfg.embedded_listen,

@@ -124,6 +124,8 @@ pub const ENV_ABORT_EVERY: &str = "WINBACK_TEST_ABORT_EVERY";
 
 /// A batch that has polled nothing for this long stops fetching until the next.
 const IDLE_FETCH: Duration = Duration::from_millis(100);
+/// After an assignment, fetching is never paused for this long.
+const FETCH_WARMUP: Duration = Duration::from_secs(5);
 
 fn kafka(what: impl Into<String>) -> impl FnOnce(KafkaError) -> RuntimeError {
     let what = what.into();
@@ -260,6 +262,11 @@ impl ConsumerContext for Ctx {
                 }
                 if let Err(e) = consumer.assign(tpl) {
                     tracing::error!(error = %e, "assign failed");
+                }
+                // A partition paused by the idle rule before a revocation
+                // must not come back paused.
+                if let Err(e) = consumer.resume(tpl) {
+                    tracing::debug!(error = %e, "resume after assign");
                 }
                 tracing::info!(partitions = ?parts, "assigned");
                 if let Ok(mut ev) = self.events.lock() {
@@ -411,6 +418,7 @@ pub fn run(params: RunParams) -> Result<(), RuntimeError> {
         clock,
         stop,
         stats,
+        fetch_warmup: Instant::now(),
         transactions: 0,
         abort_every: std::env::var(ENV_ABORT_EVERY)
             .ok()
@@ -446,6 +454,10 @@ struct Loop {
     clock: Arc<dyn WallClock>,
     stop: Arc<AtomicBool>,
     stats: Arc<RunStats>,
+    /// No idle pause before this: newly assigned partitions first need their
+    /// fetches going (paused after 100 ms over and over, a re-assigned
+    /// partition was seen never to fetch at all).
+    fetch_warmup: Instant,
     /// Transactions begun so far, and the fault injection's period.
     transactions: u64,
     abort_every: Option<u64>,
@@ -474,7 +486,11 @@ impl Loop {
                 if left.is_zero() || self.stop.load(Ordering::Acquire) {
                     break;
                 }
-                if events == 0 && !fetch_paused && started.elapsed() >= IDLE_FETCH {
+                if events == 0
+                    && !fetch_paused
+                    && started.elapsed() >= IDLE_FETCH
+                    && Instant::now() >= self.fetch_warmup
+                {
                     // Nothing came: stop asking until the next batch. A broker
                     // that does not hold empty fetches (noida-db) would be
                     // asked in a busy loop; on Kafka this only saves requests.
@@ -488,6 +504,14 @@ impl Loop {
                 let item = match polled {
                     None => None,
                     Some(Err(e)) => {
+                        if let Some((_, reason)) = self.consumer.client().fatal_error() {
+                            // Fenced (another member with this instance id):
+                            // this process must not go on.
+                            return Err(RuntimeError::Kafka {
+                                what: format!("the consumer stopped for good ({reason})"),
+                                source: e,
+                            });
+                        }
                         // Broker and transport errors: librdkafka reconnects on its own.
                         tracing::warn!(error = %e, "consumer error");
                         None
@@ -917,7 +941,8 @@ impl Loop {
             return Ok(());
         }
         let revoked = events.iter().any(|e| matches!(e, Rebalanced::Revoked(_)));
-        if revoked && self.cfg.guarantee == Guarantee::ExactlyOnce {
+        let busy = self.sink.pending() > 0 || self.parts.values().any(|p| p.has_changes());
+        if revoked && busy && self.cfg.guarantee == Guarantee::ExactlyOnce {
             // The rebalance is under way once the revocation returned: a new
             // owner may already restore and process these partitions, so a
             // commit now could duplicate its work. The batch is undone
@@ -945,6 +970,7 @@ impl Loop {
                     }
                 }
                 Rebalanced::Assigned(tps) => {
+                    self.fetch_warmup = Instant::now() + FETCH_WARMUP;
                     let assigned: BTreeSet<u32> = tps.iter().map(|(_, p)| *p as u32).collect();
                     for &id in &assigned {
                         if !self.parts.contains_key(&id) {
