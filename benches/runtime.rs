@@ -325,6 +325,19 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Du
     start.elapsed()
 }
 
+/// Waits until the engine has taken `n` events (returns how long that took)
+/// and then written a batch after them.
+fn caught_up(stats: &RunStats, n: u64, limit: Duration) -> Duration {
+    let t = wait_until("catch-up", limit, || {
+        stats.events.load(Ordering::Acquire) >= n
+    });
+    let b = stats.batches.load(Ordering::Acquire);
+    wait_until("last batch", Duration::from_secs(60), || {
+        stats.batches.load(Ordering::Acquire) > b
+    });
+    t
+}
+
 fn catchup(bs: &str) {
     let contacts = env_usize("WINBACK_BENCH_CONTACTS", 1_000_000) as u64;
     let events = env_usize("WINBACK_BENCH_EVENTS", 5_000_000) as u64;
@@ -339,13 +352,7 @@ fn catchup(bs: &str) {
     let cpu0 = cpu_seconds();
     let (stats, stop, h) = start_engine(cfg, bs, clock);
     let start = Instant::now();
-    wait_until("catch-up", Duration::from_secs(3600), || {
-        stats.events.load(Ordering::Acquire) >= n
-    });
-    let b = stats.batches.load(Ordering::Acquire);
-    wait_until("last batch", Duration::from_secs(60), || {
-        stats.batches.load(Ordering::Acquire) > b
-    });
+    caught_up(&stats, n, Duration::from_secs(3600));
     let took = start.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
     let rate = n as f64 / took;
@@ -449,13 +456,7 @@ fn storm(bs: &str) {
     let cfg = config(bs, &tp, dir.path());
     let clock = Arc::new(ManualClock::new(Timestamp(0)));
     let (stats, stop, h) = start_engine(cfg, bs, Arc::clone(&clock));
-    let t = wait_until("catch-up", Duration::from_secs(1800), || {
-        stats.events.load(Ordering::Acquire) >= n
-    });
-    let b = stats.batches.load(Ordering::Acquire);
-    wait_until("last batch", Duration::from_secs(60), || {
-        stats.batches.load(Ordering::Acquire) > b
-    });
+    let t = caught_up(&stats, n, Duration::from_secs(1800));
     println!(
         "storm: {n} purchases in one minute caught up in {:.1} s",
         t.as_secs_f64()
@@ -510,13 +511,7 @@ fn catch_up_rate(
     let clock = Arc::new(ManualClock::new(Timestamp(0)));
     let (stats, stop, h) = start_engine(cfg, bs, clock);
     let start = Instant::now();
-    wait_until("catch-up", Duration::from_secs(3600), || {
-        stats.events.load(Ordering::Acquire) >= n
-    });
-    let b = stats.batches.load(Ordering::Acquire);
-    wait_until("last batch", Duration::from_secs(60), || {
-        stats.batches.load(Ordering::Acquire) > b
-    });
+    caught_up(&stats, n, Duration::from_secs(3600));
     let rate = n as f64 / start.elapsed().as_secs_f64();
     stop.store(true, Ordering::Release);
     h.join().expect("engine thread");
