@@ -8,14 +8,16 @@
 //!   `WINBACK_BENCH_EVENTS`) over a year in a 4-partition JSON topic; the raw
 //!   consume rate of that topic with the same client and settings, then
 //!   `winback run` catching up on it from an empty state (seed 000; its waits
-//!   fire as event time moves), end to end: events/s and the ratio.
+//!   fire as event time moves), end to end: events/s and the ratio. Up to 1M
+//!   events (or with `WINBACK_BENCH_ALONE=on`), also the output alone: the
+//!   same transitions produced through the sink without the engine.
 //! - `waits`: 10M contacts (`WINBACK_BENCH_WAITS`) each entering seed 000's
 //!   90-day wait, through the partition processor and RocksDB (no broker):
 //!   resident memory of the process, timers held in memory, and disk bytes
 //!   per pending wait.
 //! - `storm`: 1M contacts (`WINBACK_BENCH_STORM`) buy within the same minute;
 //!   after catching up, the wall clock jumps 90 days: waits fired and sent
-//!   (acknowledged by the broker) per second.
+//!   (committed) per second; then the same fired waits' output alone.
 //! - `eos`: catch-up on 300k events (100k contacts) with a 100 ms commit
 //!   interval, at-least-once and exactly-once alternately, twice each: the
 //!   throughput ratio.
@@ -346,6 +348,7 @@ fn catchup(bs: &str) {
     println!("catchup: produced {n} events at {rate:.0}/s");
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config(bs, &tp, dir.path());
+    let alone_cfg = cfg.clone();
     let raw = raw_consume(&cfg, bs, &tp.input, n);
     println!("catchup: raw consume (same client, same settings): {raw:.0} records/s");
     let clock = Arc::new(ManualClock::new(Timestamp(0)));
@@ -375,6 +378,107 @@ fn catchup(bs: &str) {
     );
     stop.store(true, Ordering::Release);
     h.join().expect("engine thread");
+    // noida-db keeps every record in memory: on top of a 5M-event run's
+    // 17M transitions, the same again ran a 24 GiB machine out of memory.
+    let alone = std::env::var("WINBACK_BENCH_ALONE").map_or(events <= 1_000_000, |v| v != "off");
+    if !alone {
+        println!(
+            "catchup: the output alone: skipped above 1M events (WINBACK_BENCH_ALONE=on runs it)"
+        );
+        return;
+    }
+    let (records, secs) = output_alone(
+        &alone_cfg,
+        bs,
+        &tp,
+        folded(year_of_purchases(contacts, events, 42)),
+    );
+    let ceiling = n as f64 / secs;
+    println!(
+        "catchup: the output alone (the same transitions, folded in memory and produced in 20k-event transactions through the engine's sink; no state, no changelog, no consuming): {records} records in {secs:.1} s, {:.0} records/s: a ceiling of {ceiling:.0} events/s end to end on this broker and machine ({:.2} of the raw consume rate)",
+        records as f64 / secs,
+        ceiling / raw
+    );
+    println!(
+        "catchup: winback end to end: {:.2} of the output-alone ceiling",
+        rate / ceiling
+    );
+}
+
+/// What the broker takes to accept an output alone: the transitions (and
+/// sends) `next` yields, one transaction per call, produced through the
+/// engine's own sink to topics of their own (`WINBACK_BENCH_ALONE=alo`: its
+/// at-least-once mode). No RocksDB, no changelog, no input consumed.
+/// Records produced and seconds taken.
+fn output_alone(
+    cfg: &EngineConfig,
+    bs: &str,
+    tp: &Topics,
+    mut next: impl FnMut(&mut Vec<winback::domain::Transition>) -> bool,
+) -> (u64, f64) {
+    let mut cfg = cfg.clone();
+    cfg.outputs.transitions = format!("{}.alone", tp.transitions);
+    cfg.outputs.sends = format!("{}.alone", tp.sends);
+    create_topic(bs, &cfg.outputs.transitions, 4);
+    create_topic(bs, &cfg.outputs.sends, 4);
+    let defs = seed000();
+    let alo = std::env::var("WINBACK_BENCH_ALONE").is_ok_and(|v| v == "alo");
+    let txn = format!("{}-alone", tp.group);
+    let mut sink =
+        winback::sink::Sink::new(&cfg, bs, (!alo).then_some(txn.as_str())).expect("producer");
+    let stop = AtomicBool::new(false);
+    let group: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bs)
+        .set("group.id", format!("{}-alone", tp.group))
+        .create()
+        .expect("consumer");
+    let md = group.group_metadata().expect("group metadata");
+    let none = TopicPartitionList::new();
+    let mut out = Vec::new();
+    let mut records = 0u64;
+    let start = Instant::now();
+    loop {
+        let more = next(&mut out);
+        for t in out.drain(..) {
+            sink.send_transition(&defs, &cfg, &t);
+        }
+        records += sink.pending() as u64;
+        if alo {
+            sink.finish(&stop).expect("acknowledged");
+        } else {
+            let r = sink.commit_transaction(&none, &md).expect("commit");
+            assert!(
+                matches!(r, winback::sink::TxnOutcome::Committed(_)),
+                "{r:?}"
+            );
+        }
+        if !more {
+            break;
+        }
+    }
+    (records, start.elapsed().as_secs_f64())
+}
+
+/// The transitions of folding `lines` in memory, 20k events (one engine
+/// batch) per call.
+fn folded(
+    mut lines: impl Iterator<Item = (String, String)>,
+) -> impl FnMut(&mut Vec<winback::domain::Transition>) -> bool {
+    let mut sim = winback::sim::Simulator::new(seed000());
+    move |out| {
+        for _ in 0..20_000 {
+            let Some((_, line)) = lines.next() else {
+                return false;
+            };
+            let ev = winback::source::decode(
+                winback::config::engine::InputFormat::Json,
+                Some(line.as_bytes()),
+            )
+            .expect("event");
+            sim.feed(&ev, out).expect("fold");
+        }
+        true
+    }
 }
 
 fn waits() {
@@ -451,9 +555,10 @@ fn storm(bs: &str) {
             purchase(i, T0 + (i as i64 * minute) / n as i64, i),
         )
     });
-    let (n, _) = produce(bs, &tp.input, lines);
+    let (n, _) = produce(bs, &tp.input, lines.clone());
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config(bs, &tp, dir.path());
+    let alone_cfg = cfg.clone();
     let clock = Arc::new(ManualClock::new(Timestamp(0)));
     let (stats, stop, h) = start_engine(cfg, bs, Arc::clone(&clock));
     let t = caught_up(&stats, n, Duration::from_secs(1800));
@@ -489,6 +594,37 @@ fn storm(bs: &str) {
     );
     stop.store(true, Ordering::Release);
     h.join().expect("engine thread");
+    // The storm's output alone: the fired waits' transitions, in batches of
+    // the engine's `max_batch_timers` (two transitions each).
+    let mut sim = winback::sim::Simulator::new(seed000());
+    let mut fired = Vec::new();
+    for (_, line) in lines {
+        let ev = winback::source::decode(
+            winback::config::engine::InputFormat::Json,
+            Some(line.as_bytes()),
+        )
+        .expect("event");
+        sim.feed(&ev, &mut fired).expect("fold");
+    }
+    fired.clear();
+    sim.advance_to(Timestamp(T0 + 90 * DAY + minute), &mut fired);
+    let mut chunks = fired.chunks(2 * 100_000).map(<[_]>::to_vec);
+    let (records, secs) = output_alone(&alone_cfg, bs, &tp, |out| match chunks.next() {
+        Some(c) => {
+            out.extend(c);
+            true
+        }
+        None => false,
+    });
+    let ceiling = n as f64 / secs;
+    println!(
+        "storm: the output alone (the same {} fired waits' transitions, produced in transactions of 100k waits through the engine's sink; no state, no changelog): {records} records in {secs:.1} s: a ceiling of {ceiling:.0} waits/s on this broker and machine",
+        fired.len() / 2
+    );
+    println!(
+        "storm: winback: {:.2} of the output-alone ceiling",
+        n as f64 / took / ceiling
+    );
 }
 
 /// Catches up on `n` events of `tp.input` from an empty state with

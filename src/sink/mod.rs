@@ -59,15 +59,29 @@ pub enum TxnOutcome {
     Aborted(String),
 }
 
-/// Record indexes take the low 32 bits of a delivery opaque, the batch
-/// generation the bits above.
+/// A delivery opaque: the batch generation in the bits from 32 up, a
+/// changelog flag in bit 31, the record's index in the batch below.
 const GENERATION_SHIFT: u32 = 32;
 const GENERATION_MASK: usize = (1 << 24) - 1;
+const CHANGELOG_BIT: usize = 1 << 31;
+const INDEX_MASK: usize = CHANGELOG_BIT - 1;
 
 /// How long one transactional call may block before it is retried.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One record to produce, kept until acknowledged.
+/// One record to produce, borrowed: librdkafka copies it.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    pub topic: &'a str,
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+    pub headers: &'a [(&'a str, &'a [u8])],
+    /// None: by the key's hash (librdkafka's default partitioner).
+    pub partition: Option<i32>,
+}
+
+/// One record to produce, owned: kept until acknowledged in at-least-once
+/// mode, where a failed delivery is produced again.
 #[derive(Debug, Clone)]
 pub struct OutRecord {
     pub topic: String,
@@ -120,11 +134,37 @@ fn take<T>(m: &Mutex<Vec<T>>) -> Vec<T> {
     }
 }
 
+impl OutRecord {
+    /// Calls `f` with this record borrowed.
+    fn with_borrowed<R>(&self, f: impl FnOnce(Record<'_>) -> R) -> R {
+        let headers: Vec<(&str, &[u8])> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        f(Record {
+            topic: &self.topic,
+            key: &self.key,
+            value: &self.value,
+            headers: &headers,
+            partition: self.partition,
+        })
+    }
+}
+
 pub struct Sink {
     config: ClientConfig,
     producer: ThreadedProducer<Tracker>,
-    /// The running batch's records, by delivery index.
-    pending: Vec<OutRecord>,
+    /// Records produced in the running batch (delivery indexes below this).
+    sent: usize,
+    /// At-least-once: the running batch's records, by delivery index, to
+    /// produce again if their delivery fails. Exactly-once keeps none: a
+    /// failed delivery aborts the transaction and the batch is redone.
+    kept: Vec<OutRecord>,
+    /// Deliveries to this topic report where the changelog ends.
+    changelog: String,
+    /// Encoding buffer, reused.
+    buf: Vec<u8>,
     /// Deliveries that failed and were produced again (shared with the run's stats).
     pub retried: Arc<AtomicU64>,
     transactional: bool,
@@ -170,7 +210,10 @@ impl Sink {
         Ok(Sink {
             producer,
             config,
-            pending: Vec::new(),
+            sent: 0,
+            kept: Vec::new(),
+            changelog: cfg.outputs.changelog.clone(),
+            buf: Vec::new(),
             retried: Arc::default(),
             transactional: transactional_id.is_some(),
             in_txn: false,
@@ -193,48 +236,81 @@ impl Sink {
     }
 
     /// Records of the running batch not yet acknowledged (all of them until
-    /// [`Sink::finish`]).
+    /// [`Sink::finish`] or the transaction's commit).
     pub fn pending(&self) -> usize {
-        self.pending.len()
+        self.sent
     }
 
     pub fn send(&mut self, rec: OutRecord) {
+        rec.with_borrowed(|r| self.produce_next(r));
+        if !self.transactional {
+            self.kept.push(rec);
+        }
+    }
+
+    /// Produces `rec` as the running batch's next record.
+    pub fn send_record(&mut self, rec: Record<'_>) {
+        self.produce_next(rec);
+        if !self.transactional {
+            self.kept.push(owned(rec));
+        }
+    }
+
+    fn produce_next(&mut self, rec: Record<'_>) {
         if self.transactional && !self.in_txn && self.begin_failed.is_none() {
             match self.producer.begin_transaction() {
                 Ok(()) => self.in_txn = true,
                 Err(e) => self.begin_failed = Some(e),
             }
         }
-        let index = self.pending.len();
-        self.pending.push(rec);
-        self.produce(index);
+        let index = self.sent;
+        self.sent += 1;
+        self.produce(index, rec);
     }
 
     /// Adds a transition: to the transitions topic, and a send also to the
     /// sends topic. Keyed by contact id.
     pub fn send_transition(&mut self, defs: &Definitions, cfg: &EngineConfig, t: &Transition) {
-        let rec = transition_record(defs, t, &cfg.outputs.transitions);
+        let pb = wire::proto::transition_to_pb(defs, t);
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        pb.encode_raw(&mut buf);
+        let headers = transition_headers(t, &pb);
+        let mut rec = Record {
+            topic: &cfg.outputs.transitions,
+            key: t.contact.as_bytes(),
+            value: &buf,
+            headers: &headers,
+            partition: None,
+        };
+        let mut topics = [Some(cfg.outputs.transitions.as_str()), None];
         if matches!(t.kind, TransitionKind::Send { .. }) {
-            let mut send = rec.clone();
-            send.topic.clone_from(&cfg.outputs.sends);
-            self.send(send);
+            topics = [Some(&cfg.outputs.sends), Some(&cfg.outputs.transitions)];
         }
-        self.send(rec);
+        for topic in topics.into_iter().flatten() {
+            rec.topic = topic;
+            self.send_record(rec);
+        }
+        self.buf = buf;
     }
 
-    fn produce(&mut self, index: usize) {
-        let rec = &self.pending[index];
+    fn produce(&mut self, index: usize, rec: Record<'_>) {
         let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
-        for (k, v) in &rec.headers {
+        for (k, v) in rec.headers {
             headers = headers.insert(Header {
                 key: k,
-                value: Some(v),
+                value: Some(*v),
             });
         }
-        let opaque = (self.generation << GENERATION_SHIFT) | index;
-        let mut record = BaseRecord::with_opaque_to(&rec.topic, opaque)
-            .key(&rec.key)
-            .payload(&rec.value)
+        let flag = if rec.topic == self.changelog {
+            CHANGELOG_BIT
+        } else {
+            0
+        };
+        let opaque = (self.generation << GENERATION_SHIFT) | flag | index;
+        let mut record = BaseRecord::with_opaque_to(rec.topic, opaque)
+            .key(rec.key)
+            .payload(rec.value)
             .headers(headers);
         if let Some(p) = rec.partition {
             record = record.partition(p);
@@ -260,13 +336,21 @@ impl Sink {
         }
     }
 
+    /// Produces the running batch's record `index` again (at-least-once).
+    fn produce_kept(&mut self, index: usize) {
+        let Some(rec) = self.kept.get(index).cloned() else {
+            return;
+        };
+        rec.with_borrowed(|r| self.produce(index, r));
+    }
+
     /// Waits until every record of the running batch is acknowledged,
     /// producing failed ones again (after a fatal producer error, all
     /// unacknowledged ones through a new producer). Gives up only when `stop`
     /// is set, leaving the batch unacknowledged: the caller must then not store
     /// its offsets.
     pub fn finish(&mut self, stop: &AtomicBool) -> Result<(), SinkError> {
-        let n = self.pending.len();
+        let n = self.sent;
         let mut acked = vec![false; n];
         let mut left = n;
         let mut backoff = Duration::from_millis(100);
@@ -313,12 +397,12 @@ impl Sink {
                 self.producer = Self::producer(&self.config, false)?;
                 for i in (0..n).filter(|&i| !acked[i]) {
                     self.retried.fetch_add(1, Ordering::Relaxed);
-                    self.produce(i);
+                    self.produce_kept(i);
                 }
             } else {
                 for (i, _) in failed {
                     self.retried.fetch_add(1, Ordering::Relaxed);
-                    self.produce(i);
+                    self.produce_kept(i);
                 }
             }
         }
@@ -328,14 +412,13 @@ impl Sink {
 impl Sink {
     /// Commits the running transaction with `offsets` as the group's consumed
     /// positions (fenced by the group generation in `group`). Reports the
-    /// highest offset written to each partition of `topic` (the changelog).
+    /// highest offset written to each partition of the changelog.
     /// An abortable failure aborts it; only a fatal one (this process was
     /// fenced by another with the same instance id) is an error.
     pub fn commit_transaction(
         &mut self,
         offsets: &TopicPartitionList,
         group: &ConsumerGroupMetadata,
-        topic: &str,
     ) -> Result<TxnOutcome, SinkError> {
         if let Some(e) = self.begin_failed.take() {
             return self.abort(e, "begin");
@@ -364,25 +447,27 @@ impl Sink {
         let mut ends = HashMap::new();
         let mut seen = 0;
         let deadline = Instant::now() + Duration::from_secs(10);
-        while seen < self.pending.len() && Instant::now() < deadline {
+        while seen < self.sent && Instant::now() < deadline {
             for (o, partition, offset) in take(&self.producer.context().acked) {
-                let Some(i) = self.index(o) else { continue };
+                if self.index(o).is_none() {
+                    continue;
+                }
                 seen += 1;
-                if self.pending.get(i).is_some_and(|r| r.topic == topic) {
+                if o & CHANGELOG_BIT != 0 {
                     let e = ends.entry(partition).or_insert(offset);
                     *e = (*e).max(offset);
                 }
             }
-            if seen < self.pending.len() {
+            if seen < self.sent {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
         take(&self.producer.context().failed);
-        if seen < self.pending.len() {
+        if seen < self.sent {
             // Committed, but some offsets are unknown: the restore position
             // stays where it was and the next restore reads a little more.
             tracing::warn!(
-                missing = self.pending.len() - seen,
+                missing = self.sent - seen,
                 "delivery reports missing after a commit"
             );
             ends.clear();
@@ -427,8 +512,8 @@ impl Sink {
     /// running batch.
     fn index(&self, opaque: usize) -> Option<usize> {
         (opaque >> GENERATION_SHIFT == self.generation & GENERATION_MASK)
-            .then_some(opaque & ((1 << GENERATION_SHIFT) - 1))
-            .filter(|i| *i < self.pending.len())
+            .then_some(opaque & INDEX_MASK)
+            .filter(|i| *i < self.sent)
     }
 
     /// Forgets the running batch; its late delivery reports are ignored.
@@ -436,7 +521,8 @@ impl Sink {
         let ctx = self.producer.context();
         take(&ctx.acked);
         take(&ctx.failed);
-        self.pending.clear();
+        self.sent = 0;
+        self.kept.clear();
         self.generation = (self.generation + 1) & GENERATION_MASK;
     }
 
@@ -464,31 +550,45 @@ fn retry_txn(what: &'static str, f: impl Fn() -> Result<(), KafkaError>) -> Resu
     }
 }
 
+/// A transition record's headers: its type, conversation and id.
+fn transition_headers<'a>(
+    t: &'a Transition,
+    pb: &'a crate::pb::Transition,
+) -> [(&'a str, &'a [u8]); 3] {
+    [
+        (HEADER_TYPE, t.kind.type_name().as_bytes()),
+        (HEADER_CONVERSATION, pb.conversation.as_bytes()),
+        (HEADER_TRANSITION_ID, pb.transition_id.as_bytes()),
+    ]
+}
+
+fn owned(rec: Record<'_>) -> OutRecord {
+    OutRecord {
+        topic: rec.topic.to_string(),
+        key: rec.key.to_vec(),
+        value: rec.value.to_vec(),
+        headers: rec
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_vec()))
+            .collect(),
+        partition: rec.partition,
+    }
+}
+
 /// A transition as a record of `topic`: `winback.v1.Transition`, keyed by
 /// contact id, with the type, conversation and transition id as headers.
 pub fn transition_record(defs: &Definitions, t: &Transition, topic: &str) -> OutRecord {
     let pb = wire::proto::transition_to_pb(defs, t);
     let value = pb.encode_to_vec();
-    OutRecord {
-        topic: topic.to_string(),
-        key: t.contact.as_bytes().to_vec(),
-        value,
-        headers: vec![
-            (
-                HEADER_TYPE.to_string(),
-                t.kind.type_name().as_bytes().to_vec(),
-            ),
-            (
-                HEADER_CONVERSATION.to_string(),
-                pb.conversation.into_bytes(),
-            ),
-            (
-                HEADER_TRANSITION_ID.to_string(),
-                pb.transition_id.into_bytes(),
-            ),
-        ],
+    let headers = transition_headers(t, &pb);
+    owned(Record {
+        topic,
+        key: t.contact.as_bytes(),
+        value: &value,
+        headers: &headers,
         partition: None,
-    }
+    })
 }
 
 /// Reads a transition record as produced by the sink.
