@@ -235,14 +235,28 @@ changelog = {changelog:?}
     parse_engine(Path::new("bench.toml"), &text, std::env::vars()).expect("bench config")
 }
 
-fn produce(bs: &str, topic: &str, lines: impl Iterator<Item = (String, String)>) -> (u64, f64) {
-    let p: BaseProducer = ClientConfig::new()
+/// The plain producer the benchmarks feed input topics with.
+fn bench_producer(bs: &str) -> BaseProducer {
+    ClientConfig::new()
         .set("bootstrap.servers", bs)
         .set("linger.ms", "20")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "1000000")
         .create()
-        .expect("producer");
+        .expect("producer")
+}
+
+/// A purchase line of [`purchase`], decoded as the engine decodes it.
+fn json_event(line: &str) -> Event {
+    winback::source::decode(
+        winback::config::engine::InputFormat::Json,
+        Some(line.as_bytes()),
+    )
+    .expect("event")
+}
+
+fn produce(bs: &str, topic: &str, lines: impl Iterator<Item = (String, String)>) -> (u64, f64) {
+    let p = bench_producer(bs);
     let start = Instant::now();
     let mut n = 0u64;
     for (key, value) in lines {
@@ -470,12 +484,7 @@ fn folded(
             let Some((_, line)) = lines.next() else {
                 return false;
             };
-            let ev = winback::source::decode(
-                winback::config::engine::InputFormat::Json,
-                Some(line.as_bytes()),
-            )
-            .expect("event");
-            sim.feed(&ev, out).expect("fold");
+            sim.feed(&json_event(&line), out).expect("fold");
         }
         true
     }
@@ -599,12 +608,7 @@ fn storm(bs: &str) {
     let mut sim = winback::sim::Simulator::new(seed000());
     let mut fired = Vec::new();
     for (_, line) in lines {
-        let ev = winback::source::decode(
-            winback::config::engine::InputFormat::Json,
-            Some(line.as_bytes()),
-        )
-        .expect("event");
-        sim.feed(&ev, &mut fired).expect("fold");
+        sim.feed(&json_event(&line), &mut fired).expect("fold");
     }
     fired.clear();
     sim.advance_to(Timestamp(T0 + 90 * DAY + minute), &mut fired);
@@ -709,13 +713,7 @@ fn restore(bs: &str) {
     };
     sim.feed(&ev, &mut Vec::new()).expect("fed");
     let template = sim.states().next().expect("a contact").1.clone();
-    let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bs)
-        .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .expect("producer");
+    let p = bench_producer(bs);
     let started = Instant::now();
     for i in 0..n {
         let mut st = template.clone();

@@ -254,12 +254,6 @@ impl Store {
                 // and checksummed on every look-up (measured: 4x the CPU per
                 // fired wait in an expiry storm).
                 t.set_bloom_filter(10.0, false);
-                // Most look-ups miss the memtables (the contact was last
-                // written batches ago, or never): a memtable filter answers
-                // those without walking the skip list (measured: MemTable::Get
-                // was a tenth of the CPU of a catch-up).
-                o.set_memtable_prefix_bloom_ratio(0.1);
-                o.set_memtable_whole_key_filtering(true);
             }
             // The other families are scanned by range or tiny: no filter.
             o.set_block_based_table_factory(&t);
