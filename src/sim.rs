@@ -15,7 +15,37 @@ use crate::timer::Wheel;
 /// A pending wait of (contact id, conversation, entry, contact index): at the
 /// same instant, timers fire in order of contact id, conversation and entry,
 /// as in `winback run`, whose waits come back from disk in no first-seen order.
-type TimerKey = (Arc<str>, ConvIdx, u32, u32);
+type TimerKey = (ContactId, ConvIdx, u32, u32);
+
+/// A contact id ordered as its text, compared by pointer first: a contact's
+/// waits in several conversations usually expire at the same instant, and
+/// they share one `Arc`, so ordering them reads no contact's id from memory.
+#[derive(Debug, Clone)]
+struct ContactId(Arc<str>);
+
+impl PartialEq for ContactId {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl Eq for ContactId {}
+
+impl PartialOrd for ContactId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ContactId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if Arc::ptr_eq(&self.0, &other.0) {
+            std::cmp::Ordering::Equal
+        } else {
+            self.0.cmp(&other.0)
+        }
+    }
+}
 
 pub struct Simulator {
     engine: Engine,
@@ -133,7 +163,7 @@ impl Simulator {
                 at,
             } = tc
             {
-                let id = Arc::clone(&self.contacts[contact as usize].0);
+                let id = ContactId(Arc::clone(&self.contacts[contact as usize].0));
                 self.timers.insert(at, (id, conversation, entry, contact));
             }
         }

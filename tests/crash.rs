@@ -1,6 +1,7 @@
 //! The crash harness: `winback run` (the binary, exactly-once mode) over a
-//! stream of purchases whose waits expire during the run, killed with SIGKILL
-//! at random moments and restarted, every other time with an empty state
+//! stream of purchases whose waits expire during the run, produced part by
+//! part while the engine runs, killed with SIGKILL at random moments and
+//! restarted, every other time with an empty state
 //! directory, with every 5th transaction aborted on top. Afterwards a `read_committed` reader must see exactly the
 //! transitions of `simulate` on the same events - every send once - and no
 //! coupon code twice.
@@ -86,25 +87,39 @@ fn sigkill_at_random_moments_loses_no_send_and_duplicates_none() {
     )
     .unwrap();
 
-    // Dated January to July 2026: by the wall clock every wait is over, so
-    // the caught-up engine fires all of them, as `simulate` does to `until`.
-    let lines = kafka::purchase_stream(contacts, 200, 99);
-    let until = Timestamp::parse_rfc3339("2027-06-01T00:00:00Z").unwrap();
+    // Dated 2030, after the wall clock: the engine's clock is the events' time
+    // throughout, and an idle engine between two parts of the stream fires
+    // nothing early. A last unrouted event per partition moves the clock past
+    // every wait, as `simulate` does to `until`.
+    let start = Timestamp::parse_rfc3339("2030-01-01T00:00:00Z").unwrap();
+    let until = Timestamp::parse_rfc3339("2031-06-01T00:00:00Z").unwrap();
     let now = Timestamp(chrono::Utc::now().timestamp_millis());
-    assert!(
-        now > Timestamp::parse_rfc3339("2026-11-01T00:00:00Z").unwrap() && now < until,
-        "the wall clock must be past every wait of the stream and before `until`"
-    );
+    assert!(now < start, "the stream must be dated after the wall clock");
+    let mut lines = kafka::purchase_stream_from(start.0, contacts, 200, 99);
+    for p in 0..PARTITIONS {
+        let id = (0..)
+            .map(|n| format!("clock-{n}"))
+            .find(|id| kafka::partition_of(id, PARTITIONS) == p)
+            .expect("an id for every partition");
+        lines.push(format!(
+            r#"{{"event_id":"tick-{p}","name":"clock_tick","contact_id":"{id}","occurred_at":"{until}"}}"#
+        ));
+    }
     let expected = kafka::simulate_partitioned(&defs, &lines, until, PARTITIONS);
     let sends = expected
         .iter()
         .filter(|l| l.contains("\"type\":\"send\""))
         .count();
     assert!(sends > 100, "the stream sends too little to test: {sends}");
-    kafka::produce_partitioned(&topics.input, &lines, PARTITIONS);
 
+    // Each killed run gets its part of the stream while it runs, so that
+    // every kill lands in a live stream, not in an engine with nothing to do.
+    let parts: Vec<Vec<String>> = lines
+        .chunks(lines.len().div_ceil(kills as usize))
+        .map(<[String]>::to_vec)
+        .collect();
     let mut seen = Vec::new();
-    for i in 0..kills {
+    for i in 0..kills as usize {
         if i % 2 == 1 {
             // The disk is lost: the next start restores from the changelog.
             let _ = std::fs::remove_dir_all(&state);
@@ -116,10 +131,22 @@ fn sigkill_at_random_moments_loses_no_send_and_duplicates_none() {
             &dir.path().join(format!("run-{i}.log")),
             &[(winback::runtime::ENV_ABORT_EVERY, "5")],
         );
+        let part = parts.get(i).cloned().unwrap_or_default();
+        let input = topics.input.clone();
+        let feeder = std::thread::spawn(move || {
+            kafka::produce_partitioned_paced(
+                &input,
+                &part,
+                PARTITIONS,
+                25,
+                Duration::from_millis(80),
+            )
+        });
         let after = Duration::from_millis(300 + rnd() % 2700);
         std::thread::sleep(after);
         child.kill().expect("SIGKILL");
         child.wait().expect("reaped");
+        feeder.join().expect("the part produced");
         // At least this many (a short read): shows the kills land mid-stream.
         let committed = kafka::read(&topics.transitions, usize::MAX, Duration::from_secs(1)).len();
         seen.push((after.as_millis(), committed));
@@ -135,6 +162,17 @@ fn sigkill_at_random_moments_loses_no_send_and_duplicates_none() {
         logs.matches("restored from the changelog").count(),
         logs.matches(" revoked").count(),
         logs.matches("aborted").count(),
+    );
+
+    // The harness's premise: kills land while output is being committed,
+    // not only before the first record or after the last.
+    let mid = seen
+        .iter()
+        .filter(|&&(_, n)| n > 0 && n < expected.len())
+        .count();
+    assert!(
+        mid >= kills as usize / 2,
+        "only {mid} of {kills} kills landed mid-stream: {seen:?}"
     );
 
     // The last run is left to finish, then stopped gracefully.

@@ -184,11 +184,24 @@ fn produce_to(
     records: &[(String, Vec<u8>)],
     partition: impl Fn(&str) -> Option<i32>,
 ) {
-    let p: BaseProducer = ClientConfig::new()
+    send_all(&producer(bootstrap), topic, records, partition);
+}
+
+fn producer(bootstrap: &str) -> BaseProducer {
+    ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
         .create()
-        .expect("producer");
+        .expect("producer")
+}
+
+/// Sends and flushes: everything is acknowledged on return.
+fn send_all(
+    p: &BaseProducer,
+    topic: &str,
+    records: &[(String, Vec<u8>)],
+    partition: impl Fn(&str) -> Option<i32>,
+) {
     for (k, v) in records {
         let mut rec = BaseRecord::to(topic).key(k.as_bytes()).payload(v);
         if let Some(p) = partition(k) {
@@ -353,6 +366,11 @@ impl Drop for Running {
 /// A deterministic stream of purchases (and list events) for `contacts`
 /// contacts over about `days` days, as JSON lines in time order.
 pub fn purchase_stream(contacts: usize, days: i64, seed: u64) -> Vec<String> {
+    purchase_stream_from(1_767_225_600_000, contacts, days, seed) // 2026-01-01
+}
+
+/// [`purchase_stream`] starting at `start` (epoch milliseconds).
+pub fn purchase_stream_from(start: i64, contacts: usize, days: i64, seed: u64) -> Vec<String> {
     let mut x = seed | 1;
     let mut rnd = move || {
         x ^= x << 13;
@@ -360,7 +378,6 @@ pub fn purchase_stream(contacts: usize, days: i64, seed: u64) -> Vec<String> {
         x ^= x << 17;
         x
     };
-    let start = 1_767_225_600_000i64; // 2026-01-01
     let mut evs: Vec<(i64, String)> = Vec::new();
     for c in 0..contacts {
         let id = format!("c{c:04}");
@@ -416,6 +433,26 @@ pub fn produce_partitioned(topic: &str, lines: &[String], partitions: i32) {
     produce_to(&brokers(), topic, &keyed(lines), |k| {
         Some(partition_of(k, partitions))
     });
+}
+
+/// [`produce_partitioned`] spread over time: `slices` parts, one every `gap`,
+/// each flushed before the pause, so that a consumer sees a live stream.
+pub fn produce_partitioned_paced(
+    topic: &str,
+    lines: &[String],
+    partitions: i32,
+    slices: usize,
+    gap: Duration,
+) {
+    let records = keyed(lines);
+    let per = records.len().div_ceil(slices.max(1)).max(1);
+    let p = producer(&brokers());
+    for (i, slice) in records.chunks(per).enumerate() {
+        if i > 0 {
+            std::thread::sleep(gap);
+        }
+        send_all(&p, topic, slice, |k| Some(partition_of(k, partitions)));
+    }
 }
 
 /// The oracle for `produce_partitioned` input: `simulate` per partition,
