@@ -157,9 +157,10 @@ fn sigkill_at_random_moments_loses_no_send_and_duplicates_none() {
         })
         .collect();
     eprintln!(
-        "{} transitions expected; kills (ms after start, transitions seen committed): {seen:?}; in the killed runs' logs: {} restores, {} revocations, {} aborted transactions",
+        "{} transitions expected; kills (ms after start, transitions seen committed): {seen:?}; in the killed runs' logs: {} restores ({} read again: behind the group's committed offsets), {} revocations, {} aborted transactions",
         expected.len(),
         logs.matches("restored from the changelog").count(),
+        logs.matches("reading the changelog again").count(),
         logs.matches(" revoked").count(),
         logs.matches("aborted").count(),
     );

@@ -131,6 +131,11 @@ fn kafka(what: impl Into<String>) -> impl FnOnce(KafkaError) -> RuntimeError {
     move |source| RuntimeError::Kafka { what, source }
 }
 
+/// How long a restore may take to catch up with the group's committed input
+/// offsets, and the pause between its attempts.
+const RESTORE_CATCH_UP: Duration = Duration::from_secs(30);
+const RESTORE_RETRY: Duration = Duration::from_millis(200);
+
 /// Counters of a run, readable while it runs.
 #[derive(Debug, Default)]
 pub struct RunStats {
@@ -149,6 +154,9 @@ pub struct RunStats {
     pub aborted: AtomicU64,
     /// Changelog records read by restores.
     pub restored_records: AtomicU64,
+    /// Restores read again because they ended behind the group's committed
+    /// input offsets.
+    pub restore_retries: AtomicU64,
 }
 
 /// What the consumer's rebalance callback saw; handled by the loop between polls.
@@ -181,34 +189,99 @@ struct Ctx {
 
 impl Ctx {
     /// Brings the store's state of a newly assigned partition up to the
-    /// changelog (exactly-once mode), before its start offsets are read.
-    fn restore(&self, partition: u32) -> Result<(), RuntimeError> {
+    /// changelog (exactly-once mode), before its start offsets are read, and
+    /// at least up to the input offsets the group committed: each transaction
+    /// commits them together with its changelog records, so a restore that
+    /// ends before them has missed a committed transaction (one still being
+    /// completed when the restore read the changelog's end) and would
+    /// process its input, and send its transitions, a second time. It reads
+    /// again until it has caught up, and fails rather than go on behind.
+    fn restore(&self, consumer: &BaseConsumer<Self>, partition: u32) -> Result<(), RuntimeError> {
         let Some(r) = &self.restorer else {
             return Ok(());
         };
-        let done = restore::restore_partition(
-            &self.store,
-            &r.defs,
-            &r.cfg,
-            &r.bootstrap,
-            partition,
-            &r.stop,
-            &mut |records, at, end| {
-                tracing::info!(partition, records, at, end, "restoring from the changelog");
-            },
-        )?;
-        r.stats
-            .restored_records
-            .fetch_add(done.records, Ordering::Relaxed);
-        tracing::info!(
-            partition,
-            records = done.records,
-            from = ?done.from,
-            to = done.to,
-            ms = done.elapsed.as_millis() as u64,
-            "restored from the changelog"
-        );
-        Ok(())
+        let deadline = Instant::now() + RESTORE_CATCH_UP;
+        loop {
+            let done = restore::restore_partition(
+                &self.store,
+                &r.defs,
+                &r.cfg,
+                &r.bootstrap,
+                partition,
+                &r.stop,
+                &mut |records, at, end| {
+                    tracing::info!(partition, records, at, end, "restoring from the changelog");
+                },
+            )?;
+            r.stats
+                .restored_records
+                .fetch_add(done.records, Ordering::Relaxed);
+            tracing::info!(
+                partition,
+                records = done.records,
+                from = ?done.from,
+                to = done.to,
+                ms = done.elapsed.as_millis() as u64,
+                "restored from the changelog"
+            );
+            let behind = self.behind_committed(consumer, &r.cfg, partition)?;
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline || r.stop.load(Ordering::Acquire) {
+                return Err(RuntimeError::Restore {
+                    partition,
+                    reason: format!(
+                        "the changelog stays behind the input offsets the group committed with it \
+                         ({behind}) after {} s: a committed transaction is missing from it, or the \
+                         group's offsets were committed by another run (at-least-once mode, \
+                         another state): use a new group id",
+                        RESTORE_CATCH_UP.as_secs()
+                    ),
+                });
+            }
+            r.stats.restore_retries.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                partition,
+                %behind,
+                "the restored state is behind the group's committed input offsets; reading the changelog again"
+            );
+            std::thread::sleep(RESTORE_RETRY);
+        }
+    }
+
+    /// The inputs of `partition` whose stored offset is behind the group's
+    /// committed one, as "topic: stored < committed" (empty: none).
+    fn behind_committed(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        cfg: &EngineConfig,
+        partition: u32,
+    ) -> Result<String, RuntimeError> {
+        let mut tpl = TopicPartitionList::new();
+        for input in &cfg.inputs {
+            tpl.add_partition(&input.topic, partition as i32);
+        }
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .map_err(kafka(format!(
+                "committed input offsets of partition {partition}"
+            )))?;
+        let mut behind = Vec::new();
+        for e in committed.elements() {
+            let Offset::Offset(c) = e.offset() else {
+                continue;
+            };
+            let stored = self.store.offset(partition, e.topic())?;
+            if stored.is_none_or(|s| s < c) {
+                behind.push(format!(
+                    "{}: {} < {c}",
+                    e.topic(),
+                    stored.map_or("none".to_string(), |s| s.to_string())
+                ));
+            }
+        }
+        Ok(behind.join(", "))
     }
 }
 
@@ -234,7 +307,7 @@ impl ConsumerContext for Ctx {
                 let held = self.held.lock().map(|h| h.clone()).unwrap_or_default();
                 let ids: BTreeSet<u32> = parts.iter().map(|(_, p)| *p as u32).collect();
                 for id in ids.difference(&held) {
-                    if let Err(e) = self.restore(*id) {
+                    if let Err(e) = self.restore(consumer, *id) {
                         tracing::error!(error = %e, partition = id, "restore failed");
                         if let Ok(mut ev) = self.events.lock() {
                             ev.push(Rebalanced::Failed(e));
