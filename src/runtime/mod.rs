@@ -196,7 +196,7 @@ impl Ctx {
     /// completed when the restore read the changelog's end) and would
     /// process its input, and send its transitions, a second time. It reads
     /// again until it has caught up, and fails rather than go on behind.
-    fn restore(&self, consumer: &BaseConsumer<Self>, partition: u32) -> Result<(), RuntimeError> {
+    fn restore(&self, partition: u32) -> Result<(), RuntimeError> {
         let Some(r) = &self.restorer else {
             return Ok(());
         };
@@ -224,7 +224,7 @@ impl Ctx {
                 ms = done.elapsed.as_millis() as u64,
                 "restored from the changelog"
             );
-            let behind = self.behind_committed(consumer, &r.cfg, partition)?;
+            let behind = self.behind_committed(r, partition)?;
             if behind.is_empty() {
                 return Ok(());
             }
@@ -252,17 +252,21 @@ impl Ctx {
 
     /// The inputs of `partition` whose stored offset is behind the group's
     /// committed one, as "topic: stored < committed" (empty: none).
-    fn behind_committed(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        cfg: &EngineConfig,
-        partition: u32,
-    ) -> Result<String, RuntimeError> {
+    fn behind_committed(&self, r: &Restorer, partition: u32) -> Result<String, RuntimeError> {
         let mut tpl = TopicPartitionList::new();
-        for input in &cfg.inputs {
+        for input in &r.cfg.inputs {
             tpl.add_partition(&input.topic, partition as i32);
         }
-        let committed = consumer
+        // Asked through a client of its own that never joins the group: the
+        // group's consumer is in the middle of its rebalance here.
+        let mut c = source::client_config(&r.cfg, &r.bootstrap);
+        c.set("group.id", &r.cfg.group_id);
+        c.set("enable.auto.commit", "false");
+        c.set("isolation.level", "read_committed");
+        let asker: BaseConsumer = c
+            .create()
+            .map_err(kafka("create the committed-offsets client"))?;
+        let committed = asker
             .committed_offsets(tpl, Duration::from_secs(10))
             .map_err(kafka(format!(
                 "committed input offsets of partition {partition}"
@@ -307,7 +311,7 @@ impl ConsumerContext for Ctx {
                 let held = self.held.lock().map(|h| h.clone()).unwrap_or_default();
                 let ids: BTreeSet<u32> = parts.iter().map(|(_, p)| *p as u32).collect();
                 for id in ids.difference(&held) {
-                    if let Err(e) = self.restore(consumer, *id) {
+                    if let Err(e) = self.restore(*id) {
                         tracing::error!(error = %e, partition = id, "restore failed");
                         if let Ok(mut ev) = self.events.lock() {
                             ev.push(Rebalanced::Failed(e));
