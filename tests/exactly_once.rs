@@ -6,6 +6,7 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::kafka::{self, Running, Topics, assert_same};
@@ -166,4 +167,39 @@ fn a_fenced_zombie_leaves_nothing_behind() {
     b.stop();
     let got = kafka::read(&topics.transitions, got.len() + 1, Duration::from_secs(3));
     assert_same(&kafka::as_json(&got), &expected);
+}
+
+/// Offsets the group committed but the changelog does not hold (here: a
+/// changelog with nothing in it) mean a restore has missed a committed
+/// transaction: the partition must not start from what the store has, which
+/// would process that input, and send its transitions, a second time.
+#[test]
+fn a_restore_behind_the_groups_committed_offsets_takes_no_input() {
+    let defs = definitions(&SEEDS);
+    let topics = Topics::fresh();
+    topics.create(PARTITIONS);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = topics.config(&dir.path().join("s"), &SEEDS, "");
+    kafka::produce_partitioned(
+        &topics.input,
+        &kafka::purchase_stream(30, 60, 17),
+        PARTITIONS,
+    );
+    kafka::commit_group_offsets(&cfg.group_id, &topics.input, &[(0, 3)]);
+    let run = Running::start(cfg, defs, STILL);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while run.stats.restore_retries.load(Ordering::Acquire) < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restore was not read again: {:?}",
+            run.stats
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        run.stats.events.load(Ordering::Acquire),
+        0,
+        "input taken while a restore is behind"
+    );
+    assert!(run.stop_result().is_err(), "stopped behind, not cleanly");
 }

@@ -603,3 +603,21 @@ pub fn log_tail(path: &Path, n: usize) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// Commits offsets for `group` from outside it (no member joins), as
+/// `(partition, next offset)` of `topic`.
+pub fn commit_group_offsets(group: &str, topic: &str, offsets: &[(i32, i64)]) {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for &(p, o) in offsets {
+        tpl.add_partition_offset(topic, p, Offset::Offset(o))
+            .expect("offset");
+    }
+    c.commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        .expect("group offsets committed");
+}
