@@ -2,39 +2,59 @@
 //! one is an append and the clock jumps straight to the next occupied bucket.
 //!
 //! Shape (after tokio's wheel and Kafka's purgatory): `LEVELS` levels of 64
-//! slots. A slot of level `l` spans `64^l` milliseconds, so level 0 holds one
-//! exact millisecond per slot and level 6 a span of about 2.2 years; timers
+//! slots. A slot of level `l` spans `2^(12 + 6l)` milliseconds, so level 0
+//! holds about 4 s per slot and level 4 a span of about 2.2 years; timers
 //! further away than the wheel reaches wait in an ordered overflow map.
 //!
-//! Placement: a timer due at `d` sits at the level of the highest 6-bit group in
-//! which `d` and the wheel's time (`elapsed`) differ, in slot `(d >> 6l) & 63`.
-//! Invariant ([`Wheel::placement_holds`]): every timer in the wheel shares with
-//! `elapsed` all bits above its level's span and sits at or after `elapsed`'s
-//! slot on that level, so "the next occupied slot" never wraps, and the lowest
-//! occupied level always holds the earliest timers.
+//! Placement: a timer due at `d` sits at the level of the highest 6-bit group
+//! (above the low 12 bits) in which `d` and the wheel's time (`elapsed`)
+//! differ, in slot `(d >> (12 + 6l)) & 63`. Invariant
+//! ([`Wheel::placement_holds`]): every timer in the wheel is after `elapsed`,
+//! shares with it all bits above its level's span and sits at or after
+//! `elapsed`'s slot on that level, so "the next occupied slot" never wraps,
+//! and the lowest occupied level always holds the earliest timers.
 //!
 //! Taking timers: the earliest occupied slot is processed when its start is
-//! due: `elapsed` jumps to its start; a level-0 slot's timers (all due at that
-//! millisecond) move to the `ready` heap; a higher slot's timers cascade to lower
-//! levels. Timers come out in exact `(deadline, key)` order, which makes the
-//! engine's output deterministic. A timer added already due goes straight to
-//! `ready`.
+//! due. A level-0 slot is sorted once and appended to the `run`, a queue in
+//! `(deadline, key)` order, and `elapsed` moves to the slot's last
+//! millisecond; a higher slot's timers cascade to lower levels (those already
+//! due go to the `ready` heap instead). A timer added at or before `elapsed`
+//! goes to `ready`. Timers come out as the smaller of the run's and the heap's
+//! first, in exact `(deadline, key)` order, which makes the engine's output
+//! deterministic.
+//!
+//! Why 4 s and not 1 ms at level 0: a 1 ms level and a 64 ms level cost every
+//! timer two more moves and a heap push and pop; sorting a slot of a few
+//! timers costs less (measured with callgrind on the fold benchmark).
+//!
+//! Lanes: most timers arrive in expiry order (events come in time order and
+//! most waits share a duration), so before the levels a timer is appended to
+//! one of up to `LANES` sorted queues, the one with the latest last timer not
+//! after it (lanes stay ordered by their last timer, latest first, so the
+//! first that fits is that one). A lane costs a timer one append and one
+//! comparison per lane when taken; the levels cost it a move per level it
+//! cascades through. Only a timer that fits no lane, with every lane in
+//! use, goes to the levels.
 //!
 //! Cancellation is lazy: the engine ignores a timer that no longer matches a
 //! waiting entry, so a re-entry costs one append and no search.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use crate::domain::Timestamp;
 
+/// Bits of a level-0 slot's span: 4,096 ms.
+const FINE_BITS: u32 = 12;
 const BITS: u32 = 6;
 const SLOTS: usize = 1 << BITS;
-const LEVELS: usize = 7;
+const LEVELS: usize = 5;
+/// Sorted queues tried before the levels.
+const LANES: usize = 4;
 /// A drained slot keeps a buffer up to this many timers.
 const SLOT_KEEP: usize = 256;
 /// Distance from `elapsed` beyond which a timer waits in the overflow map.
-const RANGE_BITS: u32 = BITS * LEVELS as u32;
+const RANGE_BITS: u32 = FINE_BITS + BITS * LEVELS as u32;
 
 /// Timestamps as unsigned, order-preserving wheel time (pre-1970 instants too).
 fn key(t: Timestamp) -> u64 {
@@ -45,14 +65,19 @@ fn time(k: u64) -> Timestamp {
     Timestamp((k ^ (1 << 63)) as i64)
 }
 
+/// The bit position where a level's slots start.
+fn shift(level: usize) -> u32 {
+    FINE_BITS + BITS * level as u32
+}
+
 fn level_for(elapsed: u64, when: u64) -> usize {
-    let masked = (elapsed ^ when) | (SLOTS as u64 - 1);
+    let masked = ((elapsed ^ when) >> FINE_BITS) | (SLOTS as u64 - 1);
     let significant = 63 - masked.leading_zeros();
     (significant / BITS) as usize
 }
 
 fn slot_for(when: u64, level: usize) -> usize {
-    ((when >> (BITS as usize * level)) & (SLOTS as u64 - 1)) as usize
+    ((when >> shift(level)) & (SLOTS as u64 - 1)) as usize
 }
 
 struct Level<T> {
@@ -61,11 +86,30 @@ struct Level<T> {
     slots: Vec<Vec<(u64, T)>>,
 }
 
+/// Where the earliest timer out of the levels is.
+#[derive(Clone, Copy)]
+enum Source {
+    Run,
+    Ready,
+    Lane(usize),
+}
+
 pub struct Wheel<T> {
     elapsed: u64,
     levels: Vec<Level<T>>,
+    /// Bit `l` set when level `l` holds timers.
+    levels_occupied: u32,
     overflow: BTreeMap<(u64, T), ()>,
+    /// Sorted level-0 slots, all before every timer still in the levels.
+    run: VecDeque<(u64, T)>,
+    /// Timers due (or added at or before `elapsed`) in no particular order.
     ready: BinaryHeap<Reverse<(u64, T)>>,
+    /// Sorted queues, none empty, ordered by their last timer, latest first.
+    lanes: Vec<VecDeque<(u64, T)>>,
+    max_lanes: usize,
+    /// No timer held is due before this: `pop_due` before it answers at once.
+    /// The engine asks after every event, mostly when nothing is due.
+    not_before: u64,
     len: usize,
 }
 
@@ -77,6 +121,12 @@ impl<T: Ord> Default for Wheel<T> {
 
 impl<T: Ord> Wheel<T> {
     pub fn new() -> Self {
+        Self::with_lanes(LANES)
+    }
+
+    /// A wheel with up to `max_lanes` lanes (none: every timer goes to the
+    /// levels, as the tests of the levels need).
+    fn with_lanes(max_lanes: usize) -> Self {
         Wheel {
             elapsed: 0,
             levels: (0..LEVELS)
@@ -85,8 +135,13 @@ impl<T: Ord> Wheel<T> {
                     slots: (0..SLOTS).map(|_| Vec::new()).collect(),
                 })
                 .collect(),
+            levels_occupied: 0,
             overflow: BTreeMap::new(),
+            run: VecDeque::new(),
             ready: BinaryHeap::new(),
+            lanes: Vec::new(),
+            max_lanes,
+            not_before: u64::MAX,
             len: 0,
         }
     }
@@ -101,70 +156,89 @@ impl<T: Ord> Wheel<T> {
 
     pub fn insert(&mut self, deadline: Timestamp, item: T) {
         self.len += 1;
-        self.place(key(deadline), item);
+        let when = key(deadline);
+        let fits = |&(w, ref i): &(u64, T)| w < when || (w == when && *i <= item);
+        if let Some(lane) = self.lanes.iter_mut().find(|l| l.back().is_some_and(fits)) {
+            self.not_before = self.not_before.min(when);
+            lane.push_back((when, item));
+        } else if self.lanes.len() < self.max_lanes {
+            // Earlier than every lane's last timer: the new lane goes last.
+            self.not_before = self.not_before.min(when);
+            self.lanes.push(VecDeque::from([(when, item)]));
+        } else {
+            self.place(when, item);
+        }
     }
 
     fn place(&mut self, when: u64, item: T) {
         if when <= self.elapsed {
+            self.not_before = self.not_before.min(when);
             self.ready.push(Reverse((when, item)));
             return;
         }
         let level = level_for(self.elapsed, when);
         if level >= LEVELS {
+            self.not_before = self.not_before.min(when);
             self.overflow.insert((when, item), ());
             return;
         }
+        // The slot is processed from its start: the bound is that.
+        self.not_before = self.not_before.min(when & !((1u64 << shift(level)) - 1));
         let slot = slot_for(when, level);
         let l = &mut self.levels[level];
         l.occupied |= 1 << slot;
         l.slots[slot].push((when, item));
+        self.levels_occupied |= 1 << level;
     }
 
     /// The earliest occupied slot: (level, slot, start time).
     fn next_slot(&self) -> Option<(usize, usize, u64)> {
-        for (level, l) in self.levels.iter().enumerate() {
-            if l.occupied == 0 {
-                continue;
-            }
-            let pos = slot_for(self.elapsed, level);
-            // By the placement invariant no occupied slot lies before `pos`.
-            debug_assert!(
-                l.occupied >> pos != 0,
-                "occupied slot before the wheel's position"
-            );
-            let slot = if l.occupied >> pos != 0 {
-                pos + (l.occupied >> pos).trailing_zeros() as usize
-            } else {
-                l.occupied.trailing_zeros() as usize
-            };
-            let span_bits = BITS as usize * (level + 1);
-            let base = if span_bits >= 64 {
-                0
-            } else {
-                self.elapsed & !((1u64 << span_bits) - 1)
-            };
-            return Some((
-                level,
-                slot,
-                base + ((slot as u64) << (BITS as usize * level)),
-            ));
+        if self.levels_occupied == 0 {
+            return None;
         }
-        None
+        // By the placement invariant the lowest occupied level holds the earliest.
+        let level = self.levels_occupied.trailing_zeros() as usize;
+        let occupied = self.levels[level].occupied;
+        let pos = slot_for(self.elapsed, level);
+        // By the placement invariant no occupied slot lies before `pos`.
+        debug_assert!(
+            occupied >> pos != 0,
+            "occupied slot before the wheel's position"
+        );
+        let slot = if occupied >> pos != 0 {
+            pos + (occupied >> pos).trailing_zeros() as usize
+        } else {
+            occupied.trailing_zeros() as usize
+        };
+        let base = self.elapsed & !((1u64 << shift(level + 1)) - 1);
+        Some((level, slot, base + ((slot as u64) << shift(level))))
     }
 
-    /// Empties a slot that has come due: its timers due by `now` go straight to
-    /// `ready` (which orders them), the others cascade to lower levels.
+    /// Empties a slot that has come due. A level-0 slot is sorted onto the
+    /// run; a higher one's timers due by `now` go to `ready`, the others
+    /// cascade to lower levels.
     fn process(&mut self, level: usize, slot: usize, start: u64, now: u64) {
-        debug_assert!(start >= self.elapsed);
-        self.elapsed = self.elapsed.max(start);
         let l = &mut self.levels[level];
         l.occupied &= !(1 << slot);
+        if l.occupied == 0 {
+            self.levels_occupied &= !(1 << level);
+        }
         let mut items = std::mem::take(&mut l.slots[slot]);
-        for (when, item) in items.drain(..) {
-            if when <= now {
-                self.ready.push(Reverse((when, item)));
-            } else {
-                self.place(when, item);
+        if level == 0 {
+            // Every timer of the slot's span is now here or in the run, so
+            // anything added within it later belongs in `ready`.
+            self.elapsed = self.elapsed.max(start + (1 << FINE_BITS) - 1);
+            items.sort_unstable();
+            self.run.extend(items.drain(..));
+        } else {
+            debug_assert!(start >= self.elapsed);
+            self.elapsed = self.elapsed.max(start);
+            for (when, item) in items.drain(..) {
+                if when <= now {
+                    self.ready.push(Reverse((when, item)));
+                } else {
+                    self.place(when, item);
+                }
             }
         }
         // Small slots keep their buffer for the next rotation; large ones free it.
@@ -186,23 +260,71 @@ impl<T: Ord> Wheel<T> {
         }
     }
 
+    /// The deadline of the earliest timer out of the levels, and where it is.
+    fn first_out(&self) -> Option<(u64, Source)> {
+        let mut best = self.run.front().map(|r| (r, Source::Run));
+        if let Some(Reverse(h)) = self.ready.peek()
+            && best.is_none_or(|(b, _)| h < b)
+        {
+            best = Some((h, Source::Ready));
+        }
+        for (i, lane) in self.lanes.iter().enumerate() {
+            if let Some(f) = lane.front()
+                && best.is_none_or(|(b, _)| f < b)
+            {
+                best = Some((f, Source::Lane(i)));
+            }
+        }
+        best.map(|(t, s)| (t.0, s))
+    }
+
+    fn take(&mut self, from: Source) -> Option<(u64, T)> {
+        match from {
+            Source::Run => self.run.pop_front(),
+            Source::Ready => self.ready.pop().map(|Reverse(t)| t),
+            Source::Lane(i) => {
+                let lane = self.lanes.get_mut(i)?;
+                let t = lane.pop_front();
+                if lane.is_empty() {
+                    // The others keep their order.
+                    self.lanes.remove(i);
+                }
+                t
+            }
+        }
+    }
+
     /// Takes the earliest timer due at or before `now`, in (deadline, item)
     /// order. When none is due the wheel's time moves to `now`.
     pub fn pop_due(&mut self, now: Timestamp) -> Option<(Timestamp, T)> {
         let now = key(now);
+        if now < self.not_before {
+            // No slot is due either: the wheel's time may move as below.
+            if now > self.elapsed {
+                self.elapsed = now;
+                if !self.overflow.is_empty() {
+                    self.refill_from_overflow();
+                }
+            }
+            if now < self.not_before {
+                return None;
+            }
+        }
         loop {
-            let ready_first = self.ready.peek().map(|Reverse((w, _))| *w);
+            let first = self.first_out();
             match self.next_slot() {
                 Some((level, slot, start))
-                    if start <= now && ready_first.is_none_or(|r| start <= r) =>
+                    if start <= now && first.is_none_or(|(f, _)| start <= f) =>
                 {
                     self.process(level, slot, start, now);
                     continue;
                 }
-                None if self.ready.is_empty() => {
-                    // Only overflow timers, if any: jump to the first if it is due.
+                None => {
+                    // Only overflow timers in the levels' stead, if any: jump
+                    // to the first if it is due and before every other.
                     if let Some((&(when, _), _)) = self.overflow.first_key_value()
                         && when <= now
+                        && first.is_none_or(|(f, _)| when <= f)
                     {
                         self.elapsed = self.elapsed.max(when & !((1u64 << RANGE_BITS) - 1));
                         self.refill_from_overflow();
@@ -211,19 +333,28 @@ impl<T: Ord> Wheel<T> {
                 }
                 _ => {}
             }
-            if self
-                .ready
-                .peek()
-                .is_some_and(|Reverse((when, _))| *when <= now)
-                && let Some(Reverse((when, item))) = self.ready.pop()
+            if let Some((when, from)) = first
+                && when <= now
+                && let Some((when, item)) = self.take(from)
             {
                 self.len -= 1;
+                // Timers come out in order: none left is due before it.
+                self.not_before = when;
                 return Some((time(when), item));
             }
             if now > self.elapsed {
                 self.elapsed = now;
                 self.refill_from_overflow();
             }
+            self.not_before = [
+                first.map(|(f, _)| f),
+                self.next_slot().map(|(_, _, start)| start),
+                self.overflow.first_key_value().map(|(&(w, _), _)| w),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(u64::MAX);
             debug_assert!(self.placement_holds());
             return None;
         }
@@ -231,19 +362,50 @@ impl<T: Ord> Wheel<T> {
 
     /// The placement invariant, checked in debug builds and tests.
     pub fn placement_holds(&self) -> bool {
-        self.levels.iter().enumerate().all(|(level, l)| {
-            l.slots.iter().enumerate().all(|(slot, items)| {
-                (l.occupied >> slot & 1 == 1) != items.is_empty()
-                    && items.iter().all(|&(when, _)| {
-                        when > self.elapsed
-                            && level_for(self.elapsed, when) == level
-                            && slot_for(when, level) == slot
+        let run_sorted = self
+            .run
+            .iter()
+            .zip(self.run.iter().skip(1))
+            .all(|(a, b)| a <= b);
+        let run_last = self.run.back().map(|&(w, _)| w);
+        let lanes_hold = self
+            .lanes
+            .iter()
+            .all(|l| !l.is_empty() && l.iter().zip(l.iter().skip(1)).all(|(a, b)| a <= b))
+            && self
+                .lanes
+                .iter()
+                .zip(self.lanes.iter().skip(1))
+                .all(|(a, b)| a.back() > b.back());
+        let held_after = self
+            .run
+            .iter()
+            .chain(self.ready.iter().map(|Reverse(t)| t))
+            .chain(self.lanes.iter().flatten())
+            .chain(self.overflow.keys())
+            .all(|&(w, _)| w >= self.not_before)
+            && self
+                .next_slot()
+                .is_none_or(|(_, _, start)| start >= self.not_before);
+        run_sorted
+            && held_after
+            && lanes_hold
+            && self.levels.iter().enumerate().all(|(level, l)| {
+                (self.levels_occupied >> level & 1 == 1) == (l.occupied != 0)
+                    && l.slots.iter().enumerate().all(|(slot, items)| {
+                        (l.occupied >> slot & 1 == 1) != items.is_empty()
+                            && items.iter().all(|&(when, _)| {
+                                when > self.elapsed
+                                    && run_last.is_none_or(|r| when > r)
+                                    && level_for(self.elapsed, when) == level
+                                    && slot_for(when, level) == slot
+                            })
                     })
             })
-        }) && self
-            .overflow
-            .keys()
-            .all(|&(when, _)| level_for(self.elapsed, when) >= LEVELS)
+            && self
+                .overflow
+                .keys()
+                .all(|&(when, _)| level_for(self.elapsed, when) >= LEVELS)
     }
 }
 
@@ -263,7 +425,7 @@ mod tests {
 
     #[test]
     fn fires_each_timer_at_its_millisecond_in_order() {
-        let mut w = Wheel::new();
+        let mut w = Wheel::with_lanes(0);
         w.pop_due(Timestamp(T0));
         for (i, d) in [63, 64, 65, 4095, 4096, 1, 0, 64].iter().enumerate() {
             w.insert(Timestamp(T0 + d), i as u32);
@@ -278,8 +440,39 @@ mod tests {
     }
 
     #[test]
+    fn timers_added_within_a_sorted_slot_merge_in_order() {
+        let mut w = Wheel::with_lanes(0);
+        // The start of a level-0 slot: its span ends 4,095 ms later.
+        let b = (T0 >> FINE_BITS << FINE_BITS) + (1 << FINE_BITS);
+        w.pop_due(Timestamp(b - 1));
+        for (i, d) in [10, 20, 4095, 4096].iter().enumerate() {
+            w.insert(Timestamp(b + d), i as u32);
+        }
+        assert_eq!(drain(&mut w, b + 10), vec![(b + 10, 0)]);
+        // The slot now sits sorted in the run; these go to the heap.
+        w.insert(Timestamp(b + 15), 10);
+        w.insert(Timestamp(b + 20), 9);
+        w.insert(Timestamp(b + 12), 11);
+        w.insert(Timestamp(b + 4095), 12);
+        assert!(w.placement_holds());
+        assert_eq!(
+            drain(&mut w, b + 4095),
+            vec![
+                (b + 12, 11),
+                (b + 15, 10),
+                (b + 20, 1),
+                (b + 20, 9),
+                (b + 4095, 2),
+                (b + 4095, 12)
+            ]
+        );
+        assert_eq!(drain(&mut w, b + 5000), vec![(b + 4096, 3)]);
+        assert!(w.is_empty());
+    }
+
+    #[test]
     fn a_timer_added_already_due_fires_at_once() {
-        let mut w = Wheel::new();
+        let mut w = Wheel::with_lanes(0);
         w.insert(Timestamp(T0 + 100), 1);
         assert_eq!(drain(&mut w, T0 + 50), vec![]);
         w.insert(Timestamp(T0 + 10), 2);
@@ -290,7 +483,7 @@ mod tests {
 
     #[test]
     fn far_timers_go_through_the_overflow() {
-        let mut w = Wheel::new();
+        let mut w = Wheel::with_lanes(0);
         let years = |n: i64| n * 366 * 24 * 3_600_000;
         w.insert(Timestamp(T0 + years(200)), 1);
         w.insert(Timestamp(T0 + years(1)), 2);
@@ -299,6 +492,60 @@ mod tests {
         assert_eq!(drain(&mut w, T0 + years(150)), vec![(T0 + years(1), 2)]);
         assert_eq!(drain(&mut w, T0 + years(300)), vec![(T0 + years(200), 1)]);
         assert!(w.placement_holds());
+    }
+
+    #[test]
+    fn timers_in_order_take_the_lanes_and_the_rest_the_levels() {
+        let mut w = Wheel::with_lanes(2);
+        w.pop_due(Timestamp(T0));
+        let day = 86_400_000;
+        // Two runs in order, interleaved: one lane each.
+        for i in 0..100u32 {
+            w.insert(Timestamp(T0 + 90 * day + i64::from(i) * 1000), i);
+            w.insert(Timestamp(T0 + 89 * day + i64::from(i) * 1000), 1000 + i);
+        }
+        assert_eq!(w.lanes.len(), 2);
+        assert!(w.levels_occupied == 0 && w.ready.is_empty());
+        // Before both lanes' last timers: to the levels.
+        w.insert(Timestamp(T0 + 50 * day), 5000);
+        w.insert(Timestamp(T0 + 89 * day), 999);
+        assert_ne!(w.levels_occupied, 0);
+        assert!(w.placement_holds());
+        let fired = drain(&mut w, T0 + 91 * day);
+        assert_eq!(fired.len(), 202);
+        assert_eq!(fired[0], (T0 + 50 * day, 5000));
+        assert_eq!(fired[1], (T0 + 89 * day, 999));
+        assert_eq!(fired[2], (T0 + 89 * day, 1000));
+        assert!(fired.windows(2).all(|p| p[0] <= p[1]));
+        assert!(w.lanes.is_empty() && w.is_empty());
+    }
+
+    #[test]
+    fn a_lane_timer_waits_for_an_earlier_overflow_timer() {
+        // The wheel's time is still 0: T0 is beyond its reach, in the overflow.
+        let mut w = Wheel::with_lanes(1);
+        w.insert(Timestamp(T0), 0);
+        w.insert(Timestamp(T0 + 20), 1);
+        w.insert(Timestamp(T0 + 10), 2);
+        assert_eq!(
+            drain(&mut w, T0 + 20),
+            vec![(T0, 0), (T0 + 10, 2), (T0 + 20, 1)]
+        );
+    }
+
+    #[test]
+    fn the_clock_passing_a_slots_start_cascades_it() {
+        let mut w = Wheel::with_lanes(0);
+        w.pop_due(Timestamp(T0));
+        let far = T0 + (1 << 20);
+        w.insert(Timestamp(far), 1);
+        // Past the start of the timer's level-1 slot, before the timer.
+        let slot_start = far & !((1 << shift(1)) - 1);
+        assert!(slot_start > T0);
+        assert_eq!(drain(&mut w, slot_start + 1), vec![]);
+        assert!(w.placement_holds());
+        w.insert(Timestamp(slot_start + 2), 2);
+        assert_eq!(drain(&mut w, far), vec![(slot_start + 2, 2), (far, 1)]);
     }
 
     #[test]
@@ -317,10 +564,14 @@ mod tests {
     proptest! {
         /// Against a `BTreeSet` model: random inserts at distances from 0 ms to
         /// centuries (some already due) and random clock steps give the same
-        /// timers in the same order.
+        /// timers in the same order, with any number of lanes (none: the
+        /// levels alone).
         #[test]
-        fn matches_an_ordered_set(ops in prop::collection::vec((0u8..4, 0u32..64, 0i64..20), 1..300)) {
-            let mut w = Wheel::new();
+        fn matches_an_ordered_set(
+            lanes in 0usize..6,
+            ops in prop::collection::vec((0u8..4, 0u32..64, 0i64..20), 1..300),
+        ) {
+            let mut w = Wheel::with_lanes(lanes);
             let mut model: BTreeSet<(i64, u32)> = BTreeSet::new();
             let mut now = T0;
             let mut next_id = 0u32;
@@ -330,8 +581,10 @@ mod tests {
                         // Distances spread over every level: 2^(2b) ms plus jitter.
                         let delta = (1i64 << (2 * b)) + i64::from(a) - 10;
                         let d = now + if op == 0 { delta } else { -delta.min(1000) };
-                        w.insert(Timestamp(d), next_id);
-                        model.insert((d, next_id));
+                        // Ties at one instant come in no particular key order.
+                        let id = a * 1000 + next_id;
+                        w.insert(Timestamp(d), id);
+                        model.insert((d, id));
                         next_id += 1;
                     }
                     _ => {
