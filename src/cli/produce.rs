@@ -4,10 +4,12 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use prost::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientContext;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 use super::CliError;
 use crate::config::engine::InputFormat;
@@ -24,6 +26,28 @@ pub struct Args {
     /// The input topic to publish to (default: the first in the config).
     #[arg(long)]
     pub topic: Option<String>,
+}
+
+/// Counts the records the brokers refused: a flush only says the queue is
+/// empty, not that everything in it arrived.
+#[derive(Default)]
+struct Refused {
+    count: Mutex<(u64, Option<String>)>,
+}
+
+impl ClientContext for Refused {}
+
+impl ProducerContext for Refused {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result
+            && let Ok(mut c) = self.count.lock()
+        {
+            c.0 += 1;
+            c.1.get_or_insert_with(|| e.to_string());
+        }
+    }
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, CliError> {
@@ -48,7 +72,15 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     let bootstrap = super::run::client_bootstrap(&cfg);
     let mut conf = crate::source::client_config(&cfg, &bootstrap);
     conf.set("enable.idempotence", "true");
-    let producer: BaseProducer = conf.create().map_err(|e| CliError::Kafka(e.to_string()))?;
+    if !cfg.kafka.contains_key("allow.auto.create.topics") {
+        // A topic `winback run` has not created yet is waited for, not
+        // created by the broker with its default partition count (which
+        // `winback run` would then refuse).
+        conf.set("allow.auto.create.topics", "false");
+    }
+    let producer: BaseProducer<Refused> = conf
+        .create_with_context(Refused::default())
+        .map_err(|e| CliError::Kafka(e.to_string()))?;
     let (mut sent, mut bad) = (0u64, 0u64);
     for (n, line) in BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|source| CliError::Read {
@@ -96,6 +128,15 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     producer
         .flush(Duration::from_secs(60))
         .map_err(|e| CliError::Kafka(format!("not every event was acknowledged: {e}")))?;
+    if let Ok(c) = producer.context().count.lock()
+        && c.0 > 0
+    {
+        return Err(CliError::Kafka(format!(
+            "{} of {sent} event(s) were not acknowledged: {}",
+            c.0,
+            c.1.as_deref().unwrap_or("no reason given")
+        )));
+    }
     eprintln!(
         "produced {sent} event(s) to {topic} on {bootstrap}; {bad} malformed line(s) not sent"
     );
