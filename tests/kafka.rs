@@ -226,3 +226,56 @@ fn a_wait_fires_from_the_idle_wall_clock() {
         sends[0]
     );
 }
+
+/// `winback produce` never creates an input topic: the broker would give it
+/// its default partition count, which `winback run` then refuses. A missing
+/// topic is waited for (here 1.5 s), then it is an error.
+#[test]
+fn produce_to_a_missing_topic_fails_and_creates_nothing() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let topics = Topics::fresh();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("winback.toml");
+    std::fs::write(
+        &config,
+        topics.config_text(
+            &kafka::brokers(),
+            &dir.path().join("state"),
+            &SEEDS,
+            "[kafka]\n\"topic.metadata.propagation.max.ms\" = \"1500\"",
+        ),
+    )
+    .unwrap();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(
+        &events,
+        "{\"event_id\":\"o1\",\"name\":\"checkout\",\"contact_id\":\"ann\",\"occurred_at\":\"2026-01-05T10:00:00Z\"}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_winback"))
+        .args(["produce", "--config", config.to_str().unwrap()])
+        .args(["--events", events.to_str().unwrap()])
+        .output()
+        .expect("run winback produce");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("topic {} does not exist", topics.input)),
+        "{err}"
+    );
+
+    let probe: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka::brokers())
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .expect("a metadata client");
+    let meta = probe
+        .fetch_metadata(Some(&topics.input), Duration::from_secs(10))
+        .expect("metadata");
+    let created = meta
+        .topics()
+        .iter()
+        .any(|t| t.name() == topics.input && t.error().is_none() && !t.partitions().is_empty());
+    assert!(!created, "produce created {}", topics.input);
+}

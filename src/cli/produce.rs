@@ -5,10 +5,11 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prost::Message;
 use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 use super::CliError;
@@ -50,6 +51,42 @@ impl ProducerContext for Refused {
     }
 }
 
+/// Waits for `topic` to exist, as long as librdkafka waits for a missing
+/// topic's metadata (`topic.metadata.propagation.max.ms`, 30 s by default),
+/// asking through a consumer, whose metadata requests create nothing.
+fn wait_for_topic(
+    cfg: &crate::config::engine::EngineConfig,
+    bootstrap: &str,
+    topic: &str,
+) -> Result<(), CliError> {
+    let wait = cfg
+        .kafka
+        .get("topic.metadata.propagation.max.ms")
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(30), Duration::from_millis);
+    let mut conf = crate::source::client_config(cfg, bootstrap);
+    conf.set("allow.auto.create.topics", "false");
+    let probe: BaseConsumer = conf.create().map_err(|e| CliError::Kafka(e.to_string()))?;
+    let deadline = Instant::now() + wait;
+    loop {
+        let last = match probe.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            Ok(m) => match m.topics().iter().find(|t| t.name() == topic) {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => return Ok(()),
+                Some(t) => format!("{:?}", t.error()),
+                None => "not in the metadata".to_string(),
+            },
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= deadline {
+            return Err(CliError::Kafka(format!(
+                "topic {topic} does not exist on {bootstrap} (waited {wait:?}; last answer: {last}); \
+                 winback run creates its topics on the embedded broker, elsewhere create them first"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     let Some(cfg) = super::load_engine(&args.config) else {
         return Ok(ExitCode::from(1));
@@ -73,11 +110,14 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     let mut conf = crate::source::client_config(&cfg, &bootstrap);
     conf.set("enable.idempotence", "true");
     if !cfg.kafka.contains_key("allow.auto.create.topics") {
-        // A topic `winback run` has not created yet is waited for, not
-        // created by the broker with its default partition count (which
-        // `winback run` would then refuse).
         conf.set("allow.auto.create.topics", "false");
     }
+    // A topic `winback run` has not created yet is waited for, not created
+    // by the broker with its default partition count (which `winback run`
+    // would then refuse). The producer's own metadata requests may still ask
+    // the broker to create it (noida-db does), so it starts only once the
+    // topic is there.
+    wait_for_topic(&cfg, &bootstrap, &topic)?;
     let producer: BaseProducer<Refused> = conf
         .create_with_context(Refused::default())
         .map_err(|e| CliError::Kafka(e.to_string()))?;
