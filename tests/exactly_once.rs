@@ -164,7 +164,67 @@ fn a_fenced_zombie_leaves_nothing_behind() {
     b.clock.set(until());
     let got = kafka::read(&topics.transitions, expected.len(), T);
     std::thread::sleep(Duration::from_secs(1));
+    let stats = std::sync::Arc::clone(&b.stats);
     b.stop();
+    // Shown with a failure.
+    eprintln!("b: {stats:?}");
+    let got = kafka::read(&topics.transitions, got.len() + 1, Duration::from_secs(3));
+    assert_same(&kafka::as_json(&got), &expected);
+}
+
+/// A member that joins revokes the first one's partitions while it is in
+/// the middle of a batch: that batch is committed before the partitions
+/// move, not aborted and done again, and the members together give the
+/// output of one.
+#[test]
+fn a_revocation_commits_the_batch_under_way() {
+    let defs = definitions(&SEEDS);
+    let topics = Topics::fresh();
+    topics.create(PARTITIONS);
+    let dir = tempfile::tempdir().unwrap();
+    let lines = kafka::purchase_stream(5000, 200, 19);
+    kafka::produce_partitioned(&topics.input, &lines, PARTITIONS);
+    // Long batches over a backlog: a revocation mostly comes while one is
+    // filling. Each new member revokes the first one's partitions again
+    // (three partitions: up to three more members), until one did.
+    let config = |name: &str| {
+        let mut cfg = topics.config(&dir.path().join(name), &SEEDS, "");
+        cfg.commit_interval_ms = 2000;
+        cfg.max_batch_events = 1_000_000;
+        cfg
+    };
+    let a = Running::start(config("a"), defs.clone(), STILL);
+    a.wait_events(100, T);
+    let mut others = Vec::new();
+    for name in ["b", "c", "d"] {
+        let seen = a.stats.revocations.load(Ordering::Acquire);
+        others.push(Running::start(config(name), defs.clone(), STILL));
+        let deadline = std::time::Instant::now() + T;
+        while a.stats.revocations.load(Ordering::Acquire) == seen {
+            assert!(std::time::Instant::now() < deadline, "{name} never joined");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if a.stats.revocation_commits.load(Ordering::Acquire) > 0 {
+            break;
+        }
+    }
+    assert!(
+        a.stats.revocation_commits.load(Ordering::Acquire) >= 1,
+        "no batch was under way at a revocation: {:?}",
+        a.stats
+    );
+    assert_eq!(a.stats.aborted.load(Ordering::Acquire), 0, "{:?}", a.stats);
+    let expected = kafka::simulate_partitioned(&defs, &lines, until(), PARTITIONS);
+    a.clock.set(until());
+    for o in &others {
+        o.clock.set(until());
+    }
+    let got = kafka::read(&topics.transitions, expected.len(), T);
+    std::thread::sleep(Duration::from_secs(1));
+    a.stop();
+    for o in others {
+        o.stop();
+    }
     let got = kafka::read(&topics.transitions, got.len() + 1, Duration::from_secs(3));
     assert_same(&kafka::as_json(&got), &expected);
 }

@@ -157,13 +157,28 @@ pub struct RunStats {
     /// Restores read again because they ended behind the group's committed
     /// input offsets.
     pub restore_retries: AtomicU64,
+    /// Records fetched again below the position already folded (around a
+    /// seek or a rebalance), skipped.
+    pub refetched: AtomicU64,
+    /// Records of a partition no longer held when they were polled, skipped.
+    pub unowned: AtomicU64,
+    /// Revocations handled.
+    pub revocations: AtomicU64,
+    /// Batches under way at a revocation, committed before the partitions
+    /// were let go.
+    pub revocation_commits: AtomicU64,
 }
 
 /// What the consumer's rebalance callback saw; handled by the loop between polls.
 #[derive(Debug)]
 enum Rebalanced {
     Assigned(Vec<(String, i32)>),
-    Revoked(Vec<(String, i32)>),
+    /// `held`: the partitions are still assigned (the loop commits, then
+    /// unassigns); otherwise they are gone already (lost, or at shutdown).
+    Revoked {
+        parts: Vec<(String, i32)>,
+        held: bool,
+    },
     Failed(RuntimeError),
 }
 
@@ -185,6 +200,12 @@ struct Ctx {
     held: Mutex<BTreeSet<u32>>,
     events: Mutex<Vec<Rebalanced>>,
     restorer: Option<Restorer>,
+    /// While the loop runs, a revocation keeps the partitions assigned until
+    /// the loop has committed what it folded of them.
+    defer_unassign: AtomicBool,
+    /// A revocation that kept its partitions assigned waits for the loop's
+    /// unassignment (the group's rebalance waits for it too).
+    unassign_due: AtomicBool,
 }
 
 impl Ctx {
@@ -320,6 +341,7 @@ impl ConsumerContext for Ctx {
                     }
                 }
                 let positions = self.positions.lock().map(|p| p.clone()).unwrap_or_default();
+                let mut starts = Vec::with_capacity(parts.len());
                 for (topic, p) in &parts {
                     let next = match positions.get(&(topic.clone(), *p)) {
                         Some(&o) => Some(o),
@@ -332,6 +354,7 @@ impl ConsumerContext for Ctx {
                         },
                     };
                     let offset = next.map_or(Offset::Beginning, Offset::Offset);
+                    starts.push((*p, next, positions.contains_key(&(topic.clone(), *p))));
                     if let Err(e) = tpl.set_partition_offset(topic, *p, offset) {
                         tracing::error!(error = %e, topic, partition = p, "cannot set a start offset");
                     }
@@ -344,18 +367,31 @@ impl ConsumerContext for Ctx {
                 if let Err(e) = consumer.resume(tpl) {
                     tracing::debug!(error = %e, "resume after assign");
                 }
-                tracing::info!(partitions = ?parts, "assigned");
+                // (partition, next offset or none: the beginning, whether
+                // from memory rather than the store)
+                tracing::info!(partitions = ?parts, ?starts, "assigned");
                 if let Ok(mut ev) = self.events.lock() {
                     ev.push(Rebalanced::Assigned(parts));
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                if let Err(e) = consumer.unassign() {
+                // An eager rebalance waits for this member's unassignment
+                // before anyone gets the partitions: the loop commits the
+                // batch under way first (as Kafka Streams commits in
+                // onPartitionsRevoked), instead of aborting it, which would
+                // repeat its work and leave an aborted transaction behind.
+                // Lost partitions (this member was expired or fenced) may be
+                // someone else's already: let go at once; the loop aborts.
+                let lost = consumer.assignment_lost();
+                let held = !lost && self.defer_unassign.load(Ordering::Acquire);
+                if held {
+                    self.unassign_due.store(true, Ordering::Release);
+                } else if let Err(e) = consumer.unassign() {
                     tracing::error!(error = %e, "unassign failed");
                 }
-                tracing::info!(partitions = ?parts, "revoked");
+                tracing::info!(partitions = ?parts, lost, "revoked");
                 if let Ok(mut ev) = self.events.lock() {
-                    ev.push(Rebalanced::Revoked(parts));
+                    ev.push(Rebalanced::Revoked { parts, held });
                 }
             }
             other => tracing::error!(error = ?other, "rebalance error"),
@@ -439,6 +475,8 @@ pub fn run(params: RunParams) -> Result<(), RuntimeError> {
         held: Mutex::new(BTreeSet::new()),
         events: Mutex::new(Vec::new()),
         restorer,
+        defer_unassign: AtomicBool::new(true),
+        unassign_due: AtomicBool::new(false),
     };
     let consumer: BaseConsumer<Ctx> = source::consumer_config(&cfg, &bootstrap)
         .create_with_context(ctx)
@@ -502,6 +540,22 @@ pub fn run(params: RunParams) -> Result<(), RuntimeError> {
             .filter(|n| *n > 0),
     };
     let result = rt.run();
+    // From here on a revocation lets go at once: nothing folds any more.
+    rt.consumer
+        .context()
+        .defer_unassign
+        .store(false, Ordering::Release);
+    if rt
+        .consumer
+        .context()
+        .unassign_due
+        .swap(false, Ordering::AcqRel)
+    {
+        // An error left a revocation unanswered: the group waits for it.
+        if let Err(e) = rt.consumer.unassign() {
+            tracing::warn!(error = %e, "unassign after an error");
+        }
+    }
     // Leave the group cleanly either way, so a restart is assigned at once.
     rt.consumer.unsubscribe();
     result
@@ -624,6 +678,8 @@ impl Loop {
                 };
                 if !self.parts.contains_key(&(partition as u32)) {
                     // Fetched before a revocation: not ours any more.
+                    self.stats.unowned.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(topic, partition, offset, "skipped: partition not held");
                     continue;
                 }
                 let next = self
@@ -631,8 +687,10 @@ impl Loop {
                     .lock()
                     .ok()
                     .and_then(|p| p.get(&(topic.clone(), partition)).copied());
-                if next.is_some_and(|n| offset < n) {
+                if let Some(next) = next.filter(|n| offset < *n) {
                     // Folded already (a fetch repeated around a seek): never twice.
+                    self.stats.refetched.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(topic, partition, offset, next, "skipped: folded already");
                     continue;
                 }
                 events += 1;
@@ -1018,25 +1076,38 @@ impl Loop {
         if events.is_empty() {
             return Ok(());
         }
-        let revoked = events.iter().any(|e| matches!(e, Rebalanced::Revoked(_)));
+        let let_go = events
+            .iter()
+            .any(|e| matches!(e, Rebalanced::Revoked { held: false, .. }));
         let busy = self.sink.pending() > 0 || self.parts.values().any(|p| p.has_changes());
-        if revoked && busy && self.cfg.guarantee == Guarantee::ExactlyOnce {
-            // The rebalance is under way once the revocation returned: a new
-            // owner may already restore and process these partitions, so a
-            // commit now could duplicate its work. The batch is undone
-            // instead (nothing of it is visible) and done again by whoever
-            // owns each partition next.
+        if let_go && busy && self.cfg.guarantee == Guarantee::ExactlyOnce {
+            // Partitions let go of before this commit (lost): a new owner
+            // may already restore and process them, so a commit now could
+            // duplicate its work. The batch is undone instead (nothing of it
+            // is visible) and done again by whoever owns each partition next.
             self.sink.abort_transaction()?;
             self.stats.aborted.fetch_add(1, Ordering::Relaxed);
             self.rollback()?;
         } else {
-            // Everything folded so far becomes durable before partitions move.
+            // Everything folded so far becomes durable before partitions
+            // move: they are still this member's until it unassigns below.
+            if busy
+                && events
+                    .iter()
+                    .any(|e| matches!(e, Rebalanced::Revoked { .. }))
+            {
+                self.stats
+                    .revocation_commits
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             self.commit()?;
         }
+
         for ev in events {
             match ev {
                 Rebalanced::Failed(e) => return Err(e),
-                Rebalanced::Revoked(tps) => {
+                Rebalanced::Revoked { parts: tps, .. } => {
+                    self.stats.revocations.fetch_add(1, Ordering::Relaxed);
                     for (topic, p) in tps {
                         self.parts.remove(&(p as u32));
                         if let Ok(mut pos) = self.positions.lock() {
@@ -1077,6 +1148,16 @@ impl Loop {
         }
         if let Ok(mut held) = self.consumer.context().held.lock() {
             *held = self.parts.keys().copied().collect();
+        }
+        if self
+            .consumer
+            .context()
+            .unassign_due
+            .swap(false, Ordering::AcqRel)
+        {
+            self.consumer
+                .unassign()
+                .map_err(kafka("unassign after a revocation"))?;
         }
         Ok(())
     }
