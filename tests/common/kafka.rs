@@ -296,7 +296,17 @@ pub struct Running {
 }
 
 impl Running {
-    pub fn start(cfg: EngineConfig, defs: Arc<Definitions>, clock: Timestamp) -> Running {
+    pub fn start(mut cfg: EngineConfig, defs: Arc<Definitions>, clock: Timestamp) -> Running {
+        if let Ok(contexts) = std::env::var("WINBACK_TEST_KAFKA_DEBUG") {
+            // Diagnosis of a failure that does not repeat: librdkafka's
+            // debug contexts (e.g. "cgrp,eos") and winback's debug log, shown
+            // with the failing test's output.
+            cfg.kafka.insert("debug".into(), contexts);
+            let _ = tracing_subscriber::fmt()
+                .with_test_writer()
+                .with_env_filter("info,winback=debug,librdkafka=debug")
+                .try_init();
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(RunStats::default());
         let clock = Arc::new(ManualClock::new(clock));
