@@ -545,16 +545,9 @@ pub fn run(params: RunParams) -> Result<(), RuntimeError> {
         .context()
         .defer_unassign
         .store(false, Ordering::Release);
-    if rt
-        .consumer
-        .context()
-        .unassign_due
-        .swap(false, Ordering::AcqRel)
-    {
-        // An error left a revocation unanswered: the group waits for it.
-        if let Err(e) = rt.consumer.unassign() {
-            tracing::warn!(error = %e, "unassign after an error");
-        }
+    // An error may have left a revocation unanswered: the group waits for it.
+    if let Err(e) = rt.unassign_if_due() {
+        tracing::warn!(error = %e, "unassign after an error");
     }
     // Leave the group cleanly either way, so a restart is assigned at once.
     rt.consumer.unsubscribe();
@@ -1094,7 +1087,7 @@ impl Loop {
             if busy
                 && events
                     .iter()
-                    .any(|e| matches!(e, Rebalanced::Revoked { .. }))
+                    .any(|e| matches!(e, Rebalanced::Revoked { held: true, .. }))
             {
                 self.stats
                     .revocation_commits
@@ -1102,7 +1095,6 @@ impl Loop {
             }
             self.commit()?;
         }
-
         for ev in events {
             match ev {
                 Rebalanced::Failed(e) => return Err(e),
@@ -1149,6 +1141,11 @@ impl Loop {
         if let Ok(mut held) = self.consumer.context().held.lock() {
             *held = self.parts.keys().copied().collect();
         }
+        self.unassign_if_due()
+    }
+
+    /// Answers a revocation that kept its partitions assigned.
+    fn unassign_if_due(&self) -> Result<(), RuntimeError> {
         if self
             .consumer
             .context()
