@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::kafka::{self, Running, Topics, assert_same};
+use common::kafka::{self, Running, Topics};
 use common::{SEEDS, definitions};
 use winback::domain::Timestamp;
 
@@ -71,12 +71,7 @@ fn an_emptied_state_dir_is_restored_and_nothing_is_sent_twice() {
     run.clock.set(until());
     let expected = kafka::simulate_partitioned(&defs, &lines, until(), PARTITIONS);
     assert!(expected.iter().any(|l| l.contains("\"type\":\"send\"")));
-    let got = kafka::read(&topics.transitions, expected.len(), T);
-    // Anything more would show up within a few commit intervals.
-    std::thread::sleep(Duration::from_secs(1));
-    run.stop();
-    let got = kafka::read(&topics.transitions, got.len() + 1, Duration::from_secs(3));
-    assert_same(&kafka::as_json(&got), &expected);
+    kafka::stop_and_compare(&topics.transitions, &expected, T, || run.stop());
 }
 
 #[test]
@@ -162,14 +157,12 @@ fn a_fenced_zombie_leaves_nothing_behind() {
         std::thread::sleep(Duration::from_millis(50));
     }
     b.clock.set(until());
-    let got = kafka::read(&topics.transitions, expected.len(), T);
-    std::thread::sleep(Duration::from_secs(1));
-    let stats = std::sync::Arc::clone(&b.stats);
-    b.stop();
-    // Shown with a failure.
-    eprintln!("b: {stats:?}");
-    let got = kafka::read(&topics.transitions, got.len() + 1, Duration::from_secs(3));
-    assert_same(&kafka::as_json(&got), &expected);
+    kafka::stop_and_compare(&topics.transitions, &expected, T, || {
+        let stats = std::sync::Arc::clone(&b.stats);
+        b.stop();
+        // Shown with a failure.
+        eprintln!("b: {stats:?}");
+    });
 }
 
 /// A member that joins revokes the first one's partitions while it is in
@@ -219,14 +212,12 @@ fn a_revocation_commits_the_batch_under_way() {
     for o in &others {
         o.clock.set(until());
     }
-    let got = kafka::read(&topics.transitions, expected.len(), T);
-    std::thread::sleep(Duration::from_secs(1));
-    a.stop();
-    for o in others {
-        o.stop();
-    }
-    let got = kafka::read(&topics.transitions, got.len() + 1, Duration::from_secs(3));
-    assert_same(&kafka::as_json(&got), &expected);
+    kafka::stop_and_compare(&topics.transitions, &expected, T, || {
+        a.stop();
+        for o in others {
+            o.stop();
+        }
+    });
 }
 
 /// Offsets the group committed but the changelog does not hold (here: a

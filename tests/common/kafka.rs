@@ -513,6 +513,18 @@ pub fn simulate(defs: &Arc<Definitions>, lines: &[String], until: Timestamp) -> 
 }
 
 /// Equal as multisets; on failure shows the first differences, not everything.
+/// The engines' committed output against `expected`: reads `topic` until it
+/// holds as many records (or `timeout` passed), lets `stop` end the engines,
+/// then reads everything committed once more and compares.
+pub fn stop_and_compare(topic: &str, expected: &[String], timeout: Duration, stop: impl FnOnce()) {
+    let got = read(topic, expected.len(), timeout);
+    // Anything more would show up within a few commit intervals.
+    std::thread::sleep(Duration::from_secs(1));
+    stop();
+    let got = read(topic, got.len() + 1, Duration::from_secs(3));
+    assert_same(&as_json(&got), expected);
+}
+
 pub fn assert_same(got: &[String], want: &[String]) {
     let mut g = got.to_vec();
     let mut w = want.to_vec();
