@@ -440,9 +440,9 @@ impl Run<'_> {
                         let code_field = (field, FieldValue::Text(code.clone()));
                         match (expiration_field, expires_at) {
                             (Some(f), Some(x)) => {
-                                self.st.fields.set(&[code_field, (f, FieldValue::Time(x))])
+                                self.st.fields.set([code_field, (f, FieldValue::Time(x))])
                             }
-                            _ => self.st.fields.set(&[code_field]),
+                            _ => self.st.fields.set([code_field]),
                         }
                         self.emit(
                             &mut e,

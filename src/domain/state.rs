@@ -62,17 +62,42 @@ impl Fields {
             .map(|i| &s[i].1)
     }
 
-    /// Sets several fields with one copy of the list.
-    pub fn set(&mut self, updates: &[(&Arc<str>, FieldValue)]) {
-        let mut v: Vec<Field> = Vec::with_capacity(self.as_slice().len() + updates.len());
-        v.extend_from_slice(self.as_slice());
-        for (name, value) in updates {
-            match v.binary_search_by(|(k, _)| (**k).cmp(name)) {
-                Ok(i) => v[i].1 = value.clone(),
-                Err(i) => v.insert(i, ((*name).clone(), value.clone())),
+    /// Sets several fields (of names set twice the last value wins) with one
+    /// copy of the list, in one allocation: every coupon a send carries costs
+    /// a copy, so a copy is all it costs.
+    pub fn set<const N: usize>(&mut self, updates: [(&Arc<str>, FieldValue); N]) {
+        let old = self.as_slice();
+        // Where each field of the new list comes from: `Ok(i)` old field i,
+        // `Err(j)` update j. Inline for the usual handful of fields.
+        let mut plan: SmallVec<[Result<usize, usize>; 8]> = (0..old.len()).map(Ok).collect();
+        let name = |p: &Result<usize, usize>| -> &str {
+            match *p {
+                Ok(i) => &old[i].0,
+                Err(j) => updates[j].0,
+            }
+        };
+        for (j, (n, _)) in updates.iter().enumerate() {
+            match plan.binary_search_by(|p| name(p).cmp(n)) {
+                Ok(at) => plan[at] = Err(j),
+                Err(at) => plan.insert(at, Err(j)),
             }
         }
-        self.0 = Some(v.into());
+        let mut values = updates.map(|(n, v)| (n, Some(v)));
+        // A slice iterator has an exact length: `Arc<[_]>` collects it in place.
+        let fields: Arc<[Field]> = plan
+            .iter()
+            .map(|p| match *p {
+                Ok(i) => old[i].clone(),
+                Err(j) => {
+                    let (n, v) = &mut values[j];
+                    let v = v
+                        .take()
+                        .unwrap_or_else(|| unreachable!("each update is used once"));
+                    (Arc::clone(n), v)
+                }
+            })
+            .collect();
+        self.0 = Some(fields);
     }
 }
 
@@ -286,28 +311,40 @@ mod tests {
         );
     }
 
+    fn listed(f: &Fields) -> Vec<String> {
+        f.as_slice()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect()
+    }
+
     #[test]
     fn fields_stay_sorted_and_snapshots_do_not_change() {
         let mut s = ContactState::default();
         let (a, z): (Arc<str>, Arc<str>) = ("a".into(), "z".into());
-        s.fields.set(&[(&z, FieldValue::Text("1".into()))]);
+        s.fields.set([(&z, FieldValue::Text("1".into()))]);
         let before = s.fields.clone();
-        s.fields.set(&[
+        s.fields.set([
             (&a, FieldValue::Text("2".into())),
             (&z, FieldValue::Text("3".into())),
         ]);
-        let names: Vec<_> = s
-            .fields
-            .as_slice()
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        assert_eq!(names, ["a=2", "z=3"]);
+        assert_eq!(listed(&s.fields), ["a=2", "z=3"]);
         assert_eq!(
             before.get("z"),
             Some(&FieldValue::Text("1".into())),
             "a sent snapshot keeps its values"
         );
         assert_eq!(before.get("a"), None);
+        let m: Arc<str> = "m".into();
+        s.fields.set([
+            (&m, FieldValue::Text("4".into())),
+            (&a, FieldValue::Time(Timestamp(7))),
+            (&m, FieldValue::Text("5".into())),
+        ]);
+        assert_eq!(
+            listed(&s.fields),
+            ["a=1970-01-01T00:00:00.007Z", "m=5", "z=3"],
+            "of a name set twice the last value wins"
+        );
     }
 }
