@@ -6,7 +6,8 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::kafka::{self, Running, Topics};
@@ -158,7 +159,7 @@ fn a_fenced_zombie_leaves_nothing_behind() {
     }
     b.clock.set(until());
     kafka::stop_and_compare(&topics.transitions, &expected, T, || {
-        let stats = std::sync::Arc::clone(&b.stats);
+        let stats = Arc::clone(&b.stats);
         b.stop();
         // Shown with a failure.
         eprintln!("b: {stats:?}");
@@ -176,43 +177,67 @@ fn a_revocation_commits_the_batch_under_way() {
     topics.create(PARTITIONS);
     let dir = tempfile::tempdir().unwrap();
     let lines = kafka::purchase_stream(5000, 200, 19);
-    kafka::produce_partitioned(&topics.input, &lines, PARTITIONS);
-    // Long batches over a backlog: a revocation mostly comes while one is
-    // filling. Each new member revokes the first one's partitions again
-    // (three partitions: up to three more members), until one did.
+    let (backlog, live) = lines.split_at(lines.len() / 5);
+    kafka::produce_partitioned(&topics.input, backlog, PARTITIONS);
+    // Input arriving all the time and long batches: a batch is under way
+    // from the first record after a commit to the next commit, so nearly
+    // always (a backlog alone was not enough: on a loaded machine its
+    // fetches took most of each interval, and once in 40 runs no revocation
+    // of three found a batch). The interval is not a multiple of librdkafka's
+    // 3 s heartbeat, at which a member learns of a rebalance: with both at
+    // 3 s they can stay in step (a run had a revocation 25 ms after a commit).
+    let done = Arc::new(AtomicBool::new(false));
+    let feeder = {
+        let (input, live, done) = (topics.input.clone(), live.to_vec(), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let gap = Duration::from_millis(250);
+            kafka::produce_partitioned_live(&input, &live, PARTITIONS, 120, gap, &done)
+        })
+    };
     let config = |name: &str| {
         let mut cfg = topics.config(&dir.path().join(name), &SEEDS, "");
-        cfg.commit_interval_ms = 2000;
+        cfg.commit_interval_ms = 5000;
         cfg.max_batch_events = 1_000_000;
         cfg
     };
     let a = Running::start(config("a"), defs.clone(), STILL);
     a.wait_events(100, T);
+    // Each new member revokes the first one's partitions again (three
+    // partitions: up to three more members), until one found a batch under
+    // way. Two that start close together may join in one round.
     let mut others = Vec::new();
     for name in ["b", "c", "d"] {
         let seen = a.stats.revocations.load(Ordering::Acquire);
         others.push(Running::start(config(name), defs.clone(), STILL));
-        let deadline = std::time::Instant::now() + T;
-        while a.stats.revocations.load(Ordering::Acquire) == seen {
-            assert!(std::time::Instant::now() < deadline, "{name} never joined");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while a.stats.revocations.load(Ordering::Acquire) == seen
+            && std::time::Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(20));
         }
         if a.stats.revocation_commits.load(Ordering::Acquire) > 0 {
             break;
         }
     }
+    done.store(true, Ordering::Release);
     assert!(
         a.stats.revocation_commits.load(Ordering::Acquire) >= 1,
         "no batch was under way at a revocation: {:?}",
         a.stats
     );
     assert_eq!(a.stats.aborted.load(Ordering::Acquire), 0, "{:?}", a.stats);
+    feeder.join().expect("the input is produced");
     let expected = kafka::simulate_partitioned(&defs, &lines, until(), PARTITIONS);
     a.clock.set(until());
     for o in &others {
         o.clock.set(until());
     }
     kafka::stop_and_compare(&topics.transitions, &expected, T, || {
+        // Shown with a failure.
+        eprintln!("a: {:?}", a.stats);
+        for o in &others {
+            eprintln!("other: {:?}", o.stats);
+        }
         a.stop();
         for o in others {
             o.stop();
