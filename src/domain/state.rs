@@ -62,10 +62,14 @@ impl Fields {
             .map(|i| &s[i].1)
     }
 
-    /// Sets several fields (of names set twice the last value wins) with one
-    /// copy of the list, in one allocation: every coupon a send carries costs
-    /// a copy, so a copy is all it costs.
+    /// Sets several fields (of a name set twice the last value wins) with one
+    /// copy of the list, made in one allocation: each coupon assigned costs a
+    /// write, so the write is kept to the copy the shared snapshot needs.
     pub fn set<const N: usize>(&mut self, updates: [(&Arc<str>, FieldValue); N]) {
+        if N == 0 {
+            // An empty list stays `None`, as `From` makes it.
+            return;
+        }
         let old = self.as_slice();
         // Where each field of the new list comes from: `Ok(i)` old field i,
         // `Err(j)` update j. Inline for the usual handful of fields.
