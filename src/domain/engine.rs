@@ -289,9 +289,10 @@ impl Run<'_> {
     ) {
         let at = ev.occurred_at;
         let policy = self.conv.entry;
-        let cs = self
+        let at_conv = self
             .st
-            .conversation_mut(self.ci, self.engine.defs.conversations.len());
+            .conversation_pos(self.ci, self.engine.defs.conversations.len());
+        let cs = &mut self.st.conversations[at_conv];
         let seq = cs.entries_started + 1;
         let mut replaced: Option<Entry> = None;
         let mut evicted: Option<Entry> = None;
@@ -360,8 +361,11 @@ impl Run<'_> {
         let t = &self.conv.threads[thread as usize];
         let first = (t.first_step < t.end_step).then_some(t.first_step);
         if let Some(e) = self.run(e, None, first, at) {
-            self.st
-                .insert_entry(self.ci, self.engine.defs.conversations.len(), e);
+            // The newest entry: last in `seq` order. Steps do not add
+            // conversations, so the state is where it was.
+            let active = &mut self.st.conversations[at_conv].active;
+            debug_assert!(active.last().is_none_or(|x| x.seq < e.seq));
+            active.push(e);
         }
     }
 

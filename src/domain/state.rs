@@ -238,7 +238,14 @@ impl ContactState {
         conv: ConvIdx,
         conversations: usize,
     ) -> &mut ConversationState {
-        let i = match self
+        let i = self.conversation_pos(conv, conversations);
+        &mut self.conversations[i]
+    }
+
+    /// Where [`ContactState::conversation_mut`]'s state is in `conversations`;
+    /// it stays there until a conversation is added.
+    pub fn conversation_pos(&mut self, conv: ConvIdx, conversations: usize) -> usize {
+        match self
             .conversations
             .iter()
             .position(|c| c.conversation == conv)
@@ -256,8 +263,7 @@ impl ContactState {
                 });
                 self.conversations.len() - 1
             }
-        };
-        &mut self.conversations[i]
+        }
     }
 
     /// Stores an entry that waits, keeping entries in `seq` (age) order.
