@@ -111,6 +111,9 @@ pub struct Wheel<T> {
     /// The engine asks after every event, mostly when nothing is due.
     not_before: u64,
     len: usize,
+    /// Where the last timer taken came from: the likeliest source of the next
+    /// ones (see [`Wheel::ahead`]).
+    last: Source,
 }
 
 impl<T: Ord> Default for Wheel<T> {
@@ -143,11 +146,26 @@ impl<T: Ord> Wheel<T> {
             max_lanes,
             not_before: u64::MAX,
             len: 0,
+            last: Source::Run,
         }
     }
 
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// A timer likely to come out `n` pops from now: the `n`-th after the
+    /// front of the queue the last pop took from. A hint, not an answer (a
+    /// timer added since, or another queue, may come first), for a caller
+    /// that prefetches what the timer will touch: timers due together are
+    /// mostly for unrelated contacts, whose state is out of the cache.
+    pub fn ahead(&self, n: usize) -> Option<&T> {
+        match self.last {
+            Source::Run => self.run.get(n),
+            Source::Lane(i) => self.lanes.get(i)?.get(n),
+            Source::Ready => None,
+        }
+        .map(|(_, t)| t)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -279,6 +297,7 @@ impl<T: Ord> Wheel<T> {
     }
 
     fn take(&mut self, from: Source) -> Option<(u64, T)> {
+        self.last = from;
         match from {
             Source::Run => self.run.pop_front(),
             Source::Ready => self.ready.pop().map(|Reverse(t)| t),
@@ -561,6 +580,27 @@ mod tests {
         assert!(fired.windows(2).all(|p| p[0] <= p[1]));
     }
 
+    #[test]
+    fn ahead_names_the_coming_timers_of_an_ordered_stream() {
+        for lanes in [0, LANES] {
+            let mut w = Wheel::with_lanes(lanes);
+            w.pop_due(Timestamp(T0));
+            for i in 0..100u32 {
+                w.insert(Timestamp(T0 + 1000 + i64::from(i) * 100), i);
+            }
+            assert_eq!(
+                w.pop_due(Timestamp(T0 + 100_000)),
+                Some((Timestamp(T0 + 1000), 0))
+            );
+            // Without lanes the levels sort the first due slot onto the run.
+            assert_eq!(w.ahead(0), Some(&1), "lanes: {lanes}");
+            assert_eq!(w.ahead(4), Some(&5), "lanes: {lanes}");
+            let rest = drain(&mut w, T0 + 100_000);
+            assert_eq!(rest.len(), 99);
+            assert_eq!(w.ahead(0), None);
+        }
+    }
+
     proptest! {
         /// Against a `BTreeSet` model: random inserts at distances from 0 ms to
         /// centuries (some already due) and random clock steps give the same
@@ -601,6 +641,12 @@ mod tests {
                     }
                 }
                 prop_assert_eq!(w.len(), model.len());
+                // A hint, but always one of the timers held.
+                for n in 0..3 {
+                    if let Some(&x) = w.ahead(n) {
+                        prop_assert!(model.iter().any(|&(_, i)| i == x));
+                    }
+                }
             }
             let got = drain(&mut w, i64::MAX);
             let want: Vec<_> = model.into_iter().collect();
