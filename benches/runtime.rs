@@ -341,17 +341,12 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Du
     start.elapsed()
 }
 
-/// Waits until the engine has taken `n` events (returns how long that took)
-/// and then written a batch after them.
+/// Waits until the engine has folded `n` events and written the batches that
+/// hold them; returns how long that took.
 fn caught_up(stats: &RunStats, n: u64, limit: Duration) -> Duration {
-    let t = wait_until("catch-up", limit, || {
-        stats.events.load(Ordering::Acquire) >= n
-    });
-    let b = stats.batches.load(Ordering::Acquire);
-    wait_until("last batch", Duration::from_secs(60), || {
-        stats.batches.load(Ordering::Acquire) > b
-    });
-    t
+    wait_until("catch-up", limit, || {
+        stats.events_written.load(Ordering::Acquire) >= n
+    })
 }
 
 fn catchup(bs: &str) {

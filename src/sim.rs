@@ -179,8 +179,10 @@ impl Simulator {
             // Waits due together belong to contacts last touched long ago:
             // start loading a coming one's state while this one fires.
             if let Some((id, _, _, next)) = self.timers.ahead(PREFETCH_AHEAD) {
-                // The id's reference counts, just before its text: firing
-                // clones the id for each transition and drops the timer's.
+                // The id's reference counts, two words before its text in
+                // std's layout today (were that to change, the prefetch would
+                // merely be useless): firing clones the id for each
+                // transition and drops the timer's.
                 prefetch_line(Arc::as_ptr(&id.0).cast::<u8>().wrapping_sub(16));
                 if let Some(c) = self.contacts.get(*next as usize) {
                     prefetch(c);

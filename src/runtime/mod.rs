@@ -139,7 +139,12 @@ const RESTORE_RETRY: Duration = Duration::from_millis(200);
 /// Counters of a run, readable while it runs.
 #[derive(Debug, Default)]
 pub struct RunStats {
+    /// Input records taken (a batch processed again after an abort takes
+    /// its records again).
     pub events: AtomicU64,
+    /// Input records folded or dead-lettered in batches since written: what
+    /// a restart would not read again.
+    pub events_written: AtomicU64,
     pub transitions: AtomicU64,
     pub dead_letters: AtomicU64,
     pub batches: AtomicU64,
@@ -528,6 +533,7 @@ pub fn run(params: RunParams) -> Result<(), RuntimeError> {
         partitions,
         parts: BTreeMap::new(),
         paused: None,
+        batch_settled: 0,
         out: Vec::new(),
         clock,
         stop,
@@ -573,6 +579,8 @@ struct Loop {
     parts: BTreeMap<u32, Partition>,
     /// An event whose due waits did not fit in the last batch's timer budget.
     paused: Option<PausedEvent>,
+    /// Input records the running batch folded or dead-lettered.
+    batch_settled: u64,
     out: Vec<Transition>,
     clock: Arc<dyn WallClock>,
     stop: Arc<AtomicBool>,
@@ -796,7 +804,9 @@ impl Loop {
         self.advance_position(topic, partition, offset + 1);
     }
 
+    /// Settles an input record (folded or dead-lettered) in the running batch.
     fn advance_position(&mut self, topic: &str, partition: i32, next: i64) {
+        self.batch_settled += 1;
         if let Some(part) = self.parts.get_mut(&(partition as u32)) {
             part.note_offset(topic, next);
         }
@@ -977,6 +987,9 @@ impl Loop {
         self.stats
             .store_write_us
             .fetch_add(writing.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.stats
+            .events_written
+            .fetch_add(std::mem::take(&mut self.batch_settled), Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -1033,6 +1046,8 @@ impl Loop {
     /// the store, the input read again from the stored offsets.
     fn rollback(&mut self) -> Result<(), RuntimeError> {
         self.paused = None;
+        // Read and settled again by the batches to come.
+        self.batch_settled = 0;
         self.out.clear();
         let ids: Vec<u32> = self.parts.keys().copied().collect();
         for id in ids {
