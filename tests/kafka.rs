@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::kafka::{self, Running, Topics, assert_same};
@@ -167,6 +168,12 @@ fn malformed_records_land_in_the_dead_letter_topic_with_their_reason() {
     kafka::produce(&topics.input, &records);
     let run = Running::start(topics.config(dir.path(), &SEEDS, ""), defs, STILL);
     run.wait_events(records.len() as u64, T);
+    // Each record counted once, folded or dead-lettered (by the decoder or
+    // by the engine's check), none twice.
+    assert_eq!(
+        run.stats.events_written.load(Ordering::Acquire),
+        records.len() as u64
+    );
     run.clock.set(until());
     let got = kafka::read(&topics.transitions, expected.len(), T);
     run.stop();
