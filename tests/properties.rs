@@ -214,16 +214,80 @@ proptest! {
 
     #[test]
     fn output_is_identical_across_runs(evs in arb_events(60, false)) {
-        let defs = {
-            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
-            let files = [root.join("winback-90d.toml"), root.join("winback-filter-coupon.toml")];
-            Arc::new(winback::config::load_files(&files).expect("valid").definitions)
-        };
+        let defs = both_seeds();
         let events = stream(&evs);
         let json = |ts: Vec<Transition>| ts.iter().map(|t| wire::json::encode_transition(&defs, t)).collect::<Vec<_>>();
         let a = json(run(&defs, &events, |_, _| {}));
         let b = json(run(&defs, &events, |_, _| {}));
         prop_assert_eq!(a, b);
+    }
+}
+
+fn both_seeds() -> Arc<Definitions> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
+    let files = [
+        root.join("winback-90d.toml"),
+        root.join("winback-filter-coupon.toml"),
+    ];
+    Arc::new(
+        winback::config::load_files(&files)
+            .expect("valid")
+            .definitions,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Batches only change when memory is fetched: results, transitions and
+    /// states are those of the same events fed one at a time, wherever the
+    /// batches are cut. A malformed event (empty id) is refused in either.
+    #[test]
+    fn batches_fold_as_single_events_do(
+        evs in arb_events(80, false),
+        cuts in prop::collection::vec(1usize..40, 1..10),
+        broken in prop::option::of(0usize..80),
+    ) {
+        let defs = both_seeds();
+        let mut events = stream(&evs);
+        if let Some(i) = broken.filter(|&i| i < events.len()) {
+            events[i].event_id.clear();
+        }
+        let json = |ts: &[Transition]| ts.iter().map(|t| wire::json::encode_transition(&defs, t)).collect::<Vec<_>>();
+
+        let mut single = Simulator::new(defs.clone());
+        let (mut want, mut want_results) = (Vec::new(), Vec::new());
+        for ev in &events {
+            let r = single.feed(ev, &mut want).map_err(|e| e.to_string());
+            want_results.push((r, want.len()));
+        }
+
+        let mut batched = Simulator::new(defs.clone());
+        let (mut got, mut got_results) = (Vec::new(), Vec::new());
+        let (mut rest, mut cut) = (&events[..], cuts.iter().cycle());
+        let mut out = Vec::new();
+        while !rest.is_empty() {
+            let n = (*cut.next().expect("cycle")).min(rest.len());
+            let base = events.len() - rest.len();
+            batched.feed_batch(&rest[..n], &mut out, |i, r, out| {
+                got.append(out);
+                got_results.push((base + i, r.map_err(|e| e.to_string()), got.len()));
+            });
+            rest = &rest[n..];
+        }
+        let got_results: Vec<_> = got_results
+            .into_iter()
+            .enumerate()
+            .map(|(k, (i, r, n))| {
+                assert_eq!(k, i, "each event once, in order");
+                (r, n)
+            })
+            .collect();
+        prop_assert_eq!(got_results, want_results);
+        prop_assert_eq!(json(&got), json(&want));
+        let states = |s: &Simulator| s.states().map(|(id, st)| (id.to_string(), st.clone())).collect::<Vec<_>>();
+        prop_assert_eq!(states(&batched), states(&single));
+        prop_assert_eq!(batched.clock(), single.clock());
     }
 }
 

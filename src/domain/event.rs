@@ -28,6 +28,10 @@ pub enum EventError {
     NulInContactId,
     #[error("`total` must not be negative")]
     NegativeTotal,
+    /// Only the in-memory simulator has such a limit: contacts are numbered
+    /// with 32 bits.
+    #[error("the simulator holds {0} contacts, the most it can: a new contact cannot be added")]
+    TooManyContacts(u32),
 }
 
 /// A decimal amount in cents, rounded to the nearest cent; `None` unless it is

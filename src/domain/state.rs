@@ -120,15 +120,20 @@ impl OrderStats {
     }
 }
 
+/// Merchant and list names are short, and every event and every fired wait
+/// compares them: inline (up to 24 bytes), such a compare reads no memory
+/// beyond the contact's state.
+pub type Name = compact_str::CompactString;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MerchantStats {
-    pub merchant: Box<str>,
+    pub merchant: Name,
     pub stats: OrderStats,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscription {
-    pub list: Box<str>,
+    pub list: Name,
     pub subscribed: bool,
     /// Event time of the latest subscription event for this list.
     pub at: Timestamp,
