@@ -11,6 +11,7 @@
 //! contact after the fold (a counting allocator).
 
 use std::alloc::{GlobalAlloc, Layout};
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -167,6 +168,7 @@ fn main() {
             .filter(|t| matches!(t.kind, winback::domain::TransitionKind::Send { .. }))
             .count() as u64;
         out.clear();
+        ControlFlow::Continue(())
     });
     let fold = t.elapsed();
     let live = LIVE.load(Ordering::Relaxed) - base;
@@ -209,7 +211,10 @@ fn main() {
         for first in [k % 2 == 0, k % 2 == 1] {
             let t = Instant::now();
             if first {
-                batched.feed_batch(chunk, &mut out, |_, _, out| out.clear());
+                batched.feed_batch(chunk, &mut out, |_, _, out| {
+                    out.clear();
+                    ControlFlow::Continue(())
+                });
                 t_batched += t.elapsed();
             } else {
                 for ev in chunk {

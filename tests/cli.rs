@@ -157,6 +157,40 @@ fn simulate_strict_stops_at_the_first_bad_line() {
 }
 
 #[test]
+fn simulate_strict_folds_nothing_after_an_invalid_event() {
+    // The invalid event decodes: it is refused by the fold, in the middle of
+    // a batch of decoded events, and the events after it must not be folded.
+    let events = concat!(
+        r#"{"event_id":"e1","name":"checkout","contact_id":"before","occurred_at":"2026-01-05T10:00:00Z","total":10}"#,
+        "\n",
+        r#"{"event_id":"e2","name":"subscribe","contact_id":"c1","occurred_at":"2026-01-05T11:00:00Z"}"#,
+        "\n",
+        r#"{"event_id":"e3","name":"checkout","contact_id":"after","occurred_at":"2026-01-05T12:00:00Z","total":10}"#,
+        "\n",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ev = write(dir.path(), "events.jsonl", events);
+    let o = winback(&[
+        "simulate",
+        "--config",
+        "config/winback-90d.toml",
+        "--events",
+        ev.to_str().expect("utf-8"),
+        "--strict",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains(":2: invalid event: event `subscribe`"),
+        "{err}"
+    );
+    assert!(err.contains(":2: stopping (--strict)"), "{err}");
+    let out = text(&o.stdout);
+    assert!(out.contains("\"contact_id\":\"before\""), "{out}");
+    assert!(!out.contains("\"contact_id\":\"after\""), "{out}");
+}
+
+#[test]
 fn simulate_without_until_fires_nothing_past_the_last_event() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ev = write(dir.path(), "events.jsonl", EVENTS);

@@ -1,6 +1,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -8,9 +9,13 @@ use std::sync::Arc;
 use chrono::Datelike;
 
 use super::{CliError, Format};
-use crate::domain::{Folded, Timestamp, Transition, TransitionKind};
+use crate::domain::{Event, Folded, Timestamp, Transition, TransitionKind};
 use crate::sim::Simulator;
 use crate::wire;
+
+/// Events folded together: enough for the fold's prefetching to pay off
+/// (it primes a dozen events ahead), few enough to hold in memory.
+const BATCH: usize = 1024;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -143,6 +148,55 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     };
 
     let name = args.events.display().to_string();
+    // Events are folded in batches (see `Simulator::feed_batch`), each with
+    // its line number; a line that does not decode ends the batch before it
+    // is reported, so that reports and transitions keep the file's order.
+    let mut pending: Vec<Event> = Vec::with_capacity(BATCH);
+    let mut linenos: Vec<usize> = Vec::with_capacity(BATCH);
+    // Folds the pending events; false when `--strict` stops the run.
+    let flush = |sim: &mut Simulator,
+                 pending: &mut Vec<Event>,
+                 linenos: &mut Vec<usize>,
+                 batch: &mut Vec<Transition>,
+                 out: &mut Box<dyn Write>,
+                 summary: &mut Summary|
+     -> Result<bool, CliError> {
+        let mut failed: Result<(), CliError> = Ok(());
+        let mut stopped = false;
+        sim.feed_batch(pending, batch, |i, result, batch| {
+            let (ev, lineno) = (&pending[i], linenos[i]);
+            match result {
+                Ok(Folded::Applied) => summary.folded += 1,
+                Ok(Folded::Unrouted) => {
+                    summary.folded += 1;
+                    *summary.unrouted.entry(ev.name.clone()).or_default() += 1;
+                }
+                Ok(Folded::Duplicate) => {
+                    summary.duplicates += 1;
+                    eprintln!(
+                        "{name}:{lineno}: duplicate event_id {:?} for contact {:?}: ignored",
+                        ev.event_id, ev.contact_id
+                    );
+                }
+                Err(e) => {
+                    summary.malformed += 1;
+                    eprintln!("{name}:{lineno}: invalid event: {e}");
+                    stopped = args.strict;
+                }
+            }
+            failed = emit(batch, out, summary);
+            if failed.is_err() || stopped {
+                if stopped {
+                    eprintln!("{name}:{lineno}: stopping (--strict)");
+                }
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        });
+        pending.clear();
+        linenos.clear();
+        failed.map(|()| !stopped)
+    };
     for (n, line) in BufReader::new(input).lines().enumerate() {
         let lineno = n + 1;
         let line = line.map_err(|source| CliError::Read {
@@ -153,38 +207,54 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
             continue;
         }
         summary.lines += 1;
-        let result = wire::json::decode_event(&line)
-            .map_err(|e| e.to_string())
-            .and_then(|ev| {
-                sim.feed(&ev, &mut batch)
-                    .map(|f| (ev, f))
-                    .map_err(|e| format!("invalid event: {e}"))
-            });
-        match result {
-            Ok((_, Folded::Applied)) => summary.folded += 1,
-            Ok((ev, Folded::Unrouted)) => {
-                summary.folded += 1;
-                *summary.unrouted.entry(ev.name).or_default() += 1;
-            }
-            Ok((ev, Folded::Duplicate)) => {
-                summary.duplicates += 1;
-                eprintln!(
-                    "{name}:{lineno}: duplicate event_id {:?} for contact {:?}: ignored",
-                    ev.event_id, ev.contact_id
-                );
+        let go_on = match wire::json::decode_event(&line) {
+            Ok(ev) => {
+                pending.push(ev);
+                linenos.push(lineno);
+                pending.len() < BATCH
+                    || flush(
+                        &mut sim,
+                        &mut pending,
+                        &mut linenos,
+                        &mut batch,
+                        &mut out,
+                        &mut summary,
+                    )?
             }
             Err(reason) => {
-                summary.malformed += 1;
-                eprintln!("{name}:{lineno}: {reason}");
-                if args.strict {
-                    emit(&mut batch, &mut out, &mut summary)?;
-                    out.flush().map_err(write_err)?;
-                    eprintln!("{name}:{lineno}: stopping (--strict)");
-                    return Ok(ExitCode::from(1));
+                let go_on = flush(
+                    &mut sim,
+                    &mut pending,
+                    &mut linenos,
+                    &mut batch,
+                    &mut out,
+                    &mut summary,
+                )?;
+                if go_on {
+                    summary.malformed += 1;
+                    eprintln!("{name}:{lineno}: {reason}");
+                    if args.strict {
+                        eprintln!("{name}:{lineno}: stopping (--strict)");
+                    }
                 }
+                go_on && !args.strict
             }
+        };
+        if !go_on {
+            out.flush().map_err(write_err)?;
+            return Ok(ExitCode::from(1));
         }
-        emit(&mut batch, &mut out, &mut summary)?;
+    }
+    if !flush(
+        &mut sim,
+        &mut pending,
+        &mut linenos,
+        &mut batch,
+        &mut out,
+        &mut summary,
+    )? {
+        out.flush().map_err(write_err)?;
+        return Ok(ExitCode::from(1));
     }
     if let Some(u) = until {
         if sim.clock().is_some_and(|c| u < c) {

@@ -3,6 +3,7 @@
 //! benchmark. Pure like the domain: the clock moves only with events and
 //! [`Simulator::advance_to`].
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 mod index;
@@ -151,16 +152,17 @@ impl Simulator {
     }
 
     /// Folds `events` in order, as [`Simulator::feed`] would one by one, and
-    /// hands each one's result and transitions to `each` (which takes them
-    /// from `out`; whatever it leaves there stays). Faster with many
+    /// hands each one's position, result and transitions to `each` (which
+    /// takes them from `out`; whatever it leaves there stays). `each` may
+    /// stop the batch: returns how many events were folded. Faster with many
     /// contacts: while an event folds, the memory of the events a few places
     /// behind it is already being fetched.
     pub fn feed_batch(
         &mut self,
         events: &[Event],
         out: &mut Vec<Transition>,
-        mut each: impl FnMut(usize, Result<Folded, EventError>, &mut Vec<Transition>),
-    ) {
+        mut each: impl FnMut(usize, Result<Folded, EventError>, &mut Vec<Transition>) -> ControlFlow<()>,
+    ) -> usize {
         // Each event's memory arrives in three rounds, each needing the one
         // before: its index slot, then the contact's list entry the slot
         // names, then the id that entry points to. One round per `STRIDE`
@@ -219,8 +221,11 @@ impl Simulator {
                 id_round(self, hashes[j % RING], &events[j]);
             }
             let r = self.feed_hashed(ev, hashes[i % RING], out);
-            each(i, r, out);
+            if each(i, r, out).is_break() {
+                return i + 1;
+            }
         }
+        events.len()
     }
 
     /// [`Simulator::feed`] with the contact id's index hash.
