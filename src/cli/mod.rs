@@ -153,6 +153,25 @@ fn load_engine_and_definitions(
 }
 
 /// Loads definitions, printing every diagnostic to stderr; `None` if invalid.
+/// The non-blank lines of an events file with their numbers (from 1).
+fn event_lines(
+    file: std::fs::File,
+    path: &std::path::Path,
+) -> impl Iterator<Item = Result<(usize, String), CliError>> {
+    use std::io::BufRead;
+    std::io::BufReader::new(file)
+        .lines()
+        .enumerate()
+        .filter_map(move |(n, line)| match line {
+            Ok(l) if l.trim().is_empty() => None,
+            Ok(l) => Some(Ok((n + 1, l))),
+            Err(source) => Some(Err(CliError::Read {
+                path: path.to_path_buf(),
+                source,
+            })),
+        })
+}
+
 fn load_definitions(files: &[PathBuf]) -> Option<crate::config::Loaded> {
     match crate::config::load_files(files) {
         Ok(loaded) => {

@@ -1,7 +1,6 @@
 //! `winback produce`: publishes a JSON-lines file of events to an input topic,
 //! in that topic's format, keyed by contact id.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -122,18 +121,12 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
         .create_with_context(Refused::default())
         .map_err(|e| CliError::Kafka(e.to_string()))?;
     let (mut sent, mut bad) = (0u64, 0u64);
-    for (n, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|source| CliError::Read {
-            path: args.events.clone(),
-            source,
-        })?;
-        if line.trim().is_empty() {
-            continue;
-        }
+    for line in super::event_lines(file, &args.events) {
+        let (lineno, line) = line?;
         let ev = match wire::json::decode_event(&line) {
             Ok(ev) => ev,
             Err(e) => {
-                eprintln!("{}:{}: {e} (not sent)", args.events.display(), n + 1);
+                eprintln!("{}:{lineno}: {e} (not sent)", args.events.display());
                 bad += 1;
                 continue;
             }

@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -197,64 +197,46 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
         linenos.clear();
         failed.map(|()| !stopped)
     };
-    for (n, line) in BufReader::new(input).lines().enumerate() {
-        let lineno = n + 1;
-        let line = line.map_err(|source| CliError::Read {
-            path: args.events.clone(),
-            source,
-        })?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        summary.lines += 1;
-        let go_on = match wire::json::decode_event(&line) {
-            Ok(ev) => {
-                pending.push(ev);
-                linenos.push(lineno);
-                pending.len() < BATCH
-                    || flush(
-                        &mut sim,
-                        &mut pending,
-                        &mut linenos,
-                        &mut batch,
-                        &mut out,
-                        &mut summary,
-                    )?
-            }
-            Err(reason) => {
-                let go_on = flush(
-                    &mut sim,
-                    &mut pending,
-                    &mut linenos,
-                    &mut batch,
-                    &mut out,
-                    &mut summary,
-                )?;
-                if go_on {
-                    summary.malformed += 1;
-                    eprintln!("{name}:{lineno}: {reason}");
-                    if args.strict {
-                        eprintln!("{name}:{lineno}: stopping (--strict)");
-                    }
+    // `None` after the last line: what is pending is folded there.
+    let lines = super::event_lines(input, &args.events).map(Some);
+    for line in lines.chain(std::iter::once(None)) {
+        let at_end = line.is_none();
+        let (mut bad, mut lineno) = (None, 0);
+        if let Some(line) = line {
+            let (n, line) = line?;
+            lineno = n;
+            summary.lines += 1;
+            match wire::json::decode_event(&line) {
+                Ok(ev) => {
+                    pending.push(ev);
+                    linenos.push(lineno);
                 }
-                go_on && !args.strict
+                Err(reason) => bad = Some(reason),
             }
-        };
+        }
+        let mut go_on = true;
+        if at_end || bad.is_some() || pending.len() == BATCH {
+            go_on = flush(
+                &mut sim,
+                &mut pending,
+                &mut linenos,
+                &mut batch,
+                &mut out,
+                &mut summary,
+            )?;
+        }
+        if let Some(reason) = bad.filter(|_| go_on) {
+            summary.malformed += 1;
+            eprintln!("{name}:{lineno}: {reason}");
+            if args.strict {
+                eprintln!("{name}:{lineno}: stopping (--strict)");
+                go_on = false;
+            }
+        }
         if !go_on {
             out.flush().map_err(write_err)?;
             return Ok(ExitCode::from(1));
         }
-    }
-    if !flush(
-        &mut sim,
-        &mut pending,
-        &mut linenos,
-        &mut batch,
-        &mut out,
-        &mut summary,
-    )? {
-        out.flush().map_err(write_err)?;
-        return Ok(ExitCode::from(1));
     }
     if let Some(u) = until {
         if sim.clock().is_some_and(|c| u < c) {
