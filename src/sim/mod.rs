@@ -156,7 +156,7 @@ impl Simulator {
     /// takes them from `out`; whatever it leaves there stays). `each` may
     /// stop the batch: returns how many events were folded. Faster with many
     /// contacts: while an event folds, the memory of the events a few places
-    /// behind it is already being fetched.
+    /// after it is already being fetched.
     pub fn feed_batch(
         &mut self,
         events: &[Event],
