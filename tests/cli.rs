@@ -133,10 +133,10 @@ fn simulate_reports_bad_lines_by_number_and_goes_on() {
     assert_eq!(std::fs::read(&out).expect("output"), first);
 }
 
-#[test]
-fn simulate_strict_stops_at_the_first_bad_line() {
+/// `simulate --strict` of the 90-day seed over `events`, which must stop it.
+fn simulate_strict(events: &str) -> std::process::Output {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ev = write(dir.path(), "events.jsonl", EVENTS);
+    let ev = write(dir.path(), "events.jsonl", events);
     let o = winback(&[
         "simulate",
         "--config",
@@ -145,7 +145,13 @@ fn simulate_strict_stops_at_the_first_bad_line() {
         ev.to_str().expect("utf-8"),
         "--strict",
     ]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    o
+}
+
+#[test]
+fn simulate_strict_stops_at_the_first_bad_line() {
+    let o = simulate_strict(EVENTS);
     let err = text(&o.stderr);
     assert!(err.contains(":6: stopping (--strict)"), "{err}");
     // What came before the bad line was still written.
@@ -168,17 +174,7 @@ fn simulate_strict_folds_nothing_after_an_invalid_event() {
         r#"{"event_id":"e3","name":"checkout","contact_id":"after","occurred_at":"2026-01-05T12:00:00Z","total":10}"#,
         "\n",
     );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ev = write(dir.path(), "events.jsonl", events);
-    let o = winback(&[
-        "simulate",
-        "--config",
-        "config/winback-90d.toml",
-        "--events",
-        ev.to_str().expect("utf-8"),
-        "--strict",
-    ]);
-    assert_eq!(o.status.code(), Some(1));
+    let o = simulate_strict(events);
     let err = text(&o.stderr);
     assert!(
         err.contains(":2: invalid event: event `subscribe`"),

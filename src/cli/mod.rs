@@ -152,7 +152,6 @@ fn load_engine_and_definitions(
     Some((cfg, std::sync::Arc::new(loaded.definitions)))
 }
 
-/// Loads definitions, printing every diagnostic to stderr; `None` if invalid.
 /// The non-blank lines of an events file with their numbers (from 1).
 fn event_lines(
     file: std::fs::File,
@@ -172,6 +171,7 @@ fn event_lines(
         })
 }
 
+/// Loads definitions, printing every diagnostic to stderr; `None` if invalid.
 fn load_definitions(files: &[PathBuf]) -> Option<crate::config::Loaded> {
     match crate::config::load_files(files) {
         Ok(loaded) => {
