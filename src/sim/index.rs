@@ -69,16 +69,12 @@ impl ContactIndex {
     /// The first contact whose hash shares `h`'s tag: the contact `h` was
     /// hashed from, nearly always, if it is known. A hint, unverified.
     pub(super) fn candidate(&self, h: u64) -> Option<u32> {
-        self.probe(h, |_| true)
+        self.find(h, |_| true)
     }
 
     /// The position of the contact whose id hashed to `h`; `is_id(pos)` tells
     /// whether the contact at `pos` has the id (a tag can be shared).
-    pub(super) fn find(&self, h: u64, is_id: impl FnMut(u32) -> bool) -> Option<u32> {
-        self.probe(h, is_id)
-    }
-
-    fn probe(&self, h: u64, mut is_id: impl FnMut(u32) -> bool) -> Option<u32> {
+    pub(super) fn find(&self, h: u64, mut is_id: impl FnMut(u32) -> bool) -> Option<u32> {
         let mask = self.slots.len() - 1;
         let tag = h << 32;
         let mut i = self.home(h);
