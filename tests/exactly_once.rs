@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::kafka::{self, Running, Topics};
 use common::{SEEDS, definitions};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use winback::domain::Timestamp;
 
 const T: Duration = Duration::from_secs(90);
@@ -278,4 +279,95 @@ fn a_restore_behind_the_groups_committed_offsets_takes_no_input() {
         "input taken while a restore is behind"
     );
     assert!(run.stop_result().is_err(), "stopped behind, not cleanly");
+}
+
+/// The crash between a transaction's commit and the local write, after an
+/// earlier transaction of the same producer was aborted: the store's position
+/// is past that abort, and the restore must still apply every committed
+/// transaction after it. (On a broker that lists every aborted transaction in
+/// each fetch, a `read_committed` read from that position skips them all:
+/// the restore stays behind the group's committed offsets and the engine
+/// cannot start. `restore_from = "start"` reads around it.)
+#[test]
+fn a_restore_after_an_aborted_transaction_applies_the_commits_the_store_missed() {
+    let defs = definitions(&SEEDS);
+    let topics = Topics::fresh();
+    topics.create(PARTITIONS);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let cfg = topics.config(&state, &SEEDS, "");
+    let lines = kafka::purchase_stream(300, 200, 21);
+    let parts: Vec<&[String]> = lines.chunks(lines.len().div_ceil(4)).collect();
+    let run_over = |part: &[String]| {
+        kafka::produce_partitioned(&topics.input, part, PARTITIONS);
+        let run = Running::start(cfg.clone(), defs.clone(), STILL);
+        run.wait_events(part.len() as u64, T);
+        run.stop();
+    };
+
+    run_over(parts[0]);
+    // An aborted transaction of the engine's own producer (same transactional
+    // id, so the same producer id) on every changelog partition.
+    let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka::brokers())
+        .set("transactional.id", &cfg.instance_id)
+        .create()
+        .expect("producer");
+    producer.init_transactions(T).expect("init");
+    producer.begin_transaction().expect("begin");
+    for p in 0..PARTITIONS {
+        producer
+            .send(
+                BaseRecord::to(&topics.changelog)
+                    .partition(p)
+                    .key("aborted")
+                    .payload("never applied"),
+            )
+            .map_err(|(e, _)| e)
+            .expect("queued");
+    }
+    // Written, then aborted (an abort would drop records still queued).
+    producer.flush(T).expect("flushed");
+    producer.abort_transaction(T).expect("abort");
+    drop(producer);
+    // The store's position moves past the abort.
+    run_over(parts[1]);
+    let kept = dir.path().join("kept");
+    copy_dir(&state, &kept);
+    run_over(parts[2]);
+
+    // The disk goes back to before the last run's commits. The next part's
+    // events are taken only once every partition is restored.
+    std::fs::remove_dir_all(&state).unwrap();
+    std::fs::rename(&kept, &state).unwrap();
+    kafka::produce_partitioned(&topics.input, parts[3], PARTITIONS);
+    let run = Running::start(cfg, defs.clone(), STILL);
+    run.wait_events(parts[3].len() as u64, T);
+    assert!(
+        run.stats.restored_records.load(Ordering::Acquire) > 0,
+        "nothing restored: {:?}",
+        run.stats
+    );
+    assert_eq!(
+        run.stats.restore_retries.load(Ordering::Acquire),
+        0,
+        "a restore missed committed transactions: {:?}",
+        run.stats
+    );
+    // Nothing of the third part is sent again, nothing of the last is missed.
+    let expected = kafka::simulate_partitioned(&defs, &lines, STILL, PARTITIONS);
+    kafka::stop_and_compare(&topics.transitions, &expected, T, || run.stop());
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
 }

@@ -77,6 +77,7 @@ struct RawBroker {
     group_id: Option<Spanned<String>>,
     embedded_listen: Option<Spanned<String>>,
     embedded_partitions: Option<Spanned<i64>>,
+    restore_from: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -159,6 +160,32 @@ pub struct OutputTopics {
     pub changelog: String,
 }
 
+/// Where a restore starts reading a changelog partition that the local state
+/// has applied up to some position (exactly-once mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreFrom {
+    /// From that position: only what the state lacks is read. Needs a broker
+    /// that lists, in a `read_committed` fetch, only the aborted transactions
+    /// the fetched range overlaps (Kafka, Redpanda).
+    Position,
+    /// From the partition's start, skipping what the state has. For brokers
+    /// that list every aborted transaction of the log in each fetch (noida-db
+    /// 0.2.3, the embedded broker): librdkafka then takes a transaction that
+    /// ended before the fetch offset for one still running, and a read that
+    /// starts after it skips committed records (all of that producer's, up to
+    /// the end of the log).
+    Start,
+}
+
+impl RestoreFrom {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestoreFrom::Position => "position",
+            RestoreFrom::Start => "start",
+        }
+    }
+}
+
 /// A validated engine config, environment overrides applied.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -172,6 +199,8 @@ pub struct EngineConfig {
     pub embedded_listen: String,
     /// Partitions of each topic the embedded broker creates.
     pub embedded_partitions: i32,
+    /// Default: `Start` with the embedded broker, else `Position`.
+    pub restore_from: RestoreFrom,
     /// Topics read; all must be partitioned alike and keyed by contact id.
     pub inputs: Vec<InputTopic>,
     pub outputs: OutputTopics,
@@ -308,6 +337,23 @@ pub fn parse_engine(
             )),
         }
     }
+    let restore_from = match broker
+        .and_then(|b| b.restore_from.as_ref())
+        .map(|r| (r, r.get_ref().as_str()))
+    {
+        None => None,
+        Some((_, "position")) => Some(RestoreFrom::Position),
+        Some((_, "start")) => Some(RestoreFrom::Start),
+        Some((r, other)) => {
+            diags.push(src.diag(
+                Severity::Error,
+                Some(r.span()),
+                "broker.restore_from",
+                format!("{other:?}: expected \"position\" or \"start\""),
+            ));
+            None
+        }
+    };
     if let Some(g) = broker.and_then(|b| b.group_id.as_ref())
         && g.get_ref().trim().is_empty()
     {
@@ -611,6 +657,12 @@ pub fn parse_engine(
         return Err(InvalidEngine { diagnostics: diags });
     }
     let instance_id = instance_id.unwrap_or_else(|| default_instance_id(&group_id, &state_dir));
+    // Decided after the environment: it may name the broker.
+    let restore_from = restore_from.unwrap_or(if bootstrap_servers.trim().is_empty() {
+        RestoreFrom::Start
+    } else {
+        RestoreFrom::Position
+    });
     Ok(EngineConfig {
         file: path.to_path_buf(),
         conversations,
@@ -618,6 +670,7 @@ pub fn parse_engine(
         bootstrap_servers,
         embedded_listen,
         embedded_partitions,
+        restore_from,
         inputs,
         outputs,
         commit_interval_ms,
@@ -692,6 +745,31 @@ mod tests {
         assert_eq!(c.input_format("checkouts"), Some(InputFormat::Json));
         assert_eq!(c.outputs.sends, DEFAULT_SENDS_TOPIC);
         assert_eq!(c.commit_interval_ms, DEFAULT_COMMIT_INTERVAL_MS);
+        assert_eq!(c.restore_from, RestoreFrom::Start);
+    }
+
+    #[test]
+    fn restores_read_from_the_position_on_a_named_broker_unless_told() {
+        let named = "conversations = [\"a.toml\"]\n[broker]\nbootstrap_servers = \"k:9092\"\n";
+        assert_eq!(
+            parse(named, &[]).unwrap().restore_from,
+            RestoreFrom::Position
+        );
+        // The environment names the broker: the default follows it.
+        let c = parse(
+            "conversations = [\"a.toml\"]\n",
+            &[(ENV_BOOTSTRAP, "k:9092")],
+        )
+        .unwrap();
+        assert_eq!(c.restore_from, RestoreFrom::Position);
+        let told = format!("{named}restore_from = \"start\"\n");
+        assert_eq!(parse(&told, &[]).unwrap().restore_from, RestoreFrom::Start);
+        let errs = errors(&format!("{named}restore_from = \"middle\"\n"));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("conf/winback.toml:4:16: error: broker.restore_from: \"middle\""),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -2,13 +2,14 @@
 //!
 //! The store keeps, per partition, the changelog position it has applied up
 //! to. A restore reads the changelog partition from there (from its start
-//! when the store has nothing) to its last stable offset, `read_committed`,
+//! when the store has nothing, or always with [`RestoreFrom::Start`], then
+//! skipping what the store has) to its last stable offset, `read_committed`,
 //! and applies each record: a contact's state with the timers it implies
 //! (replacing the timers of the state it had), and the partition record with
 //! the clock, input offsets and coupon shares. After a normal restart the
-//! position is at the end and nothing is read; after a crash between a
-//! transaction's commit and the local write, only that transaction is read;
-//! with an empty disk, everything.
+//! position is at the end and nothing is applied; after a crash between a
+//! transaction's commit and the local write, only that transaction is
+//! applied; with an empty disk, everything.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +21,7 @@ use rdkafka::message::Headers;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::{RuntimeError, kafka};
-use crate::config::engine::EngineConfig;
+use crate::config::engine::{EngineConfig, RestoreFrom};
 use crate::domain::{ContactState, Definitions};
 use crate::store::Store;
 use crate::store::changelog::{
@@ -71,13 +72,13 @@ pub fn restore_partition(
     let (_, high) = consumer
         .fetch_watermarks(topic, partition as i32, Duration::from_secs(10))
         .map_err(kafka(format!("watermarks of {topic}[{partition}]")))?;
+    let start = match (from, cfg.restore_from) {
+        (Some(p), RestoreFrom::Position) => Offset::Offset(p),
+        _ => Offset::Beginning,
+    };
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(
-        topic,
-        partition as i32,
-        from.map_or(Offset::Beginning, Offset::Offset),
-    )
-    .map_err(kafka("changelog position"))?;
+    tpl.add_partition_offset(topic, partition as i32, start)
+        .map_err(kafka("changelog position"))?;
     consumer
         .assign(&tpl)
         .map_err(kafka(format!("assign {topic}[{partition}]")))?;
@@ -105,6 +106,10 @@ pub fn restore_partition(
             }
             Some(Ok(m)) => m,
         };
+        if from.is_some_and(|f| m.offset() < f) {
+            // Read from the start (`RestoreFrom::Start`): the store has it.
+            continue;
+        }
         let key = m.key().unwrap_or_default();
         let is_partition = m.headers().is_some_and(|h| {
             h.iter()
