@@ -337,23 +337,16 @@ pub fn parse_engine(
             )),
         }
     }
-    let restore_from = match broker
-        .and_then(|b| b.restore_from.as_ref())
-        .map(|r| (r, r.get_ref().as_str()))
-    {
-        None => None,
-        Some((_, "position")) => Some(RestoreFrom::Position),
-        Some((_, "start")) => Some(RestoreFrom::Start),
-        Some((r, other)) => {
-            diags.push(src.diag(
-                Severity::Error,
-                Some(r.span()),
-                "broker.restore_from",
-                format!("{other:?}: expected \"position\" or \"start\""),
-            ));
-            None
-        }
-    };
+    let restore_from = one_of(
+        &src,
+        &mut diags,
+        broker.and_then(|b| b.restore_from.as_ref()),
+        "broker.restore_from",
+        &[
+            ("position", RestoreFrom::Position),
+            ("start", RestoreFrom::Start),
+        ],
+    );
     if let Some(g) = broker.and_then(|b| b.group_id.as_ref())
         && g.get_ref().trim().is_empty()
     {
@@ -405,19 +398,17 @@ pub fn parse_engine(
                         format!("topic {topic:?} is listed twice"),
                     ));
                 }
-                let format = match inp.format.as_ref().map(|f| (f, f.get_ref().as_str())) {
-                    None | Some((_, "json")) => InputFormat::Json,
-                    Some((_, "protobuf")) => InputFormat::Protobuf,
-                    Some((f, other)) => {
-                        diags.push(src.diag(
-                            Severity::Error,
-                            Some(f.span()),
-                            format!("input[{i}].format"),
-                            format!("{other:?}: expected \"json\" or \"protobuf\""),
-                        ));
-                        InputFormat::Json
-                    }
-                };
+                let format = one_of(
+                    &src,
+                    &mut diags,
+                    inp.format.as_ref(),
+                    format!("input[{i}].format"),
+                    &[
+                        ("json", InputFormat::Json),
+                        ("protobuf", InputFormat::Protobuf),
+                    ],
+                )
+                .unwrap_or(InputFormat::Json);
                 inputs.push(InputTopic { topic, format });
             }
         }
@@ -535,22 +526,17 @@ pub fn parse_engine(
         365 * 86_400_000,
     );
 
-    let guarantee = match proc_
-        .and_then(|p| p.guarantee.as_ref())
-        .map(|g| (g, g.get_ref().as_str()))
-    {
-        None | Some((_, "exactly_once")) => Guarantee::ExactlyOnce,
-        Some((_, "at_least_once")) => Guarantee::AtLeastOnce,
-        Some((g, other)) => {
-            diags.push(src.diag(
-                Severity::Error,
-                Some(g.span()),
-                "processing.guarantee",
-                format!("{other:?}: expected \"exactly_once\" or \"at_least_once\""),
-            ));
-            Guarantee::ExactlyOnce
-        }
-    };
+    let guarantee = one_of(
+        &src,
+        &mut diags,
+        proc_.and_then(|p| p.guarantee.as_ref()),
+        "processing.guarantee",
+        &[
+            ("exactly_once", Guarantee::ExactlyOnce),
+            ("at_least_once", Guarantee::AtLeastOnce),
+        ],
+    )
+    .unwrap_or(Guarantee::ExactlyOnce);
     let mut instance_id = proc_
         .and_then(|p| p.instance_id.as_ref())
         .map(|i| i.get_ref().trim().to_string());
@@ -682,6 +668,30 @@ pub fn parse_engine(
         group_id,
         kafka,
     })
+}
+
+/// A string field that names one of `options`: its value, None when absent.
+/// Any other value is reported and read as absent.
+fn one_of<T: Copy>(
+    src: &Source<'_>,
+    diags: &mut Vec<Diagnostic>,
+    field: Option<&Spanned<String>>,
+    path: impl Into<String>,
+    options: &[(&str, T)],
+) -> Option<T> {
+    let field = field?;
+    let value = field.get_ref().as_str();
+    if let Some((_, v)) = options.iter().find(|(name, _)| *name == value) {
+        return Some(*v);
+    }
+    let names: Vec<String> = options.iter().map(|(n, _)| format!("{n:?}")).collect();
+    diags.push(src.diag(
+        Severity::Error,
+        Some(field.span()),
+        path,
+        format!("{value:?}: expected {}", names.join(" or ")),
+    ));
+    None
 }
 
 /// The group, the host and the state directory name a process: the same on
