@@ -261,8 +261,11 @@ impl Ctx {
                         "the changelog stays behind the input offsets the group committed with it \
                          ({behind}) after {} s: a committed transaction is missing from it, or the \
                          group's offsets were committed by another run (at-least-once mode, \
-                         another state): use a new group id",
-                        RESTORE_CATCH_UP.as_secs()
+                         another state): use a new group id; or the broker lists every aborted \
+                         transaction in each fetch and the restore read from the stored position \
+                         (restore_from = {:?}): set broker.restore_from = \"start\"",
+                        RESTORE_CATCH_UP.as_secs(),
+                        r.cfg.restore_from.as_str()
                     ),
                 });
             }
@@ -514,6 +517,7 @@ pub fn run(params: RunParams) -> Result<(), RuntimeError> {
         inputs = ?topics,
         partitions,
         guarantee = cfg.guarantee.as_str(),
+        restore_from = cfg.restore_from.as_str(),
         instance = %cfg.instance_id,
         state_dir = %cfg.state_dir.display(),
         "running"
