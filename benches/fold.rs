@@ -13,10 +13,10 @@
 //! (a counting allocator).
 
 use std::alloc::{GlobalAlloc, Layout};
+use std::cell::Cell;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use mimalloc::MiMalloc;
@@ -26,23 +26,42 @@ use winback::sim::Simulator;
 use winback::wire;
 
 /// Counts, and allocates with mimalloc: the allocator of the `winback` binary.
+/// The counts are the thread's own, not atomics: an atomic add per call would
+/// put into the timed fold a locked instruction per allocation and free that
+/// the `winback` binary does not have (the bench is one thread).
 struct Counting;
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-static ALLOCS: AtomicIsize = AtomicIsize::new(0);
+
+thread_local! {
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    static ALLOCS: Cell<isize> = const { Cell::new(0) };
+}
+
+fn add(c: &'static std::thread::LocalKey<Cell<isize>>, n: isize) {
+    // `try_with`: the allocator also runs while thread-locals are torn down.
+    let _ = c.try_with(|c| c.set(c.get() + n));
+}
+
+fn live() -> isize {
+    LIVE.with(Cell::get)
+}
+
+fn allocs() -> isize {
+    ALLOCS.with(Cell::get)
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        add(&LIVE, l.size() as isize);
+        add(&ALLOCS, 1);
         unsafe { MiMalloc.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        add(&LIVE, -(l.size() as isize));
         unsafe { MiMalloc.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        add(&LIVE, new as isize - l.size() as isize);
+        add(&ALLOCS, 1);
         unsafe { MiMalloc.realloc(p, l, new) }
     }
 }
@@ -157,8 +176,7 @@ fn main() {
         t.elapsed()
     );
 
-    let base = LIVE.load(Ordering::Relaxed);
-    let allocs = ALLOCS.load(Ordering::Relaxed);
+    let (live_before, allocs_before) = (live(), allocs());
     let mut sim = Simulator::new(defs.clone());
     let mut out = Vec::with_capacity(64);
     let (mut transitions, mut sends) = (0u64, 0u64);
@@ -173,8 +191,8 @@ fn main() {
         ControlFlow::Continue(())
     });
     let fold = t.elapsed();
-    let live = LIVE.load(Ordering::Relaxed) - base;
-    let allocs = ALLOCS.load(Ordering::Relaxed) - allocs;
+    let live = live() - live_before;
+    let allocs = allocs() - allocs_before;
     println!(
         "fold: {:.0} events/s ({} events in {:.2?}, {transitions} transitions, {sends} sends during the fold)",
         events.len() as f64 / fold.as_secs_f64(),

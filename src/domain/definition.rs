@@ -10,6 +10,8 @@ use super::time::{Duration, Timestamp};
 
 /// Index of a conversation in [`Definitions::conversations`].
 pub type ConvIdx = u16;
+/// An event name's route; event names are few (each one a config entry).
+pub type RouteIdx = u32;
 /// Index of a thread in [`Conversation::threads`].
 pub type ThreadIdx = u16;
 /// Index of a step in [`Conversation::steps`] (steps of all threads, in definition order).
@@ -41,6 +43,9 @@ const FEW_ROUTES: usize = 8;
 #[derive(Debug, Clone, Default)]
 pub struct Route {
     pub name: Arc<str>,
+    /// Its position in the definitions' routes: what a transition names an
+    /// event by (see [`Definitions::route_name`]).
+    pub idx: RouteIdx,
     pub purchase: bool,
     /// `Some(true)` subscribe, `Some(false)` unsubscribe.
     pub subscription: Option<bool>,
@@ -84,6 +89,9 @@ impl Definitions {
         // In name order, so that nothing depends on the map's random order.
         let mut routes: Vec<Route> = routes.into_values().collect();
         routes.sort_by(|a, b| a.name.cmp(&b.name));
+        for (i, r) in routes.iter_mut().enumerate() {
+            r.idx = i as RouteIdx;
+        }
         let route_index = (routes.len() > FEW_ROUTES).then(|| {
             routes
                 .iter()
@@ -100,6 +108,11 @@ impl Definitions {
             routes,
             route_index,
         }
+    }
+
+    /// The event name of the route at `idx` (a [`Route::idx`]).
+    pub fn route_name(&self, idx: RouteIdx) -> &str {
+        &self.routes[idx as usize].name
     }
 
     pub fn route(&self, event_name: &str) -> Option<&Route> {

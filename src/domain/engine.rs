@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use super::coupon::{CouponPools, Take};
 use super::definition::{
-    ConvIdx, Conversation, Definitions, EntryPolicy, ExhaustedOutcome, Filter, Route, StepIdx,
-    StepKind, ThreadIdx,
+    ConvIdx, Conversation, Definitions, EntryPolicy, ExhaustedOutcome, Filter, Route, RouteIdx,
+    StepIdx, StepKind, ThreadIdx,
 };
 use super::event::{Event, EventError};
 use super::state::{ContactState, Entry, FieldValue, OrderStats};
@@ -135,7 +135,7 @@ impl Engine {
                 pools,
                 fx,
             };
-            run.trigger(thread, ev, &route.name, &mut event_id);
+            run.trigger(thread, ev, route.idx, &mut event_id);
         }
         Folded::Applied
     }
@@ -284,7 +284,7 @@ impl Run<'_> {
         &mut self,
         thread: ThreadIdx,
         ev: &Event,
-        event_name: &Arc<str>,
+        event: RouteIdx,
         event_id: &mut Option<Arc<str>>,
     ) {
         let at = ev.occurred_at;
@@ -347,14 +347,14 @@ impl Run<'_> {
                 self.cancel_timer(&old);
                 TransitionKind::Reentered {
                     event_id: event_id.clone(),
-                    event_name: event_name.clone(),
+                    event,
                     previous_entry: old.seq,
                     left_step: old.step,
                 }
             }
             None => TransitionKind::Entered {
                 event_id: event_id.clone(),
-                event_name: event_name.clone(),
+                event,
             },
         };
         self.emit(&mut e, at, None, kind);

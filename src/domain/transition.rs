@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::definition::Definitions;
-use super::definition::{ConvIdx, StepIdx, ThreadIdx};
+use super::definition::{ConvIdx, RouteIdx, StepIdx, ThreadIdx};
 use super::state::Fields;
 use super::time::Timestamp;
 
@@ -30,12 +30,13 @@ pub struct Transition {
 pub enum TransitionKind {
     Entered {
         event_id: Arc<str>,
-        event_name: Arc<str>,
+        /// The trigger event's name, as [`Definitions::route_name`] tells.
+        event: RouteIdx,
     },
     /// Started a new entry, ending `previous_entry` in the wait `left_step`.
     Reentered {
         event_id: Arc<str>,
-        event_name: Arc<str>,
+        event: RouteIdx,
         previous_entry: u32,
         left_step: StepIdx,
     },

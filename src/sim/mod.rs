@@ -17,40 +17,13 @@ use crate::domain::{
 };
 use crate::timer::Wheel;
 
-/// A pending wait of (contact id, conversation, entry, contact index): at the
-/// same instant, timers fire in order of contact id, conversation and entry,
-/// as in `winback run`, whose waits come back from disk in no first-seen order.
-type TimerKey = (ContactId, ConvIdx, u32, u32);
-
-/// A contact id ordered as its text, compared by pointer first: a contact's
-/// waits in several conversations usually expire at the same instant, and
-/// they share one `Arc`, so ordering them reads no contact's id from memory.
-#[derive(Debug, Clone)]
-struct ContactId(Arc<str>);
-
-impl PartialEq for ContactId {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
-    }
-}
-
-impl Eq for ContactId {}
-
-impl PartialOrd for ContactId {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for ContactId {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        if Arc::ptr_eq(&self.0, &other.0) {
-            std::cmp::Ordering::Equal
-        } else {
-            self.0.cmp(&other.0)
-        }
-    }
-}
+/// A pending wait of (contact position, conversation, entry). The wheel
+/// orders waits of one instant by position; [`Simulator::fire_due`] fires
+/// them in order of contact id, conversation and entry instead, as `winback
+/// run` does, whose waits come back from disk in no first-seen order. A
+/// position, not the id, so that a wait holds no reference count to change
+/// and its entry in the wheel is 24 bytes instead of 40.
+type TimerKey = (u32, ConvIdx, u32);
 
 /// How many timers ahead of the one firing [`Simulator::fire_due`] prefetches
 /// a contact's state: far enough for a memory load to finish, near enough
@@ -103,6 +76,8 @@ pub struct Simulator {
     pools: CouponPools,
     clock: Option<Timestamp>,
     fx: Effects,
+    /// Waits due at one instant, while `fire_due` orders them: kept for its buffer.
+    ties: Vec<TimerKey>,
 }
 
 impl Simulator {
@@ -122,6 +97,7 @@ impl Simulator {
             pools,
             clock: None,
             fx: Effects::default(),
+            ties: Vec::new(),
         }
     }
 
@@ -282,27 +258,64 @@ impl Simulator {
     }
 
     fn fire_due(&mut self, t: Timestamp, out: &mut Vec<Transition>) {
-        while let Some((at, (_, conv, entry, contact))) = self.timers.pop_due(t) {
-            // Waits due together belong to contacts last touched long ago:
-            // start loading a coming one's state while this one fires.
-            if let Some((id, _, _, next)) = self.timers.ahead(PREFETCH_AHEAD) {
-                // Firing clones the id for each transition and drops the
-                // timer's.
-                prefetch_arc(&id.0);
-                if let Some(c) = self.contacts.get(*next as usize) {
-                    prefetch(c);
-                }
+        while let Some((at, first)) = self.timers.pop_due(t) {
+            let Some(second) = self.timers.pop_same(at) else {
+                self.fire(at, first, out);
+                continue;
+            };
+            // Ties: mostly one contact's waits in several conversations,
+            // which the wheel already has in order; otherwise the ids decide.
+            let mut ties = std::mem::take(&mut self.ties);
+            ties.push(first);
+            ties.push(second);
+            while let Some(k) = self.timers.pop_same(at) {
+                ties.push(k);
             }
-            let now = self.clock.map_or(at, |c| c.max(at));
-            self.clock = Some(now);
-            self.fx.clear();
-            std::mem::swap(&mut self.fx.transitions, out);
-            let (id, st) = &mut self.contacts[contact as usize];
-            self.engine
-                .on_timer(id, st, conv, entry, at, now, &mut self.pools, &mut self.fx);
-            std::mem::swap(&mut self.fx.transitions, out);
-            self.apply_timers(contact);
+            if ties.iter().any(|k| k.0 != first.0) {
+                let contacts = &self.contacts;
+                ties.sort_unstable_by(|a, b| {
+                    let id = |k: &TimerKey| &*contacts[k.0 as usize].0;
+                    let by_id = if a.0 == b.0 {
+                        std::cmp::Ordering::Equal
+                    } else {
+                        id(a).cmp(id(b))
+                    };
+                    by_id.then((a.1, a.2).cmp(&(b.1, b.2)))
+                });
+            }
+            // Firing sets waits only after `at`: none of them joins these.
+            for k in ties.drain(..) {
+                self.fire(at, k, out);
+            }
+            self.ties = ties;
         }
+    }
+
+    /// Fires one wait due at `at`.
+    fn fire(&mut self, at: Timestamp, (contact, conv, entry): TimerKey, out: &mut Vec<Transition>) {
+        // Waits due together belong to contacts last touched long ago: start
+        // loading a coming one's state while this one fires, in two steps as
+        // the key names only the contact's position: its list entry, then
+        // the id the entry points to (the transitions clone it).
+        if let Some((next, _, _)) = self.timers.ahead(2 * PREFETCH_AHEAD)
+            && let Some(c) = self.contacts.get(*next as usize)
+        {
+            prefetch(c);
+        }
+        if let Some((next, _, _)) = self.timers.ahead(PREFETCH_AHEAD)
+            && let Some((id, _)) = self.contacts.get(*next as usize)
+        {
+            prefetch_arc(id);
+        }
+        let now = self.clock.map_or(at, |c| c.max(at));
+        self.clock = Some(now);
+        self.fx.clear();
+        std::mem::swap(&mut self.fx.transitions, out);
+        let (id, st) = &mut self.contacts[contact as usize];
+        self.engine
+            .on_timer(id, st, conv, entry, at, now, &mut self.pools, &mut self.fx);
+        std::mem::swap(&mut self.fx.transitions, out);
+        self.apply_timers(contact);
     }
 
     fn apply_timers(&mut self, contact: u32) {
@@ -313,8 +326,7 @@ impl Simulator {
                 at,
             } = tc
             {
-                let id = ContactId(Arc::clone(&self.contacts[contact as usize].0));
-                self.timers.insert(at, (id, conversation, entry, contact));
+                self.timers.insert(at, (contact, conversation, entry));
             }
         }
     }

@@ -114,6 +114,10 @@ pub struct Wheel<T> {
     /// Where the last timer taken came from: the likeliest source of the next
     /// ones (see [`Wheel::ahead`]).
     last: Source,
+    /// Whether a timer may share the deadline of the last one taken: false
+    /// when `pop_due` saw none at the front of any queue (see
+    /// [`Wheel::pop_same`]).
+    tie: bool,
 }
 
 impl<T: Ord> Default for Wheel<T> {
@@ -147,6 +151,7 @@ impl<T: Ord> Wheel<T> {
             not_before: u64::MAX,
             len: 0,
             last: Source::Run,
+            tie: false,
         }
     }
 
@@ -278,24 +283,49 @@ impl<T: Ord> Wheel<T> {
         }
     }
 
-    /// The deadline of the earliest timer out of the levels, and where it is.
-    fn first_out(&self) -> Option<(u64, Source)> {
-        let mut best = self.run.front().map(|r| (r, Source::Run));
-        if let Some(Reverse(h)) = self.ready.peek()
-            && best.is_none_or(|(b, _)| h < b)
-        {
-            best = Some((h, Source::Ready));
-        }
-        for (i, lane) in self.lanes.iter().enumerate() {
-            if let Some(f) = lane.front()
-                && best.is_none_or(|(b, _)| f < b)
-            {
-                best = Some((f, Source::Lane(i)));
+    /// The deadline of the earliest timer out of the levels, where it is, and
+    /// the earliest deadline at the front of every other queue (`u64::MAX`
+    /// for none): a tie with the first when equal (see [`Wheel::pop_same`]).
+    fn first_out(&self) -> Option<(u64, Source, u64)> {
+        fn consider<'a, T: Ord>(
+            f: &'a (u64, T),
+            s: Source,
+            best: &mut Option<(&'a (u64, T), Source)>,
+            others: &mut u64,
+        ) {
+            match best {
+                Some((b, _)) if f >= *b => *others = (*others).min(f.0),
+                _ => {
+                    if let Some((b, _)) = best {
+                        *others = (*others).min(b.0);
+                    }
+                    *best = Some((f, s));
+                }
             }
         }
-        best.map(|(t, s)| (t.0, s))
+        let mut best = self.run.front().map(|r| (r, Source::Run));
+        let mut others = u64::MAX;
+        if let Some(Reverse(h)) = self.ready.peek() {
+            consider(h, Source::Ready, &mut best, &mut others);
+        }
+        for (i, lane) in self.lanes.iter().enumerate() {
+            if let Some(f) = lane.front() {
+                consider(f, Source::Lane(i), &mut best, &mut others);
+            }
+        }
+        best.map(|(t, s)| (t.0, s, others))
     }
 
+    /// The deadline at the front of a queue.
+    fn front(&self, of: Source) -> Option<u64> {
+        match of {
+            Source::Run => self.run.front().map(|t| t.0),
+            Source::Ready => self.ready.peek().map(|Reverse(t)| t.0),
+            Source::Lane(i) => self.lanes.get(i)?.front().map(|t| t.0),
+        }
+    }
+
+    #[inline]
     fn take(&mut self, from: Source) -> Option<(u64, T)> {
         self.last = from;
         match from {
@@ -333,7 +363,7 @@ impl<T: Ord> Wheel<T> {
             let first = self.first_out();
             match self.next_slot() {
                 Some((level, slot, start))
-                    if start <= now && first.is_none_or(|(f, _)| start <= f) =>
+                    if start <= now && first.is_none_or(|(f, _, _)| start <= f) =>
                 {
                     self.process(level, slot, start, now);
                     continue;
@@ -343,7 +373,7 @@ impl<T: Ord> Wheel<T> {
                     // to the first if it is due and before every other.
                     if let Some((&(when, _), _)) = self.overflow.first_key_value()
                         && when <= now
-                        && first.is_none_or(|(f, _)| when <= f)
+                        && first.is_none_or(|(f, _, _)| when <= f)
                     {
                         self.elapsed = self.elapsed.max(when & !((1u64 << RANGE_BITS) - 1));
                         self.refill_from_overflow();
@@ -352,11 +382,14 @@ impl<T: Ord> Wheel<T> {
                 }
                 _ => {}
             }
-            if let Some((when, from)) = first
+            if let Some((when, from, others)) = first
                 && when <= now
                 && let Some((when, item)) = self.take(from)
             {
                 self.len -= 1;
+                // A lane emptied by the take is gone and a later one has its
+                // index; a deadline equal to `when` is a tie all the same.
+                self.tie = others == when || self.front(from) == Some(when);
                 // Timers come out in order: none left is due before it.
                 self.not_before = when;
                 return Some((time(when), item));
@@ -366,7 +399,7 @@ impl<T: Ord> Wheel<T> {
                 self.refill_from_overflow();
             }
             self.not_before = [
-                first.map(|(f, _)| f),
+                first.map(|(f, _, _)| f),
                 self.next_slot().map(|(_, _, start)| start),
                 self.overflow.first_key_value().map(|(&(w, _), _)| w),
             ]
@@ -377,6 +410,59 @@ impl<T: Ord> Wheel<T> {
             debug_assert!(self.placement_holds());
             return None;
         }
+    }
+
+    /// Takes the next timer if it is due at exactly `at`, the deadline of the
+    /// timer [`Wheel::pop_due`] just returned (nothing inserted since): how a
+    /// caller that orders ties its own way collects every timer of an
+    /// instant. Cheaper than `pop_due` when there is none, the usual answer.
+    #[inline]
+    pub fn pop_same(&mut self, at: Timestamp) -> Option<T> {
+        let at = key(at);
+        debug_assert_eq!(self.not_before, at, "pop_same right after a pop_due");
+        if !self.tie {
+            return None;
+        }
+        // `pop_due` processed every slot (and overflow timer) starting at or
+        // before the deadline it returned, so a tie can only be at the front
+        // of the run, the heap or a lane. Only deadlines are compared until
+        // one ties: most timers have no tie.
+        let mut best: Option<(&T, Source)> = None;
+        // Queues whose front ties: another tie remains after the take when
+        // more than one does.
+        let mut tied = 0;
+        if let Some((w, t)) = self.run.front()
+            && *w == at
+        {
+            tied += 1;
+            best = Some((t, Source::Run));
+        }
+        if let Some(Reverse((w, t))) = self.ready.peek()
+            && *w == at
+        {
+            tied += 1;
+            if best.is_none_or(|(b, _)| t < b) {
+                best = Some((t, Source::Ready));
+            }
+        }
+        for (i, lane) in self.lanes.iter().enumerate() {
+            if let Some((w, t)) = lane.front()
+                && *w == at
+            {
+                tied += 1;
+                if best.is_none_or(|(b, _)| t < b) {
+                    best = Some((t, Source::Lane(i)));
+                }
+            }
+        }
+        let Some((_, from)) = best else {
+            self.tie = false;
+            return None;
+        };
+        let (_, item) = self.take(from)?;
+        self.len -= 1;
+        self.tie = tied > 1 || self.front(from) == Some(at);
+        Some(item)
     }
 
     /// The placement invariant, checked in debug builds and tests.
@@ -440,6 +526,16 @@ mod tests {
         std::iter::from_fn(|| w.pop_due(Timestamp(now)))
             .map(|(t, i)| (t.0, i))
             .collect()
+    }
+
+    /// [`drain`] taking the ties of each instant with `pop_same`.
+    fn drain_ties(w: &mut Wheel<u32>, now: i64) -> Vec<(i64, u32)> {
+        let mut got = Vec::new();
+        while let Some((t, i)) = w.pop_due(Timestamp(now)) {
+            got.push((t.0, i));
+            got.extend(std::iter::from_fn(|| w.pop_same(t)).map(|i| (t.0, i)));
+        }
+        got
     }
 
     #[test]
@@ -601,6 +697,33 @@ mod tests {
         }
     }
 
+    #[test]
+    fn pop_same_takes_the_ties_of_an_instant_from_every_queue() {
+        let mut w = Wheel::with_lanes(1);
+        w.pop_due(Timestamp(T0));
+        let day = 86_400_000;
+        let d = T0 + 90 * day;
+        // One lane for the ordered run; the rest, a tie among it, to the levels.
+        w.insert(Timestamp(d - 5), 1);
+        w.insert(Timestamp(d), 2);
+        w.insert(Timestamp(d - 9), 3);
+        w.insert(Timestamp(d), 4);
+        w.insert(Timestamp(d), 0);
+        w.insert(Timestamp(d + 1), 5);
+        assert_ne!(w.levels_occupied, 0);
+        let now = Timestamp(d + 10);
+        assert_eq!(w.pop_due(now), Some((Timestamp(d - 9), 3)));
+        assert_eq!(w.pop_same(Timestamp(d - 9)), None);
+        assert_eq!(w.pop_due(now), Some((Timestamp(d - 5), 1)));
+        assert_eq!(w.pop_same(Timestamp(d - 5)), None);
+        assert_eq!(w.pop_due(now), Some((Timestamp(d), 0)));
+        let mut ties: Vec<u32> = std::iter::from_fn(|| w.pop_same(Timestamp(d))).collect();
+        ties.sort_unstable();
+        assert_eq!(ties, vec![2, 4]);
+        assert_eq!(w.pop_due(now), Some((Timestamp(d + 1), 5)));
+        assert!(w.is_empty() && w.placement_holds());
+    }
+
     proptest! {
         /// Against a `BTreeSet` model: random inserts at distances from 0 ms to
         /// centuries (some already due) and random clock steps give the same
@@ -629,7 +752,8 @@ mod tests {
                     }
                     _ => {
                         now += (1i64 << (2 * b)) + i64::from(a);
-                        let got = drain(&mut w, now);
+                        // Op 3 takes each instant's ties with `pop_same`.
+                        let got = if op == 3 { drain_ties(&mut w, now) } else { drain(&mut w, now) };
                         let mut want = Vec::new();
                         while let Some(&(d, i)) = model.first() {
                             if d > now { break; }

@@ -178,23 +178,20 @@ pub fn view<'a>(defs: &'a Definitions, t: &'a Transition) -> View<'a> {
     let step = t.step.map(|s| &conv.steps[s as usize]);
     let f = facts(defs, step);
     let detail = match &t.kind {
-        TransitionKind::Entered {
+        TransitionKind::Entered { event_id, event } => Detail::Entered {
             event_id,
-            event_name,
-        } => Detail::Entered {
-            event_id,
-            event_name,
+            event_name: defs.route_name(*event),
         },
         TransitionKind::Reentered {
             event_id,
-            event_name,
+            event,
             previous_entry,
             left_step,
         } => {
             let (left_thread, left_step) = step_at(conv, *left_step);
             Detail::Reentered {
                 event_id,
-                event_name,
+                event_name: defs.route_name(*event),
                 previous_entry: *previous_entry,
                 left_thread,
                 left_step,
