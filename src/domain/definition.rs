@@ -110,6 +110,11 @@ impl Definitions {
         }
     }
 
+    /// The route at `idx` (a [`Route::idx`]).
+    pub fn route_at(&self, idx: RouteIdx) -> &Route {
+        &self.routes[idx as usize]
+    }
+
     /// The event name of the route at `idx` (a [`Route::idx`]).
     pub fn route_name(&self, idx: RouteIdx) -> &str {
         &self.routes[idx as usize].name

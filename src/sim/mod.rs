@@ -211,9 +211,10 @@ impl Simulator {
         h: u64,
         out: &mut Vec<Transition>,
     ) -> Result<Folded, EventError> {
-        // A handle of our own, so the route can be held while `self` changes.
-        let defs = Arc::clone(self.engine.definitions());
-        let Some(route) = route_event(&defs, ev)? else {
+        // The route's index, not the route: `self` changes before the fold.
+        // (Holding the route through a clone of the definitions' `Arc` would
+        // cost two locked instructions an event.)
+        let Some(route) = route_event(self.engine.definitions(), ev)?.map(|r| r.idx) else {
             // Nothing listens to this name: no state for it, but time still moves.
             self.advance_to(ev.occurred_at, out);
             return Ok(Folded::Unrouted);
@@ -239,6 +240,7 @@ impl Simulator {
         self.fx.clear();
         std::mem::swap(&mut self.fx.transitions, out);
         let (id, st) = &mut self.contacts[idx as usize];
+        let route = self.engine.definitions().route_at(route);
         let folded = self
             .engine
             .on_routed_event(id, st, ev, route, &mut self.pools, &mut self.fx);
