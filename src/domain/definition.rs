@@ -117,7 +117,7 @@ impl Definitions {
 
     /// The event name of the route at `idx` (a [`Route::idx`]).
     pub fn route_name(&self, idx: RouteIdx) -> &str {
-        &self.routes[idx as usize].name
+        &self.route_at(idx).name
     }
 
     pub fn route(&self, event_name: &str) -> Option<&Route> {

@@ -25,9 +25,10 @@ use crate::timer::Wheel;
 /// and its entry in the wheel is 24 bytes instead of 40.
 type TimerKey = (u32, ConvIdx, u32);
 
-/// How many timers ahead of the one firing [`Simulator::fire_due`] prefetches
-/// a contact's state: far enough for a memory load to finish, near enough
-/// that the lines are still cached when the timer fires.
+/// How many timers ahead of the one firing [`Simulator::fire`] prefetches a
+/// contact's id (and twice as many ahead, its state, which names the id): far
+/// enough for a memory load to finish, near enough that the lines are still
+/// cached when the timer fires.
 const PREFETCH_AHEAD: usize = 4;
 
 /// Asks the CPU to load every cache line of `*r`: a hint, with no effect on

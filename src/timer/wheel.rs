@@ -415,7 +415,8 @@ impl<T: Ord> Wheel<T> {
     /// Takes the next timer if it is due at exactly `at`, the deadline of the
     /// timer [`Wheel::pop_due`] just returned (nothing inserted since): how a
     /// caller that orders ties its own way collects every timer of an
-    /// instant. Cheaper than `pop_due` when there is none, the usual answer.
+    /// instant. When `pop_due` saw no tie at the front of any queue, a flag
+    /// answers at once.
     #[inline]
     pub fn pop_same(&mut self, at: Timestamp) -> Option<T> {
         let at = key(at);
@@ -426,7 +427,7 @@ impl<T: Ord> Wheel<T> {
         // `pop_due` processed every slot (and overflow timer) starting at or
         // before the deadline it returned, so a tie can only be at the front
         // of the run, the heap or a lane. Only deadlines are compared until
-        // one ties: most timers have no tie.
+        // one ties.
         let mut best: Option<(&T, Source)> = None;
         // Queues whose front ties: another tie remains after the take when
         // more than one does.
