@@ -6,6 +6,7 @@
 //! list, 3% of events delivered up to two days late. Both shipped seed
 //! conversations run (`WINBACK_BENCH_CONFIG=winback-90d.toml` for one), the
 //! coupon pool holding two codes per contact.
+//! `WINBACK_BENCH_FOLD_ONLY=1` stops after the first fold (for profiling).
 //! Prints events/s of the fold in batches (`Simulator::feed_batch`; waits fire
 //! during it as the clock moves), the same fold in batches and one event at a
 //! time alternating 20k-event chunks in one process, JSON decoding plus the
@@ -82,6 +83,19 @@ impl Rng {
     fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
+}
+
+/// This process's user and system CPU seconds, from `/proc/self/stat` (in
+/// the kernel's USER_HZ ticks, 1/100 s on Linux); `None` elsewhere. The
+/// system share is mostly the kernel zeroing pages the fold touches first.
+fn cpu_times() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut f = rest.split(' ').skip(11);
+    let user: f64 = f.next()?.parse().ok()?;
+    let sys: f64 = f.next()?.parse().ok()?;
+    Some((user / 100.0, sys / 100.0))
 }
 
 const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
@@ -180,6 +194,7 @@ fn main() {
     let mut sim = Simulator::new(defs.clone());
     let mut out = Vec::with_capacity(64);
     let (mut transitions, mut sends) = (0u64, 0u64);
+    let cpu_before = cpu_times();
     let t = Instant::now();
     sim.feed_batch(&events, &mut out, |_, _, out| {
         transitions += out.len() as u64;
@@ -191,10 +206,14 @@ fn main() {
         ControlFlow::Continue(())
     });
     let fold = t.elapsed();
+    let cpu = cpu_before
+        .zip(cpu_times())
+        .map(|((u0, s0), (u1, s1))| format!("; CPU: user {:.2}s, system {:.2}s", u1 - u0, s1 - s0))
+        .unwrap_or_default();
     let live = live() - live_before;
     let allocs = allocs() - allocs_before;
     println!(
-        "fold: {:.0} events/s ({} events in {:.2?}, {transitions} transitions, {sends} sends during the fold)",
+        "fold: {:.0} events/s ({} events in {:.2?}, {transitions} transitions, {sends} sends during the fold{cpu})",
         events.len() as f64 / fold.as_secs_f64(),
         events.len(),
         fold
@@ -219,6 +238,10 @@ fn main() {
 
     drop(sim);
     out.clear();
+    // For profiling and quick comparisons: the fold alone, a few seconds.
+    if std::env::var_os("WINBACK_BENCH_FOLD_ONLY").is_some() {
+        return;
+    }
 
     // Batches against one event at a time, in one process: on a shared VM
     // whose speed drifts from minute to minute, only alternating the two over

@@ -717,7 +717,7 @@ fn restore(bs: &str) {
             .first_mut()
             .and_then(|c| c.active.first_mut())
         {
-            e.waiting_until = Some(Timestamp(T0 + 90 * DAY + i as i64));
+            e.waiting_until = Timestamp(T0 + 90 * DAY + i as i64).into();
         }
         let value = winback::store::codec::encode(&defs, &st);
         let key = format!("c{i:08}");

@@ -146,6 +146,22 @@ fn refuses_what_it_cannot_read() {
         Err(CodecError::Invalid(_))
     ));
 
+    // The instant a state uses for "none": no event or wait makes it.
+    let mut r = record.clone();
+    r.orders.get_or_insert_default().last_order_at_ms = Some(i64::MIN);
+    let err = codec::decode(&defs, &r.encode_to_vec()).unwrap_err();
+    assert!(
+        matches!(&err, CodecError::Invalid(m) if m.contains("last_order_at_ms")),
+        "{err}"
+    );
+    let mut r = record.clone();
+    r.conversations[0].active[0].waiting_until_ms = Some(i64::MIN);
+    let err = codec::decode(&defs, &r.encode_to_vec()).unwrap_err();
+    assert!(
+        matches!(&err, CodecError::Invalid(m) if m.contains("waiting_until_ms")),
+        "{err}"
+    );
+
     assert!(matches!(
         codec::decode(&defs, &[0xff, 0xff, 0xff]),
         Err(CodecError::Decode(_))

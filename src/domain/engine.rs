@@ -18,7 +18,7 @@ use super::definition::{
 };
 use super::event::{Event, EventError};
 use super::state::{ContactState, Entry, FieldValue, OrderStats};
-use super::time::Timestamp;
+use super::time::{MaybeTimestamp, Timestamp};
 use super::transition::{ExitReason, SuppressReason, Transition, TransitionKind};
 
 /// Valid definitions never run this many steps without a wait (GoTo loops without
@@ -166,12 +166,12 @@ impl Engine {
         let Some(pos) = cs
             .active
             .iter()
-            .position(|e| e.seq == entry && e.waiting_until == Some(expires_at))
+            .position(|e| e.seq == entry && e.waiting_until.get() == Some(expires_at))
         else {
             return false;
         };
         let mut e = cs.active.remove(pos);
-        e.waiting_until = None;
+        e.waiting_until = MaybeTimestamp::NONE;
         let conv = &self.defs.conversations[conversation as usize];
         let (pos, next) = (Some(e.step), conv.next_in_thread(e.step));
         let mut run = Run {
@@ -211,7 +211,7 @@ pub fn filter_matches(f: &Filter, st: &ContactState, now: Timestamp) -> bool {
         Some(m) => st.merchant_orders(m).unwrap_or(&none),
         None => &st.orders,
     };
-    let last = orders.last_order_at;
+    let last = orders.last_order_at.get();
     if let Some(off) = f.last_order_before
         && last.is_none_or(|l| l >= now.saturating_sub(off))
     {
@@ -271,7 +271,7 @@ impl Run<'_> {
     }
 
     fn cancel_timer(&mut self, e: &Entry) {
-        if let Some(at) = e.waiting_until {
+        if let Some(at) = e.waiting_until.get() {
             self.fx.timers.push(TimerChange::Cancel {
                 conversation: self.ci,
                 entry: e.seq,
@@ -336,7 +336,7 @@ impl Run<'_> {
             thread,
             step: 0,
             started_at: at,
-            waiting_until: None,
+            waiting_until: MaybeTimestamp::NONE,
             transitions: 0,
         };
         let event_id = event_id
@@ -411,7 +411,7 @@ impl Run<'_> {
                 StepKind::Wait(d) if d.0 == 0 => {}
                 StepKind::Wait(d) => {
                     let expires_at = at.saturating_add(*d);
-                    e.waiting_until = Some(expires_at);
+                    e.waiting_until = expires_at.into();
                     self.emit(&mut e, at, pos, TransitionKind::WaitStarted { expires_at });
                     self.fx.timers.push(TimerChange::Set {
                         conversation: self.ci,

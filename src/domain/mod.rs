@@ -14,5 +14,5 @@ pub use definition::Definitions;
 pub use engine::{Effects, Engine, Folded, TimerChange};
 pub use event::{Event, EventError};
 pub use state::ContactState;
-pub use time::{Duration, Timestamp};
+pub use time::{Duration, MaybeTimestamp, Timestamp};
 pub use transition::{Transition, TransitionKind};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 
 use super::definition::{ConvIdx, StepIdx, ThreadIdx};
-use super::time::Timestamp;
+use super::time::{MaybeTimestamp, Timestamp};
 
 /// How many recent event ids a contact remembers for de-duplication. Redelivered
 /// events arrive close to the original (a producer retry, a replayed batch), and
@@ -109,14 +109,14 @@ impl Fields {
 pub struct OrderStats {
     pub count: u64,
     pub total_cents: i64,
-    pub last_order_at: Option<Timestamp>,
+    pub last_order_at: MaybeTimestamp,
 }
 
 impl OrderStats {
     fn add(&mut self, at: Timestamp, total_cents: i64) {
         self.count += 1;
         self.total_cents = self.total_cents.saturating_add(total_cents);
-        self.last_order_at = Some(self.last_order_at.map_or(at, |l| l.max(at)));
+        self.last_order_at = self.last_order_at.get().map_or(at, |l| l.max(at)).into();
     }
 }
 
@@ -149,7 +149,7 @@ pub struct Entry {
     pub step: StepIdx,
     /// Event time of the trigger that started the entry.
     pub started_at: Timestamp,
-    pub waiting_until: Option<Timestamp>,
+    pub waiting_until: MaybeTimestamp,
     /// Transitions emitted so far; part of each transition's id.
     pub transitions: u32,
 }
@@ -315,13 +315,13 @@ mod tests {
         s.add_order(Timestamp(20), Some("m1"), 100);
         s.add_order(Timestamp(10), Some("m2"), 50);
         s.add_order(Timestamp(5), Some("m1"), 1);
-        assert_eq!(s.orders.last_order_at, Some(Timestamp(20)));
+        assert_eq!(s.orders.last_order_at.get(), Some(Timestamp(20)));
         assert_eq!(s.orders.count, 3);
         assert_eq!(s.orders.total_cents, 151);
         let m1 = s.merchant_orders("m1").unwrap();
-        assert_eq!((m1.count, m1.last_order_at), (2, Some(Timestamp(20))));
+        assert_eq!((m1.count, m1.last_order_at.get()), (2, Some(Timestamp(20))));
         assert_eq!(
-            s.merchant_orders("m2").unwrap().last_order_at,
+            s.merchant_orders("m2").unwrap().last_order_at.get(),
             Some(Timestamp(10))
         );
     }

@@ -8,6 +8,57 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Timestamp(pub i64);
 
+/// An optional instant in 8 bytes, where `Option<Timestamp>` takes 16: for
+/// the per-contact state, which a million contacts multiply (its four optional
+/// instants were 32 of its 352 bytes). `i64::MIN` stands for none: no input
+/// can name that instant (RFC 3339 and protobuf times reach ±10,000 years,
+/// stored states are checked on load), and a wait's expiry only adds to a
+/// time. Were it ever given, it is kept as one millisecond later rather than
+/// lost.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MaybeTimestamp(i64);
+
+impl MaybeTimestamp {
+    pub const NONE: MaybeTimestamp = MaybeTimestamp(i64::MIN);
+
+    #[inline]
+    pub fn get(self) -> Option<Timestamp> {
+        (self.0 != i64::MIN).then_some(Timestamp(self.0))
+    }
+
+    #[inline]
+    pub fn is_some(self) -> bool {
+        self.0 != i64::MIN
+    }
+}
+
+impl Default for MaybeTimestamp {
+    fn default() -> Self {
+        MaybeTimestamp::NONE
+    }
+}
+
+impl From<Timestamp> for MaybeTimestamp {
+    #[inline]
+    fn from(t: Timestamp) -> Self {
+        debug_assert!(t.0 != i64::MIN, "the instant that stands for none");
+        MaybeTimestamp(t.0.max(i64::MIN + 1))
+    }
+}
+
+impl From<Option<Timestamp>> for MaybeTimestamp {
+    #[inline]
+    fn from(t: Option<Timestamp>) -> Self {
+        t.map_or(MaybeTimestamp::NONE, MaybeTimestamp::from)
+    }
+}
+
+impl fmt::Debug for MaybeTimestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
 /// A non-negative span of time in milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Duration(pub i64);
@@ -137,6 +188,23 @@ impl fmt::Display for Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn maybe_timestamp_is_an_option_in_eight_bytes() {
+        assert_eq!(std::mem::size_of::<MaybeTimestamp>(), 8);
+        assert_eq!(MaybeTimestamp::default().get(), None);
+        assert!(!MaybeTimestamp::NONE.is_some());
+        for t in [i64::MIN + 1, -1, 0, 1_767_225_600_000, i64::MAX] {
+            let m = MaybeTimestamp::from(Timestamp(t));
+            assert_eq!(m.get(), Some(Timestamp(t)));
+            assert_eq!(MaybeTimestamp::from(Some(Timestamp(t))), m);
+        }
+        assert_eq!(MaybeTimestamp::from(None), MaybeTimestamp::NONE);
+        assert_eq!(
+            format!("{:?}", MaybeTimestamp::from(Timestamp(5))),
+            "Some(Timestamp(5))"
+        );
+    }
 
     #[test]
     fn parses_units_and_compounds() {

@@ -94,7 +94,7 @@ pub fn timers_of(contact: &str, st: &ContactState) -> Vec<StoredTimer> {
     let mut out = Vec::new();
     for cs in &st.conversations {
         for e in &cs.active {
-            if let Some(at) = e.waiting_until {
+            if let Some(at) = e.waiting_until.get() {
                 out.push(StoredTimer {
                     expiry: at,
                     conversation: cs.conversation,

@@ -15,7 +15,7 @@ use crate::domain::state::{
     ConversationState, DEDUP_WINDOW, Entry, Field, FieldValue, Fields, MerchantStats, OrderStats,
     Subscription,
 };
-use crate::domain::{ContactState, Timestamp};
+use crate::domain::{ContactState, MaybeTimestamp, Timestamp};
 use crate::pb;
 
 /// The version this build writes and the only one it reads.
@@ -37,16 +37,28 @@ fn orders_to_pb(o: &OrderStats) -> pb::OrderStatsRecord {
     pb::OrderStatsRecord {
         count: o.count,
         total_cents: o.total_cents,
-        last_order_at_ms: o.last_order_at.map(|t| t.0),
+        last_order_at_ms: o.last_order_at.get().map(|t| t.0),
     }
 }
 
-fn orders_from_pb(o: Option<pb::OrderStatsRecord>) -> OrderStats {
+fn orders_from_pb(o: Option<pb::OrderStatsRecord>) -> Result<OrderStats, CodecError> {
     let o = o.unwrap_or_default();
-    OrderStats {
+    Ok(OrderStats {
         count: o.count,
         total_cents: o.total_cents,
-        last_order_at: o.last_order_at_ms.map(Timestamp),
+        last_order_at: time_from_pb("last_order_at_ms", o.last_order_at_ms)?,
+    })
+}
+
+/// A stored optional instant; refuses `i64::MIN`, which no event or wait
+/// makes and which the state uses for none ([`MaybeTimestamp`]).
+fn time_from_pb(field: &str, ms: Option<i64>) -> Result<MaybeTimestamp, CodecError> {
+    match ms {
+        Some(i64::MIN) => Err(CodecError::Invalid(format!(
+            "{field} is {}, outside any instant an event can name",
+            i64::MIN
+        ))),
+        ms => Ok(ms.map(Timestamp).into()),
     }
 }
 
@@ -100,7 +112,7 @@ pub fn encode(defs: &Definitions, st: &ContactState) -> Vec<u8> {
                             seq: e.seq,
                             step: conv.steps[e.step as usize].id.to_string(),
                             started_at_ms: e.started_at.0,
-                            waiting_until_ms: e.waiting_until.map(|t| t.0),
+                            waiting_until_ms: e.waiting_until.get().map(|t| t.0),
                             transitions: e.transitions,
                         })
                         .collect(),
@@ -171,7 +183,7 @@ pub fn decode(defs: &Definitions, bytes: &[u8]) -> Result<ContactState, CodecErr
                 thread: conv.steps[step].thread,
                 step: step as StepIdx,
                 started_at: Timestamp(e.started_at_ms),
-                waiting_until: e.waiting_until_ms.map(Timestamp),
+                waiting_until: time_from_pb("waiting_until_ms", e.waiting_until_ms)?,
                 transitions: e.transitions,
             });
         }
@@ -184,15 +196,17 @@ pub fn decode(defs: &Definitions, bytes: &[u8]) -> Result<ContactState, CodecErr
     Ok(ContactState {
         recent_events,
         recent_next: r.recent_next as u8,
-        orders: orders_from_pb(r.orders),
+        orders: orders_from_pb(r.orders)?,
         merchants: r
             .merchants
             .into_iter()
-            .map(|m| MerchantStats {
-                merchant: m.merchant.into(),
-                stats: orders_from_pb(m.stats),
+            .map(|m| {
+                Ok(MerchantStats {
+                    merchant: m.merchant.into(),
+                    stats: orders_from_pb(m.stats)?,
+                })
             })
-            .collect(),
+            .collect::<Result<_, CodecError>>()?,
         subscriptions: r
             .subscriptions
             .into_iter()
