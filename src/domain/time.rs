@@ -11,10 +11,10 @@ pub struct Timestamp(pub i64);
 /// An optional instant in 8 bytes, where `Option<Timestamp>` takes 16: for
 /// the per-contact state, which a million contacts multiply (its four optional
 /// instants were 32 of its 352 bytes). `i64::MIN` stands for none: no input
-/// can name that instant (RFC 3339 and protobuf times reach ±10,000 years,
-/// stored states are checked on load), and a wait's expiry only adds to a
-/// time. Were it ever given, it is kept as one millisecond later rather than
-/// lost.
+/// names that instant (RFC 3339 years stop at 0000; a protobuf time's seconds
+/// times 1,000 plus its milliseconds never land on it; stored states naming
+/// it are refused on load), and a wait's expiry only adds to a time. Were it
+/// ever given, it is kept as one millisecond later rather than lost.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MaybeTimestamp(i64);
 
