@@ -10,7 +10,7 @@ pub struct Timestamp(pub i64);
 
 /// An optional instant in 8 bytes, where `Option<Timestamp>` takes 16: for
 /// the per-contact state, which a million contacts multiply (its four optional
-/// instants were 32 of its 352 bytes). `i64::MIN` stands for none: no input
+/// instants took 64 of its 352 bytes). `i64::MIN` stands for none: no input
 /// names that instant (RFC 3339 years stop at 0000; a protobuf time's seconds
 /// times 1,000 plus its milliseconds never land on it; stored states naming
 /// it are refused on load), and a wait's expiry only adds to a time. Were it
@@ -24,11 +24,6 @@ impl MaybeTimestamp {
     #[inline]
     pub fn get(self) -> Option<Timestamp> {
         (self.0 != i64::MIN).then_some(Timestamp(self.0))
-    }
-
-    #[inline]
-    pub fn is_some(self) -> bool {
-        self.0 != i64::MIN
     }
 }
 
@@ -193,7 +188,7 @@ mod tests {
     fn maybe_timestamp_is_an_option_in_eight_bytes() {
         assert_eq!(std::mem::size_of::<MaybeTimestamp>(), 8);
         assert_eq!(MaybeTimestamp::default().get(), None);
-        assert!(!MaybeTimestamp::NONE.is_some());
+        assert_eq!(MaybeTimestamp::NONE.get(), None);
         for t in [i64::MIN + 1, -1, 0, 1_767_225_600_000, i64::MAX] {
             let m = MaybeTimestamp::from(Timestamp(t));
             assert_eq!(m.get(), Some(Timestamp(t)));

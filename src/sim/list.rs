@@ -13,9 +13,10 @@ use std::sync::Arc;
 
 use crate::domain::ContactState;
 
-/// Contacts per chunk, as a power of two: 4,096 states are 1.5 MB, large
+/// Contacts per chunk, as a power of two: 4,096 entries are 1.4 MB, large
 /// enough that the chunk table (a few hundred pointers at 1M contacts) stays
-/// cached, small enough that a small simulation wastes little.
+/// cached; a small simulation reserves one chunk and touches only the pages
+/// its contacts use.
 const CHUNK_BITS: u32 = 12;
 const CHUNK: usize = 1 << CHUNK_BITS;
 
@@ -26,12 +27,13 @@ pub(super) struct ContactList {
     /// Every chunk but the last holds exactly `CHUNK` contacts; none ever
     /// grows past its first allocation.
     chunks: Vec<Vec<Contact>>,
-    len: usize,
 }
 
 impl ContactList {
     pub(super) fn len(&self) -> usize {
-        self.len
+        self.chunks
+            .last()
+            .map_or(0, |last| (self.chunks.len() - 1) * CHUNK + last.len())
     }
 
     #[inline]
@@ -58,7 +60,6 @@ impl ContactList {
                 self.chunks.push(chunk);
             }
         }
-        self.len += 1;
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = &Contact> {
@@ -73,6 +74,7 @@ mod tests {
     #[test]
     fn positions_hold_across_chunks() {
         let mut list = ContactList::default();
+        assert_eq!(list.len(), 0);
         let n = 2 * CHUNK + 3;
         for i in 0..n {
             list.push((Arc::from(format!("c{i}")), ContactState::default()));
