@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub(crate) mod prefetch;
 pub mod runtime;
 pub mod sim;
 pub mod sink;

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::definition::{Definitions, PoolIdx};
+use crate::prefetch::prefetch_arc;
 
 /// The assignable share of one pool. Partition `p` of `n` owns the codes at
 /// indices `p, p + n, p + 2n, ...`, so processes never need to coordinate.
@@ -90,6 +91,11 @@ impl CouponPools {
         let i = p.partition + p.taken as usize * p.partitions;
         p.taken += 1;
         let code = p.codes[i].clone();
+        // Each code is its own allocation, touched first when handed out:
+        // start loading the next one's now, a few events before it is needed.
+        if let Some(next) = p.codes.get(i + p.partitions) {
+            prefetch_arc(next);
+        }
         let remaining = p.remaining();
         let low = if !p.low_warned && remaining <= p.low_stock {
             p.low_warned = true;

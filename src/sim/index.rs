@@ -10,7 +10,7 @@
 
 use std::hash::BuildHasher;
 
-use super::prefetch_line;
+use crate::prefetch::prefetch_line;
 
 /// Open addressing with linear probing, at most half full, so that a probe
 /// seldom leaves its first cache line.

@@ -12,6 +12,7 @@
 use std::sync::Arc;
 
 use crate::domain::ContactState;
+use crate::prefetch::prefetch;
 
 /// Contacts per chunk, as a power of two: 4,096 entries are 1.4 MB, large
 /// enough that the chunk table (a few hundred pointers at 1M contacts) stays
@@ -52,13 +53,22 @@ impl ContactList {
 
     /// Appends a contact at position `len()`.
     pub(super) fn push(&mut self, c: Contact) {
-        match self.chunks.last_mut() {
-            Some(last) if last.len() < CHUNK => last.push(c),
+        let last = match self.chunks.last_mut() {
+            Some(last) if last.len() < CHUNK => last,
             _ => {
-                let mut chunk = Vec::with_capacity(CHUNK);
-                chunk.push(c);
-                self.chunks.push(chunk);
+                self.chunks.push(Vec::with_capacity(CHUNK));
+                let Some(last) = self.chunks.last_mut() else {
+                    unreachable!("a chunk was just pushed")
+                };
+                last
             }
+        };
+        last.push(c);
+        // New contacts take the next slot, a few events from now: a slot is
+        // written whole, and without the hint each of its lines would be
+        // fetched (or first zeroed by the kernel) while the fold waits.
+        if let Some(next) = last.spare_capacity_mut().first() {
+            prefetch(next);
         }
     }
 

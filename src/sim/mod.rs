@@ -17,6 +17,7 @@ use crate::domain::engine::{Effects, Engine, Folded, TimerChange, route_event};
 use crate::domain::{
     ContactState, CouponPools, Definitions, Event, EventError, Timestamp, Transition,
 };
+use crate::prefetch::{prefetch, prefetch_arc, prefetch_line};
 use crate::timer::Wheel;
 
 /// A pending wait of (contact position, conversation, entry). The wheel
@@ -32,42 +33,6 @@ type TimerKey = (u32, ConvIdx, u32);
 /// enough for a memory load to finish, near enough that the lines are still
 /// cached when the timer fires.
 const PREFETCH_AHEAD: usize = 4;
-
-/// Asks the CPU to load every cache line of `*r`: a hint, with no effect on
-/// what the program computes.
-#[inline(always)]
-fn prefetch<T>(r: &T) {
-    let p = (r as *const T).cast::<u8>();
-    let size = std::mem::size_of::<T>();
-    // From the line of the first byte to that of the last: `*r` need not
-    // start a line.
-    let lines = ((p as usize % 64) + size).div_ceil(64);
-    for l in 0..lines {
-        prefetch_line(p.wrapping_add(l * 64));
-    }
-}
-
-/// Asks the CPU to load the line of an `Arc<str>`'s reference counts, two
-/// words before its text in std's layout today (were that to change, the
-/// prefetch would merely be useless), and so its text when that is short.
-#[inline(always)]
-fn prefetch_arc(id: &Arc<str>) {
-    prefetch_line(Arc::as_ptr(id).cast::<u8>().wrapping_sub(16));
-}
-
-/// Asks the CPU to load the cache line holding `p`.
-#[inline(always)]
-fn prefetch_line(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        // SAFETY: a prefetch reads nothing the program sees and never faults,
-        // whatever the address; SSE, its target feature, is part of x86_64.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
 
 pub struct Simulator {
     engine: Engine,
@@ -173,8 +138,8 @@ impl Simulator {
             for s in [&ev.event_id, &ev.name] {
                 prefetch_line(s.as_ptr());
             }
-            if let Some(m) = &ev.merchant_id {
-                prefetch_line(m.as_ptr());
+            for s in [&ev.merchant_id, &ev.list_id].into_iter().flatten() {
+                prefetch_line(s.as_ptr());
             }
         };
         for ev in events.iter().take(4 * STRIDE) {
