@@ -167,3 +167,38 @@ fn refuses_what_it_cannot_read() {
         Err(CodecError::Decode(_))
     ));
 }
+
+/// A stored ring may start anywhere (`recent_next`, as earlier versions
+/// wrote it): its oldest id is the first one forgotten.
+#[test]
+fn a_dedup_ring_is_read_from_its_oldest_slot() {
+    let defs = load(&["config/winback-90d.toml"]);
+    let mut st = winback::domain::ContactState::default();
+    for i in 0..8 {
+        assert!(st.remember_event(&format!("e{i}")));
+    }
+    let mut r =
+        pb::ContactStateRecord::decode(codec::encode(&defs, &st).as_slice()).expect("record");
+    assert_eq!(r.recent_next, 0, "written oldest first");
+    // The same ids as a ring whose oldest (e0) sits in slot 3.
+    r.recent_events.rotate_right(3);
+    r.recent_next = 3;
+    let mut back = codec::decode(&defs, &r.encode_to_vec()).expect("decodes");
+    assert_eq!(back, st, "the same state as the ring read in order");
+    assert!(back.remember_event("e8"), "a new id");
+    assert!(
+        back.remember_event("e0"),
+        "e0, the oldest, made room for e8"
+    );
+    for i in 2..9 {
+        assert!(
+            !back.remember_event(&format!("e{i}")),
+            "e{i} is still recent"
+        );
+    }
+    r.recent_next = 8;
+    assert!(matches!(
+        codec::decode(&defs, &r.encode_to_vec()),
+        Err(CodecError::Invalid(_))
+    ));
+}

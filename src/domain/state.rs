@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use smallvec::SmallVec;
+use triomphe::ThinArc;
 
 use super::definition::{ConvIdx, StepIdx, ThreadIdx};
 use super::time::{MaybeTimestamp, Timestamp};
@@ -33,9 +34,11 @@ impl fmt::Display for FieldValue {
 /// A contact's profile fields, sorted by name: an immutable snapshot, shared
 /// by every `send` made while it is current. Fields change only when an
 /// action sets them, while every send carries them, so a write copies the
-/// (short) list and a send costs a reference count.
+/// (short) list and a send costs a reference count. A thin pointer (the
+/// length lives in the allocation): one word in every contact's state
+/// instead of two.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Fields(Option<Arc<[Field]>>);
+pub struct Fields(Option<ThinArc<(), Field>>);
 
 /// A profile field: name and value.
 pub type Field = (Arc<str>, FieldValue);
@@ -46,13 +49,13 @@ impl From<Vec<Field>> for Fields {
         v.reverse();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v.dedup_by(|later, first| later.0 == first.0);
-        Fields((!v.is_empty()).then(|| v.into()))
+        Fields((!v.is_empty()).then(|| ThinArc::from_header_and_iter((), v.into_iter())))
     }
 }
 
 impl Fields {
     pub fn as_slice(&self) -> &[Field] {
-        self.0.as_deref().unwrap_or(&[])
+        self.0.as_ref().map_or(&[], |a| &a.slice)
     }
 
     pub fn get(&self, name: &str) -> Option<&FieldValue> {
@@ -87,21 +90,18 @@ impl Fields {
             }
         }
         let mut values = updates.map(|(n, v)| (n, Some(v)));
-        // A slice iterator has an exact length: `Arc<[_]>` collects it in place.
-        let fields: Arc<[Field]> = plan
-            .iter()
-            .map(|p| match *p {
-                Ok(i) => old[i].clone(),
-                Err(j) => {
-                    let (n, v) = &mut values[j];
-                    let v = v
-                        .take()
-                        .unwrap_or_else(|| unreachable!("each update is used once"));
-                    (Arc::clone(n), v)
-                }
-            })
-            .collect();
-        self.0 = Some(fields);
+        // A slice iterator has an exact length: the list is built in place.
+        let fields = plan.iter().map(|p| match *p {
+            Ok(i) => old[i].clone(),
+            Err(j) => {
+                let (n, v) = &mut values[j];
+                let v = v
+                    .take()
+                    .unwrap_or_else(|| unreachable!("each update is used once"));
+                (Arc::clone(n), v)
+            }
+        });
+        self.0 = Some(ThinArc::from_header_and_iter((), fields));
     }
 }
 
@@ -164,11 +164,13 @@ pub struct ConversationState {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContactState {
-    /// xxh3-64 of the last [`DEDUP_WINDOW`] event ids, as a ring (0 = empty
+    /// xxh3-64 of the last [`DEDUP_WINDOW`] event ids, oldest first (0 = empty
     /// slot; an id hashing to 0 is stored as 1). Inline: as small as a short
-    /// `Vec` with its allocation, and no allocation per event.
+    /// `Vec` with its allocation, and no allocation per event. Shifted on
+    /// each new id rather than kept as a ring with a cursor: the cursor's
+    /// byte would round the state up by a word, and every byte of the state
+    /// is paid for once per contact in memory the kernel must first zero.
     pub recent_events: [u64; DEDUP_WINDOW],
-    pub recent_next: u8,
     pub orders: OrderStats,
     /// Inline for the usual single merchant and single list.
     pub merchants: SmallVec<[MerchantStats; 1]>,
@@ -186,8 +188,8 @@ impl ContactState {
         if self.recent_events.contains(&h) {
             return false;
         }
-        self.recent_events[self.recent_next as usize] = h;
-        self.recent_next = ((self.recent_next as usize + 1) % DEDUP_WINDOW) as u8;
+        self.recent_events.copy_within(1.., 0);
+        self.recent_events[DEDUP_WINDOW - 1] = h;
         true
     }
 

@@ -10,7 +10,7 @@ mod index;
 mod list;
 
 use index::ContactIndex;
-use list::ContactList;
+use list::{Contact, ContactList};
 
 use crate::domain::definition::ConvIdx;
 use crate::domain::engine::{Effects, Engine, Folded, TimerChange, route_event};
@@ -80,7 +80,7 @@ impl Simulator {
 
     /// Every contact's id and state, in first-seen order.
     pub fn states(&self) -> impl Iterator<Item = (&str, &ContactState)> {
-        self.contacts.iter().map(|(id, st)| (&**id, st))
+        self.contacts.iter().map(|c| (&*c.id, &c.state))
     }
 
     /// Pending waits, cancelled ones not yet due among them.
@@ -131,8 +131,8 @@ impl Simulator {
             }
         };
         let id_round = |sim: &Self, h: u64, ev: &Event| {
-            if let Some((id, _)) = sim.index.candidate(h).and_then(|p| sim.contacts.get(p)) {
-                prefetch_arc(id);
+            if let Some(c) = sim.index.candidate(h).and_then(|p| sim.contacts.get(p)) {
+                prefetch_arc(&c.id);
             }
             // The event's own text, read by the fold: the caller's input.
             for s in [&ev.event_id, &ev.name] {
@@ -192,7 +192,7 @@ impl Simulator {
         };
         let contacts = &self.contacts;
         let idx = match self.index.find(h, |p| {
-            contacts.get(p).is_some_and(|c| *c.0 == *ev.contact_id)
+            contacts.get(p).is_some_and(|c| *c.id == *ev.contact_id)
         }) {
             Some(i) => i,
             None => {
@@ -200,8 +200,10 @@ impl Simulator {
                 let Some(i) = self.index.insert(h) else {
                     return Err(EventError::TooManyContacts(self.contacts.len() as u32));
                 };
-                self.contacts
-                    .push((Arc::from(ev.contact_id.as_str()), ContactState::default()));
+                self.contacts.push(Contact {
+                    id: Arc::from(ev.contact_id.as_str()),
+                    state: ContactState::default(),
+                });
                 i
             }
         };
@@ -209,7 +211,7 @@ impl Simulator {
         // The engine appends straight to `out`: no second copy of each transition.
         self.fx.clear();
         std::mem::swap(&mut self.fx.transitions, out);
-        let Some((id, st)) = self.contacts.get_mut(idx) else {
+        let Some(Contact { id, state: st }) = self.contacts.get_mut(idx) else {
             unreachable!("the index names only listed contacts")
         };
         let route = self.engine.definitions().route_at(route);
@@ -248,7 +250,7 @@ impl Simulator {
             if ties.iter().any(|k| k.0 != first.0) {
                 let contacts = &self.contacts;
                 ties.sort_unstable_by(|a, b| {
-                    let id = |k: &TimerKey| contacts.get(k.0).map(|c| &*c.0);
+                    let id = |k: &TimerKey| contacts.get(k.0).map(|c| &*c.id);
                     let by_id = if a.0 == b.0 {
                         std::cmp::Ordering::Equal
                     } else {
@@ -277,15 +279,15 @@ impl Simulator {
             prefetch(c);
         }
         if let Some((next, _, _)) = self.timers.ahead(PREFETCH_AHEAD)
-            && let Some((id, _)) = self.contacts.get(*next)
+            && let Some(c) = self.contacts.get(*next)
         {
-            prefetch_arc(id);
+            prefetch_arc(&c.id);
         }
         let now = self.clock.map_or(at, |c| c.max(at));
         self.clock = Some(now);
         self.fx.clear();
         std::mem::swap(&mut self.fx.transitions, out);
-        let Some((id, st)) = self.contacts.get_mut(contact) else {
+        let Some(Contact { id, state: st }) = self.contacts.get_mut(contact) else {
             unreachable!("waits name only listed contacts")
         };
         self.engine

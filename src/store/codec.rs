@@ -66,7 +66,8 @@ pub fn encode(defs: &Definitions, st: &ContactState) -> Vec<u8> {
     let record = pb::ContactStateRecord {
         schema_version: SCHEMA_VERSION,
         recent_events: st.recent_events.to_vec(),
-        recent_next: u32::from(st.recent_next),
+        // Oldest first: the ring's oldest slot is its first.
+        recent_next: 0,
         orders: Some(orders_to_pb(&st.orders)),
         merchants: st
             .merchants
@@ -130,7 +131,7 @@ pub fn decode(defs: &Definitions, bytes: &[u8]) -> Result<ContactState, CodecErr
             found: r.schema_version,
         });
     }
-    let recent_events: [u64; DEDUP_WINDOW] =
+    let mut recent_events: [u64; DEDUP_WINDOW] =
         r.recent_events.as_slice().try_into().map_err(|_| {
             CodecError::Invalid(format!(
                 "{} recent event slots, not {DEDUP_WINDOW}",
@@ -143,6 +144,9 @@ pub fn decode(defs: &Definitions, bytes: &[u8]) -> Result<ContactState, CodecErr
             r.recent_next
         )));
     }
+    // A ring whose next slot to overwrite, its oldest, is `recent_next`:
+    // oldest first from there.
+    recent_events.rotate_left(r.recent_next as usize);
     let mut fields: Vec<Field> = Vec::with_capacity(r.fields.len());
     for f in r.fields {
         let value = match f.value {
@@ -195,7 +199,6 @@ pub fn decode(defs: &Definitions, bytes: &[u8]) -> Result<ContactState, CodecErr
     }
     Ok(ContactState {
         recent_events,
-        recent_next: r.recent_next as u8,
         orders: orders_from_pb(r.orders)?,
         merchants: r
             .merchants
