@@ -238,6 +238,20 @@ impl ContactState {
         self.subscriptions.iter().find(|s| &*s.list == list)
     }
 
+    /// Whether entry `seq` of conversation `conv` is waiting. A fired wait
+    /// changes nothing unless it is (it may also have been set for another
+    /// expiry, which [`Engine::on_timer`](super::engine::Engine::on_timer)
+    /// checks): a caller can tell from this alone which waits are worth
+    /// loading the rest of the state for.
+    pub fn waiting(&self, conv: ConvIdx, seq: u32) -> bool {
+        self.conversations.iter().any(|c| {
+            c.conversation == conv
+                && c.active
+                    .iter()
+                    .any(|e| e.seq == seq && e.waiting_until.get().is_some())
+        })
+    }
+
     /// The contact's state in conversation `conv`, created on first use; the
     /// list is sized once for all `conversations` the definitions hold.
     pub fn conversation_mut(
@@ -326,6 +340,25 @@ mod tests {
             s.merchant_orders("m2").unwrap().last_order_at.get(),
             Some(Timestamp(10))
         );
+    }
+
+    #[test]
+    fn waiting_names_only_a_waiting_entry() {
+        let mut s = ContactState::default();
+        let entry = |seq, waiting_until: Option<Timestamp>| Entry {
+            seq,
+            thread: 0,
+            step: 0,
+            started_at: Timestamp(0),
+            waiting_until: waiting_until.into(),
+            transitions: 0,
+        };
+        s.insert_entry(1, 2, entry(3, Some(Timestamp(10))));
+        s.insert_entry(1, 2, entry(4, None));
+        assert!(s.waiting(1, 3));
+        assert!(!s.waiting(1, 4), "an entry not waiting");
+        assert!(!s.waiting(1, 2), "an entry not there");
+        assert!(!s.waiting(0, 3), "another conversation");
     }
 
     fn listed(f: &Fields) -> Vec<String> {

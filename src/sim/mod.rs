@@ -271,16 +271,22 @@ impl Simulator {
     fn fire(&mut self, at: Timestamp, (contact, conv, entry): TimerKey, out: &mut Vec<Transition>) {
         // Waits due together belong to contacts last touched long ago: start
         // loading a coming one's state while this one fires, in two steps as
-        // the key names only the contact's position: its list entry, then
-        // the id the entry points to (the transitions clone it).
+        // the key names only the contact's position. First the lines that
+        // tell whether the wait still stands (most fired waits were
+        // cancelled by a re-entry and change nothing) and the one holding
+        // the id's pointer; then, for a wait that stands, the rest of the
+        // contact and the id (the transitions clone it).
         if let Some((next, _, _)) = self.timers.ahead(2 * PREFETCH_AHEAD)
             && let Some(c) = self.contacts.get(*next)
         {
-            prefetch(c);
+            prefetch(&c.state.conversations);
+            prefetch_line((&c.id as *const Arc<str>).cast());
         }
-        if let Some((next, _, _)) = self.timers.ahead(PREFETCH_AHEAD)
-            && let Some(c) = self.contacts.get(*next)
+        if let Some(&(next, conv, entry)) = self.timers.ahead(PREFETCH_AHEAD)
+            && let Some(c) = self.contacts.get(next)
+            && c.state.waiting(conv, entry)
         {
+            prefetch(c);
             prefetch_arc(&c.id);
         }
         let now = self.clock.map_or(at, |c| c.max(at));
