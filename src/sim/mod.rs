@@ -28,10 +28,10 @@ use crate::timer::Wheel;
 /// and its entry in the wheel is 24 bytes instead of 40.
 type TimerKey = (u32, ConvIdx, u32);
 
-/// How many timers ahead of the one firing [`Simulator::fire`] prefetches a
-/// contact's id (and twice as many ahead, its state, which names the id): far
-/// enough for a memory load to finish, near enough that the lines are still
-/// cached when the timer fires.
+/// How many timers ahead of the one firing [`Simulator::fire`] loads the rest
+/// of a contact whose wait still stands, and its id (twice as many ahead, the
+/// lines that tell whether it stands): far enough for a memory load to
+/// finish, near enough that the lines are still cached when the timer fires.
 const PREFETCH_AHEAD: usize = 4;
 
 pub struct Simulator {
@@ -272,8 +272,8 @@ impl Simulator {
         // Waits due together belong to contacts last touched long ago: start
         // loading a coming one's state while this one fires, in two steps as
         // the key names only the contact's position. First the lines that
-        // tell whether the wait still stands (most fired waits were
-        // cancelled by a re-entry and change nothing) and the one holding
+        // tell whether the wait still stands (about half the fired waits
+        // were cancelled by a re-entry and change nothing) and the one holding
         // the id's pointer; then, for a wait that stands, the rest of the
         // contact and the id (the transitions clone it).
         if let Some((next, _, _)) = self.timers.ahead(2 * PREFETCH_AHEAD)
