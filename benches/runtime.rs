@@ -1,16 +1,16 @@
 //! The runtime's benchmarks: `cargo bench --bench runtime -- NAME` with NAME
 //! one of `catchup`, `waits`, `storm` (one per process, so that each
-//! measures memory on its own). The broker is `WINBACK_TEST_BROKERS` if set
-//! (`.ci/run` and README.md start noida-db there), else an in-process
-//! noida-db (then it shares this process's CPU and memory).
+//! measures memory on its own). The broker is the Apache Kafka named by
+//! `WINBACK_TEST_BROKERS`: `deploy/dev-kafka/with-kafka.sh cargo bench --bench
+//! runtime -- NAME` starts a fresh one for the run (docs/benchmarks.md).
 //!
 //! - `catchup`: 1M contacts, 5M purchase events (`WINBACK_BENCH_CONTACTS`,
 //!   `WINBACK_BENCH_EVENTS`) over a year in a 4-partition JSON topic; the raw
 //!   consume rate of that topic with the same client and settings, then
 //!   `winback run` catching up on it from an empty state (seed 000; its waits
-//!   fire as event time moves), end to end: events/s and the ratio. Up to 1M
-//!   events (or with `WINBACK_BENCH_ALONE=on`), also the output alone: the
-//!   same transitions produced through the sink without the engine.
+//!   fire as event time moves), end to end: events/s and the ratio. Then
+//!   (unless `WINBACK_BENCH_ALONE=off`) the output alone: the same
+//!   transitions produced through the sink without the engine.
 //! - `waits`: 10M contacts (`WINBACK_BENCH_WAITS`) each entering seed 000's
 //!   90-day wait, through the partition processor and RocksDB (no broker):
 //!   resident memory of the process, timers held in memory, and disk bytes
@@ -41,6 +41,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::kafka::{Topics, brokers, create_topics, create_topics_with};
 use winback::config::engine::{EngineConfig, parse_engine};
 use winback::domain::{Definitions, Event, Timestamp};
 use winback::runtime::partition::{Partition, PartitionSettings};
@@ -59,15 +63,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn brokers() -> String {
-    match std::env::var("WINBACK_TEST_BROKERS") {
-        Ok(b) if !b.is_empty() => b,
-        _ => noida::kafka::spawn("127.0.0.1:0")
-            .expect("in-process broker")
-            .to_string(),
-    }
 }
 
 fn root() -> &'static Path {
@@ -140,64 +135,11 @@ fn year_of_purchases(
     })
 }
 
-struct Topics {
-    input: String,
-    transitions: String,
-    sends: String,
-    dlq: String,
-    changelog: String,
-    group: String,
-}
-
-fn topics(bs: &str, partitions: i32) -> Topics {
-    let t = format!(
-        "bench-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis())
-    );
-    let tp = Topics {
-        input: format!("{t}.checkouts"),
-        transitions: format!("{t}.transitions"),
-        sends: format!("{t}.sends"),
-        dlq: format!("{t}.dlq"),
-        changelog: format!("{t}.changelog"),
-        group: format!("{t}.group"),
-    };
-    for name in [
-        &tp.input,
-        &tp.transitions,
-        &tp.sends,
-        &tp.dlq,
-        &tp.changelog,
-    ] {
-        create_topic(bs, name, partitions);
-    }
+/// Fresh topics with `partitions` partitions, the changelog compacted.
+fn topics(partitions: i32) -> Topics {
+    let tp = Topics::fresh();
+    tp.create(partitions);
     tp
-}
-
-fn create_topic(bs: &str, name: &str, partitions: i32) {
-    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
-        ClientConfig::new()
-            .set("bootstrap.servers", bs)
-            .create()
-            .expect("admin");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let new = [rdkafka::admin::NewTopic::new(
-        name,
-        partitions,
-        rdkafka::admin::TopicReplication::Fixed(1),
-    )];
-    for r in rt
-        .block_on(admin.create_topics(&new, &rdkafka::admin::AdminOptions::new()))
-        .expect("create topic")
-    {
-        r.expect("topic");
-    }
 }
 
 fn config(bs: &str, tp: &Topics, state: &Path) -> EngineConfig {
@@ -228,7 +170,7 @@ changelog = {changelog:?}
         input = tp.input,
         tr = tp.transitions,
         sends = tp.sends,
-        dlq = tp.dlq,
+        dlq = tp.dead_letters,
         changelog = tp.changelog,
     );
     // WINBACK_KAFKA_* variables reach librdkafka, as in `winback run`.
@@ -352,7 +294,7 @@ fn caught_up(stats: &RunStats, n: u64, limit: Duration) -> Duration {
 fn catchup(bs: &str) {
     let contacts = env_usize("WINBACK_BENCH_CONTACTS", 1_000_000) as u64;
     let events = env_usize("WINBACK_BENCH_EVENTS", 5_000_000) as u64;
-    let tp = topics(bs, 4);
+    let tp = topics(4);
     let (n, rate) = produce(bs, &tp.input, year_of_purchases(contacts, events, 42));
     println!("catchup: produced {n} events at {rate:.0}/s");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -380,20 +322,15 @@ fn catchup(bs: &str) {
         stats.batches.load(Ordering::Acquire)
     );
     println!(
-        "catchup: winback run, {contacts} contacts, {n} events: {took:.1} s, {rate:.0} events/s end to end ({:.2} of the raw consume rate); {} transitions ({:.0}/s); RSS {rss} MiB, peak {hwm} MiB (broker included when in-process)",
+        "catchup: winback run, {contacts} contacts, {n} events: {took:.1} s, {rate:.0} events/s end to end ({:.2} of the raw consume rate); {} transitions ({:.0}/s); RSS {rss} MiB, peak {hwm} MiB",
         rate / raw,
         stats.transitions.load(Ordering::Acquire),
         stats.transitions.load(Ordering::Acquire) as f64 / took
     );
     stop.store(true, Ordering::Release);
     h.join().expect("engine thread");
-    // noida-db keeps every record in memory: on top of a 5M-event run's
-    // 17M transitions, the same again ran a 24 GiB machine out of memory.
-    let alone = std::env::var("WINBACK_BENCH_ALONE").map_or(events <= 1_000_000, |v| v != "off");
-    if !alone {
-        println!(
-            "catchup: the output alone: skipped above 1M events (WINBACK_BENCH_ALONE=on runs it)"
-        );
+    if std::env::var("WINBACK_BENCH_ALONE").is_ok_and(|v| v == "off") {
+        println!("catchup: the output alone: skipped (WINBACK_BENCH_ALONE=off)");
         return;
     }
     let (records, secs) = output_alone(
@@ -428,8 +365,7 @@ fn output_alone(
     let mut cfg = cfg.clone();
     cfg.outputs.transitions = format!("{}.alone", tp.transitions);
     cfg.outputs.sends = format!("{}.alone", tp.sends);
-    create_topic(bs, &cfg.outputs.transitions, 4);
-    create_topic(bs, &cfg.outputs.sends, 4);
+    create_topics(&[&cfg.outputs.transitions, &cfg.outputs.sends], 4);
     let defs = seed000();
     let alo = std::env::var("WINBACK_BENCH_ALONE").is_ok_and(|v| v == "alo");
     let txn = format!("{}-alone", tp.group);
@@ -551,7 +487,7 @@ fn waits() {
 
 fn storm(bs: &str) {
     let n = env_usize("WINBACK_BENCH_STORM", 1_000_000) as u64;
-    let tp = topics(bs, 4);
+    let tp = topics(4);
     let minute = 60_000i64;
     let lines = (0..n).map(|i| {
         (
@@ -592,7 +528,7 @@ fn storm(bs: &str) {
         stats.ack_wait_us.load(Ordering::Acquire) as f64 / 1e6
     );
     println!(
-        "storm: {n} waits expiring in the same minute fired, sent and acknowledged in {took:.1} s: {:.0} waits/s ({:.0} records/s produced); RSS {rss} MiB, peak {hwm} MiB (broker included when in-process)",
+        "storm: {n} waits expiring in the same minute fired, sent and acknowledged in {took:.1} s: {:.0} waits/s ({:.0} records/s produced); RSS {rss} MiB, peak {hwm} MiB",
         n as f64 / took,
         3.0 * n as f64 / took
     );
@@ -642,7 +578,11 @@ fn catch_up_rate(
     // A changelog of its own: another run's would be restored, and with it
     // that run's offsets (all input done).
     cfg.outputs.changelog = format!("{group}.changelog");
-    create_topic(bs, &cfg.outputs.changelog, 4);
+    create_topics_with(
+        &[&cfg.outputs.changelog],
+        4,
+        &[("cleanup.policy", "compact")],
+    );
     let clock = Arc::new(ManualClock::new(Timestamp(0)));
     let (stats, stop, h) = start_engine(cfg, bs, clock);
     let start = Instant::now();
@@ -657,7 +597,7 @@ fn catch_up_rate(
 fn eos(bs: &str) {
     let contacts = env_usize("WINBACK_BENCH_CONTACTS", 100_000) as u64;
     let events = env_usize("WINBACK_BENCH_EVENTS", 300_000) as u64;
-    let tp = topics(bs, 4);
+    let tp = topics(4);
     let (n, _) = produce(bs, &tp.input, year_of_purchases(contacts, events, 7));
     let mut rows = Vec::new();
     // Alternated, twice each: the machine's noise shows in the spread.
@@ -692,7 +632,7 @@ fn eos(bs: &str) {
 fn restore(bs: &str) {
     let n = env_usize("WINBACK_BENCH_RESTORE", 1_000_000) as u64;
     let partitions = 4u32;
-    let tp = topics(bs, partitions as i32);
+    let tp = topics(partitions as i32);
     let defs = seed000();
     // One contact's state after its purchase: waiting 90 days.
     let mut sim = winback::sim::Simulator::new(Arc::clone(&defs));
@@ -783,7 +723,7 @@ fn latency(bs: &str) {
     let secs = env_usize("WINBACK_BENCH_SECONDS", 20) as u64;
     let interval = env_usize("WINBACK_BENCH_COMMIT_MS", 100);
     let n = rate * secs;
-    let tp = topics(bs, 4);
+    let tp = topics(4);
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config_with(
         bs,

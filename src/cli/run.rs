@@ -30,6 +30,10 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
             "embedded Kafka broker listening on {addr} (no broker.bootstrap_servers configured)"
         );
         eprintln!(
+            "  it is for trying winback, not for production: it keeps its topics in memory (saved on a clean stop only) and runs {} (see README, \"The embedded broker\"); point broker.bootstrap_servers at Kafka for real mail",
+            cfg.guarantee.as_str()
+        );
+        eprintln!(
             "  send events:   winback produce --config {} --events FILE.jsonl   (or: kcat -b {addr} -t {} -P -K:)",
             args.config.display(),
             cfg.inputs[0].topic

@@ -105,6 +105,7 @@ struct RawProcessing {
     timer_horizon_ms: Option<Spanned<i64>>,
     guarantee: Option<Spanned<String>>,
     instance_id: Option<Spanned<String>>,
+    offset_out_of_range: Option<Spanned<String>>,
 }
 
 /// What a crash may do to the output.
@@ -123,6 +124,32 @@ impl Guarantee {
         match self {
             Guarantee::ExactlyOnce => "exactly_once",
             Guarantee::AtLeastOnce => "at_least_once",
+        }
+    }
+}
+
+/// What `run` does when an input partition's stored position is not in the
+/// log any more (retention deleted records before they were read) or not yet
+/// (the topic was deleted and created again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetOutOfRange {
+    /// Stop with an error naming the topic, partition and offsets (default):
+    /// input would be skipped or read twice, and only the operator knows which
+    /// is right.
+    Stop,
+    /// Go on from the log's first record (a retention gap: the records in
+    /// between are lost to winback; a recreated topic: all of it is new).
+    Earliest,
+    /// Go on from the log's end.
+    Latest,
+}
+
+impl OffsetOutOfRange {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OffsetOutOfRange::Stop => "stop",
+            OffsetOutOfRange::Earliest => "earliest",
+            OffsetOutOfRange::Latest => "latest",
         }
     }
 }
@@ -208,7 +235,11 @@ pub struct EngineConfig {
     pub max_batch_events: usize,
     pub max_batch_timers: usize,
     pub timer_horizon_ms: i64,
+    /// Default: exactly-once, at-least-once with the embedded broker (see
+    /// README, "The embedded broker").
     pub guarantee: Guarantee,
+    /// A stored input position outside the log.
+    pub offset_out_of_range: OffsetOutOfRange,
     /// Names this process across restarts (its transactional id): a restarted
     /// process fences its predecessor's unfinished transaction at once.
     /// Default: derived from the group, the host name and the state directory.
@@ -535,8 +566,19 @@ pub fn parse_engine(
             ("exactly_once", Guarantee::ExactlyOnce),
             ("at_least_once", Guarantee::AtLeastOnce),
         ],
+    );
+    let offset_out_of_range = one_of(
+        &src,
+        &mut diags,
+        proc_.and_then(|p| p.offset_out_of_range.as_ref()),
+        "processing.offset_out_of_range",
+        &[
+            ("stop", OffsetOutOfRange::Stop),
+            ("earliest", OffsetOutOfRange::Earliest),
+            ("latest", OffsetOutOfRange::Latest),
+        ],
     )
-    .unwrap_or(Guarantee::ExactlyOnce);
+    .unwrap_or(OffsetOutOfRange::Stop);
     let mut instance_id = proc_
         .and_then(|p| p.instance_id.as_ref())
         .map(|i| i.get_ref().trim().to_string());
@@ -644,10 +686,20 @@ pub fn parse_engine(
     }
     let instance_id = instance_id.unwrap_or_else(|| default_instance_id(&group_id, &state_dir));
     // Decided after the environment: it may name the broker.
-    let restore_from = restore_from.unwrap_or(if bootstrap_servers.trim().is_empty() {
+    let embedded = bootstrap_servers.trim().is_empty();
+    let restore_from = restore_from.unwrap_or(if embedded {
         RestoreFrom::Start
     } else {
         RestoreFrom::Position
+    });
+    // The embedded broker hides a producer's committed transactions from a
+    // reader that started after one of its aborts (README, "The embedded
+    // broker"): without transactions, a `tail` that follows the output sees
+    // everything.
+    let guarantee = guarantee.unwrap_or(if embedded {
+        Guarantee::AtLeastOnce
+    } else {
+        Guarantee::ExactlyOnce
     });
     Ok(EngineConfig {
         file: path.to_path_buf(),
@@ -664,6 +716,7 @@ pub fn parse_engine(
         max_batch_timers,
         timer_horizon_ms,
         guarantee,
+        offset_out_of_range,
         instance_id,
         group_id,
         kafka,

@@ -121,6 +121,24 @@ pub fn load_texts(inputs: &[(&Path, &str)], read: ReadFile<'_>) -> Result<Loaded
                     ));
                     continue;
                 }
+                // A code in two pools could be handed out once by each.
+                if let Some((other, code)) = pools.iter().find_map(|o| {
+                    let theirs: std::collections::HashSet<&str> =
+                        o.codes.iter().map(|c| &**c).collect();
+                    def.codes
+                        .iter()
+                        .find(|c| theirs.contains(&***c))
+                        .map(|c| (o.name.clone(), c.clone()))
+                }) {
+                    diags.push(src.diag(
+                        Severity::Error,
+                        Some(p.get_ref().codes_file.span()),
+                        format!("coupon_pool[{i}].codes_file"),
+                        format!(
+                            "code {code:?} is also in coupon pool {other:?}: a code may be handed out only once, so pools must not share codes"
+                        ),
+                    ));
+                }
                 pool_index.insert(def.name.to_string(), pools.len() as PoolIdx);
                 pools.push(def);
             }

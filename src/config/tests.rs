@@ -211,3 +211,15 @@ fn toml_syntax_error_has_a_line() {
     let m = messages(load("[conversation\nname = 1"));
     assert!(m[0].starts_with("conv.toml:1:"), "{m:?}");
 }
+
+#[test]
+fn two_pools_that_share_a_code_are_rejected() {
+    let text = GOOD.to_string()
+        + "\n[[coupon_pool]]\nname = \"p\"\ncodes_file = \"codes.txt\"\n\n[[coupon_pool]]\nname = \"q\"\ncodes_file = \"codes.txt\"\n";
+    let m = messages(load_with_codes(&text, "A\nB\n"));
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert!(
+        m[0].contains("coupon_pool[1].codes_file: code \"A\" is also in coupon pool \"p\""),
+        "{m:?}"
+    );
+}

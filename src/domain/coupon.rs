@@ -33,6 +33,26 @@ impl PoolState {
     }
 }
 
+/// A fingerprint of the first `taken` codes that partition `partition` of
+/// `partitions` hands out of `codes` (xxh3-64 of each code and a newline, in
+/// order); None if the pool has fewer. Kept with a partition's coupon
+/// progress, it tells whether a pool still has those codes at those places.
+pub fn handed_out_fingerprint(
+    codes: &[Arc<str>],
+    partition: usize,
+    partitions: usize,
+    taken: u64,
+) -> Option<u64> {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut i = partition;
+    for _ in 0..taken {
+        h.update(codes.get(i)?.as_bytes());
+        h.update(b"\n");
+        i += partitions.max(1);
+    }
+    Some(h.digest())
+}
+
 /// What taking a code from a pool gave.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Take {

@@ -190,6 +190,20 @@ impl Engine {
     }
 }
 
+/// Refuses an event whose folding would grow the contact's state past its
+/// bounds (a subscription to one list more than
+/// [`MAX_LISTS_PER_CONTACT`](super::event::MAX_LISTS_PER_CONTACT)).
+pub fn check_state_limits(st: &ContactState, ev: &Event, route: &Route) -> Result<(), EventError> {
+    if route.subscription.is_some()
+        && let Some(list) = ev.list_id.as_deref()
+        && st.subscriptions.len() >= super::event::MAX_LISTS_PER_CONTACT
+        && st.subscription(list).is_none()
+    {
+        return Err(EventError::TooManyLists(st.subscriptions.len()));
+    }
+    Ok(())
+}
+
 /// [`Engine::check_event`] against definitions held by the caller.
 pub fn route_event<'a>(defs: &'a Definitions, ev: &Event) -> Result<Option<&'a Route>, EventError> {
     ev.check_shape()?;

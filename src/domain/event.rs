@@ -15,6 +15,20 @@ pub struct Event {
     pub list_id: Option<String>,
 }
 
+/// The longest ids an event may carry, in bytes (contact, event, order,
+/// merchant and list ids). They are keys and state: bounding them bounds every
+/// record winback writes (README, "Limits").
+pub const MAX_ID_BYTES: usize = 256;
+/// The longest event name, in bytes.
+pub const MAX_NAME_BYTES: usize = 128;
+/// The most lists a contact's state keeps subscriptions for; a subscription
+/// event for one more list is refused (dead letter), never another dropped:
+/// a forgotten unsubscribe could let a message through.
+pub const MAX_LISTS_PER_CONTACT: usize = 64;
+/// The most merchants a contact's state keeps order figures for; a purchase
+/// from one more replaces the merchant whose last order is the oldest.
+pub const MAX_MERCHANTS_PER_CONTACT: usize = 64;
+
 /// Why an event was refused before it touched any state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EventError {
@@ -28,6 +42,16 @@ pub enum EventError {
     NulInContactId,
     #[error("`total` must not be negative")]
     NegativeTotal,
+    #[error("field `{field}` is {len} bytes long; at most {max} are accepted")]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error(
+        "the contact is subscribed or unsubscribed to {0} lists, the most its state keeps; a subscription event for another list is refused"
+    )]
+    TooManyLists(usize),
     /// Only the in-memory simulator has such a limit: contacts are numbered
     /// with 32 bits.
     #[error("the simulator holds {0} contacts, the most it can: a new contact cannot be added")]
@@ -58,6 +82,75 @@ impl Event {
         if self.total_cents.is_some_and(|t| t < 0) {
             return Err(EventError::NegativeTotal);
         }
+        let fields = [
+            ("event_id", Some(&self.event_id), MAX_ID_BYTES),
+            ("name", Some(&self.name), MAX_NAME_BYTES),
+            ("contact_id", Some(&self.contact_id), MAX_ID_BYTES),
+            ("merchant_id", self.merchant_id.as_ref(), MAX_ID_BYTES),
+            ("order_id", self.order_id.as_ref(), MAX_ID_BYTES),
+            ("list_id", self.list_id.as_ref(), MAX_ID_BYTES),
+        ];
+        for (field, value, max) in fields {
+            if let Some(v) = value
+                && v.len() > max
+            {
+                return Err(EventError::TooLong {
+                    field,
+                    len: v.len(),
+                    max,
+                });
+            }
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev() -> Event {
+        Event {
+            event_id: "e1".into(),
+            name: "checkout".into(),
+            contact_id: "c1".into(),
+            occurred_at: Timestamp(0),
+            merchant_id: Some("m1".into()),
+            order_id: None,
+            total_cents: None,
+            list_id: None,
+        }
+    }
+
+    #[test]
+    fn ids_and_names_are_bounded() {
+        assert_eq!(ev().check_shape(), Ok(()));
+        let mut e = ev();
+        e.contact_id = "c".repeat(MAX_ID_BYTES);
+        assert_eq!(e.check_shape(), Ok(()));
+        e.contact_id.push('c');
+        assert_eq!(
+            e.check_shape(),
+            Err(EventError::TooLong {
+                field: "contact_id",
+                len: MAX_ID_BYTES + 1,
+                max: MAX_ID_BYTES
+            })
+        );
+        let mut e = ev();
+        e.name = "n".repeat(MAX_NAME_BYTES + 1);
+        assert!(matches!(
+            e.check_shape(),
+            Err(EventError::TooLong { field: "name", .. })
+        ));
+        let mut e = ev();
+        e.merchant_id = Some("m".repeat(MAX_ID_BYTES + 1));
+        assert!(matches!(
+            e.check_shape(),
+            Err(EventError::TooLong {
+                field: "merchant_id",
+                ..
+            })
+        ));
     }
 }

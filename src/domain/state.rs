@@ -199,6 +199,19 @@ impl ContactState {
             match self.merchants.iter_mut().find(|s| &*s.merchant == m) {
                 Some(s) => s.stats.add(at, total_cents),
                 None => {
+                    if self.merchants.len() >= super::event::MAX_MERCHANTS_PER_CONTACT {
+                        // Bounded state: the merchant bought from longest ago
+                        // goes (the first of equals, so that it is deterministic).
+                        let oldest = self
+                            .merchants
+                            .iter()
+                            .enumerate()
+                            .min_by_key(|(_, s)| s.stats.last_order_at.get())
+                            .map(|(i, _)| i);
+                        if let Some(i) = oldest {
+                            self.merchants.remove(i);
+                        }
+                    }
                     let mut stats = OrderStats::default();
                     stats.add(at, total_cents);
                     self.merchants.push(MerchantStats {
@@ -326,6 +339,23 @@ mod tests {
     }
 
     #[test]
+    fn merchants_are_bounded_and_the_least_recent_goes_first() {
+        use crate::domain::event::MAX_MERCHANTS_PER_CONTACT as MAX;
+        let mut s = ContactState::default();
+        for i in 0..MAX {
+            // m0 is the least recent; m1 bought first but again later.
+            s.add_order(Timestamp(100 + i as i64), Some(&format!("m{i}")), 1);
+        }
+        s.add_order(Timestamp(1_000), Some("m0"), 1);
+        s.add_order(Timestamp(1_001), Some("new"), 1);
+        assert_eq!(s.merchants.len(), MAX);
+        assert!(s.merchant_orders("m1").is_none());
+        assert!(s.merchant_orders("m0").is_some());
+        assert!(s.merchant_orders("new").is_some());
+        assert_eq!(s.orders.count, MAX as u64 + 2);
+    }
+
+    #[test]
     fn orders_keep_the_latest_date_per_merchant() {
         let mut s = ContactState::default();
         s.add_order(Timestamp(20), Some("m1"), 100);
@@ -395,6 +425,40 @@ mod tests {
             listed(&s.fields),
             ["a=1970-01-01T00:00:00.007Z", "m=5", "z=3"],
             "of a name set twice the last value wins"
+        );
+    }
+
+    #[test]
+    fn a_subscription_to_one_list_too_many_is_refused_not_another_dropped() {
+        use crate::domain::definition::Route;
+        use crate::domain::engine::check_state_limits;
+        use crate::domain::event::{EventError, MAX_LISTS_PER_CONTACT as MAX};
+        let mut s = ContactState::default();
+        for i in 0..MAX {
+            s.set_subscription(&format!("l{i}"), i % 2 == 0, Timestamp(i as i64));
+        }
+        let route = Route {
+            subscription: Some(true),
+            ..Route::default()
+        };
+        let ev = |list: &str| crate::domain::Event {
+            event_id: "e".into(),
+            name: "subscribe".into(),
+            contact_id: "c".into(),
+            occurred_at: Timestamp(0),
+            merchant_id: None,
+            order_id: None,
+            total_cents: None,
+            list_id: Some(list.into()),
+        };
+        assert_eq!(
+            check_state_limits(&s, &ev("another"), &route),
+            Err(EventError::TooManyLists(MAX))
+        );
+        assert_eq!(check_state_limits(&s, &ev("l1"), &route), Ok(()));
+        assert_eq!(
+            check_state_limits(&s, &ev("another"), &Route::default()),
+            Ok(())
         );
     }
 }

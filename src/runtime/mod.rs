@@ -22,6 +22,7 @@
 //! is written. A crash between the two makes the next run process the batch
 //! again: the same transitions, with the same ids.
 
+mod checks;
 pub mod embedded;
 pub mod partition;
 pub mod restore;
@@ -33,11 +34,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
-use crate::config::engine::{EngineConfig, Guarantee};
+use crate::config::engine::{EngineConfig, Guarantee, OffsetOutOfRange};
 use crate::domain::{Definitions, Event, Timestamp, Transition};
 use crate::sink::{OutRecord, Record, Sink, SinkError, TxnOutcome};
 use crate::source;
@@ -98,6 +99,30 @@ pub enum RuntimeError {
         "the input topics have {now} partitions but the state in {dir} was built with {stored}: coupon shares and contact placement depend on it"
     )]
     PartitionsChanged { now: u32, stored: u32, dir: PathBuf },
+    #[error("changelog topic {topic:?}: {reason}")]
+    Changelog { topic: String, reason: String },
+    #[error(
+        "input {topic}[{partition}]: the stored position {next} is outside the log (offsets {low} to {high}): records were deleted before winback read them (retention), or the topic was deleted and created again. Nothing was read from it. To go on from the log's first record (records missing in between are lost to winback) set processing.offset_out_of_range = \"earliest\"; to skip to its end, \"latest\""
+    )]
+    OffsetOutOfRange {
+        topic: String,
+        partition: i32,
+        next: i64,
+        low: i64,
+        high: i64,
+    },
+    #[error(
+        "at-least-once mode keeps no changelog, so its state cannot move between processes: it runs as the only member of its group, and this member was assigned {assigned} of {partitions} partitions (another process runs with group {group:?}). Stop the others, or use exactly_once"
+    )]
+    AtLeastOnceShared {
+        assigned: usize,
+        partitions: u32,
+        group: String,
+    },
+    #[error(
+        "coupon pool {new:?} holds codes of pool {old:?}, which this state directory loaded before and which is no longer defined: a renamed pool would hand out its codes again. Give it its old name back"
+    )]
+    PoolRenamed { old: String, new: String },
     #[error("restoring partition {partition} from the changelog: {reason}")]
     Restore { partition: u32, reason: String },
     #[error(
@@ -205,6 +230,7 @@ struct Ctx {
     held: Mutex<BTreeSet<u32>>,
     events: Mutex<Vec<Rebalanced>>,
     restorer: Option<Restorer>,
+    offset_out_of_range: OffsetOutOfRange,
     /// While the loop runs, a revocation keeps the partitions assigned until
     /// the loop has committed what it folded of them.
     defer_unassign: AtomicBool,
@@ -318,6 +344,49 @@ impl Ctx {
     }
 }
 
+impl Ctx {
+    /// Where partition `p` of `topic` starts, stored at `next`: there if the
+    /// log still holds it, else as `processing.offset_out_of_range` says.
+    fn start_in_log(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        topic: &str,
+        p: i32,
+        next: i64,
+    ) -> Result<i64, RuntimeError> {
+        let Some((low, high)) = checks::out_of_range(consumer, topic, p, next)? else {
+            return Ok(next);
+        };
+        let to = match self.offset_out_of_range {
+            OffsetOutOfRange::Stop => {
+                return Err(RuntimeError::OffsetOutOfRange {
+                    topic: topic.to_string(),
+                    partition: p,
+                    next,
+                    low,
+                    high,
+                });
+            }
+            OffsetOutOfRange::Earliest => low,
+            OffsetOutOfRange::Latest => high,
+        };
+        tracing::warn!(
+            topic,
+            partition = p,
+            stored = next,
+            low,
+            high,
+            to,
+            policy = self.offset_out_of_range.as_str(),
+            "the stored input position is outside the log; going on as processing.offset_out_of_range says"
+        );
+        if let Ok(mut pos) = self.positions.lock() {
+            pos.insert((topic.to_string(), p), to);
+        }
+        Ok(to)
+    }
+}
+
 impl ClientContext for Ctx {}
 
 impl ConsumerContext for Ctx {
@@ -354,7 +423,20 @@ impl ConsumerContext for Ctx {
                     let next = match positions.get(&(topic.clone(), *p)) {
                         Some(&o) => Some(o),
                         None => match self.store.offset(*p as u32, topic) {
-                            Ok(o) => o,
+                            Ok(None) => None,
+                            // A stored position may have left the log while
+                            // nobody read it: never let the consumer's reset
+                            // policy move it silently.
+                            Ok(Some(o)) => match self.start_in_log(consumer, topic, *p, o) {
+                                Ok(o) => Some(o),
+                                Err(e) => {
+                                    tracing::error!(error = %e, "cannot start a partition");
+                                    if let Ok(mut ev) = self.events.lock() {
+                                        ev.push(Rebalanced::Failed(e));
+                                    }
+                                    return;
+                                }
+                            },
                             Err(e) => {
                                 tracing::error!(error = %e, "cannot read a stored offset");
                                 None
@@ -421,6 +503,26 @@ pub struct RunParams {
 /// first time. Codes may be appended to a file; anything else would hand out
 /// a code twice.
 pub fn load_pools(store: &Store, defs: &Definitions) -> Result<(), RuntimeError> {
+    // A pool renamed in the definitions would start over at its first code.
+    for name in store.pool_names()? {
+        if defs.pools.iter().any(|p| *p.name == *name) {
+            continue;
+        }
+        let Some(codes) = store.pool_codes(&name)? else {
+            continue;
+        };
+        let old: std::collections::HashSet<&str> = codes.iter().map(String::as_str).collect();
+        if let Some(p) = defs
+            .pools
+            .iter()
+            .find(|p| p.codes.iter().any(|c| old.contains(&**c)))
+        {
+            return Err(RuntimeError::PoolRenamed {
+                old: name,
+                new: p.name.to_string(),
+            });
+        }
+    }
     for p in &defs.pools {
         let stored = store.pool_codes(&p.name)?;
         if let Some(stored) = &stored
@@ -483,6 +585,7 @@ pub fn run(params: RunParams) -> Result<(), RuntimeError> {
         held: Mutex::new(BTreeSet::new()),
         events: Mutex::new(Vec::new()),
         restorer,
+        offset_out_of_range: cfg.offset_out_of_range,
         defer_unassign: AtomicBool::new(true),
         unassign_due: AtomicBool::new(false),
     };
@@ -501,6 +604,9 @@ pub fn run(params: RunParams) -> Result<(), RuntimeError> {
         }
         Some(_) => {}
         None => store.set_partitions(partitions)?,
+    }
+    if cfg.guarantee == Guarantee::ExactlyOnce && !cfg.embedded() {
+        checks::check_changelog_topic(&cfg, &bootstrap)?;
     }
     // Before anything is restored: a transactional producer fences its
     // predecessor, whose unfinished transaction would hold restores back.
@@ -590,11 +696,11 @@ struct Loop {
     stop: Arc<AtomicBool>,
     stats: Arc<RunStats>,
     /// Whether every partition held was read to its end at the last batch's
-    /// end (and none came since): only then may fetching pause when idle. A
-    /// partition with a backlog never pauses: noida-db answers a backlog in
-    /// one fetch that can take seconds to build, and a pause drops the fetch
-    /// in flight (measured: with 1.25M records per partition, a pause every
-    /// 100 ms kept the engine from ever receiving one).
+    /// end (and none came since): only then may fetching pause when idle
+    /// (embedded broker only). A partition with a backlog never pauses: that
+    /// broker answers a backlog in one fetch that can take seconds to build,
+    /// and a pause drops the fetch in flight (measured: with 1.25M records per
+    /// partition, a pause every 100 ms kept the engine from ever receiving one).
     read_to_end: bool,
     /// Transactions begun so far, and the fault injection's period.
     transactions: u64,
@@ -625,14 +731,16 @@ impl Loop {
                     break;
                 }
                 if events == 0
+                    && self.cfg.embedded()
                     && !fetch_paused
                     && self.read_to_end
                     && started.elapsed() >= IDLE_FETCH
                 {
-                    // Nothing came: stop asking until the next batch. A broker
-                    // that does not hold empty fetches (noida-db) would be
-                    // asked in a busy loop; on Kafka this only saves requests.
-                    // New input waits at most one commit interval.
+                    // Nothing came: stop asking until the next batch. The
+                    // embedded broker answers empty fetches at once instead of
+                    // holding them (Kafka waits `fetch.wait.max.ms`), which
+                    // would spin a core. New input waits at most one commit
+                    // interval.
                     self.set_fetching(false);
                     fetch_paused = true;
                 }
@@ -649,6 +757,13 @@ impl Loop {
                                 what: format!("the consumer stopped for good ({reason})"),
                                 source: e,
                             });
+                        }
+                        if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AutoOffsetReset) {
+                            // A position left the log while it was read
+                            // (retention overtook the engine): that
+                            // partition fetches nothing until it is moved.
+                            self.reset_out_of_range(&e)?;
+                            continue;
                         }
                         // Broker and transport errors: librdkafka reconnects on its own.
                         tracing::warn!(error = %e, "consumer error");
@@ -712,13 +827,13 @@ impl Loop {
                         full = !self.fold(p, &mut budget)?;
                     }
                     Err((reason, key, value)) => {
-                        let rec = OutRecord {
-                            topic: self.cfg.outputs.dead_letters.clone(),
+                        let rec = dead_letter_record(
+                            &self.cfg.outputs.dead_letters,
                             key,
                             value,
-                            headers: dead_letter_headers(&topic, partition, offset, &reason),
-                            partition: None,
-                        };
+                            (&topic, partition, offset),
+                            &reason,
+                        );
                         self.dead_letter(rec, &topic, partition, offset, &reason);
                     }
                 }
@@ -730,6 +845,32 @@ impl Loop {
             self.commit()?;
         }
         self.commit()?;
+        Ok(())
+    }
+
+    /// Finds the held input partitions whose position left the log and deals
+    /// with them as `processing.offset_out_of_range` says. The error does not
+    /// name its partition, and the one it stopped fetches nothing until it is
+    /// moved: every held partition is sought to where it goes on (the others
+    /// to where they are).
+    fn reset_out_of_range(&mut self, error: &KafkaError) -> Result<(), RuntimeError> {
+        tracing::warn!(error = %error, "an input position is outside its log");
+        let ids: Vec<u32> = self.parts.keys().copied().collect();
+        for id in ids {
+            for input in self.cfg.inputs.clone() {
+                let memory = self
+                    .positions
+                    .lock()
+                    .ok()
+                    .and_then(|p| p.get(&(input.topic.clone(), id as i32)).copied());
+                let Some(next) = memory.or(self.store.offset(id, &input.topic)?) else {
+                    continue;
+                };
+                let ctx = self.consumer.context();
+                let to = ctx.start_in_log(&self.consumer, &input.topic, id as i32, next)?;
+                self.seek(&input.topic, id as i32, Offset::Offset(to))?;
+            }
+        }
         Ok(())
     }
 
@@ -774,13 +915,13 @@ impl Loop {
             Err(PartitionError::Event(e)) => {
                 let reason = e.to_string();
                 let value = crate::wire::json::encode_event(&p.event).into_bytes();
-                let rec = OutRecord {
-                    topic: self.cfg.outputs.dead_letters.clone(),
-                    key: p.event.contact_id.as_bytes().to_vec(),
+                let rec = dead_letter_record(
+                    &self.cfg.outputs.dead_letters,
+                    p.event.contact_id.as_bytes().to_vec(),
                     value,
-                    headers: dead_letter_headers(&p.topic, p.partition, p.offset, &reason),
-                    partition: None,
-                };
+                    (&p.topic, p.partition, p.offset),
+                    &reason,
+                );
                 self.dead_letter(rec, &p.topic, p.partition, p.offset, &reason);
                 Ok(true)
             }
@@ -857,8 +998,13 @@ impl Loop {
         Ok(all)
     }
 
-    /// Whether every input topic's partition `id` has been read to its end.
+    /// Whether every input topic's partition `id` has been read to its end:
+    /// the end a `read_committed` reader sees (the last stable offset), and
+    /// the consumer's own position, which steps over the commit and abort
+    /// markers of transactional producers upstream. The last folded offset
+    /// alone stays one short of the end behind each marker, forever.
     fn caught_up(&self, id: u32) -> Result<bool, RuntimeError> {
+        let fetched = self.consumer.position().ok();
         for input in &self.cfg.inputs {
             let (low, high) = match self.consumer.fetch_watermarks(
                 &input.topic,
@@ -876,11 +1022,18 @@ impl Loop {
                 .lock()
                 .ok()
                 .and_then(|p| p.get(&(input.topic.clone(), id as i32)).copied());
-            let next = match memory {
+            let folded = match memory {
                 Some(n) => n,
                 None => self.store.offset(id, &input.topic)?.unwrap_or(low),
             };
-            if next < high {
+            let stepped = fetched
+                .as_ref()
+                .and_then(|f| f.find_partition(&input.topic, id as i32))
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            if folded.max(stepped.unwrap_or(folded)) < high {
                 return Ok(false);
             }
         }
@@ -907,7 +1060,7 @@ impl Loop {
             .ack_wait_us
             .fetch_add(waited.elapsed().as_micros() as u64, Ordering::Relaxed);
         self.write_batch(&HashMap::new())?;
-        let tpl = self.group_offsets();
+        let tpl = self.group_offsets()?;
         if tpl.count() > 0
             && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)
         {
@@ -941,7 +1094,7 @@ impl Loop {
                 });
             });
         }
-        let tpl = self.group_offsets();
+        let tpl = self.group_offsets()?;
         let group = self
             .consumer
             .group_metadata()
@@ -998,18 +1151,28 @@ impl Loop {
         Ok(())
     }
 
-    /// The consumed positions of the partitions held, for the group.
-    fn group_offsets(&self) -> TopicPartitionList {
+    /// The consumed positions of every input partition held, for the group:
+    /// in memory if the batch moved them, else as stored. Each transaction
+    /// carries them even when its batch read no input (it only fired waits):
+    /// the group fences a transaction's offsets by its generation, and that is
+    /// what keeps a member that lost its partitions (a zombie woken after a
+    /// long pause) from committing anything.
+    fn group_offsets(&self) -> Result<TopicPartitionList, RuntimeError> {
         let mut tpl = TopicPartitionList::new();
-        if let Ok(pos) = self.positions.lock() {
-            for ((topic, p), next) in pos.iter() {
-                if self.parts.contains_key(&(*p as u32)) {
-                    tpl.add_partition_offset(topic, *p, Offset::Offset(*next))
-                        .ok();
+        let pos = self.positions.lock().map(|p| p.clone()).unwrap_or_default();
+        for &id in self.parts.keys() {
+            for input in &self.cfg.inputs {
+                let next = match pos.get(&(input.topic.clone(), id as i32)) {
+                    Some(&n) => Some(n),
+                    None => self.store.offset(id, &input.topic)?,
+                };
+                if let Some(next) = next {
+                    tpl.add_partition_offset(&input.topic, id as i32, Offset::Offset(next))
+                        .map_err(kafka("input offsets for the transaction"))?;
                 }
             }
         }
-        tpl
+        Ok(tpl)
     }
 
     /// Moves an assigned partition's fetch position (never past unfolded
@@ -1132,6 +1295,15 @@ impl Loop {
                 Rebalanced::Assigned(tps) => {
                     self.read_to_end = false;
                     let assigned: BTreeSet<u32> = tps.iter().map(|(_, p)| *p as u32).collect();
+                    if self.cfg.guarantee == Guarantee::AtLeastOnce
+                        && (assigned.len() as u32) < self.partitions
+                    {
+                        return Err(RuntimeError::AtLeastOnceShared {
+                            assigned: assigned.len(),
+                            partitions: self.partitions,
+                            group: self.cfg.group_id.clone(),
+                        });
+                    }
                     for &id in &assigned {
                         if !self.parts.contains_key(&id) {
                             let part = self.open_partition(id)?;
@@ -1179,21 +1351,39 @@ impl Loop {
     }
 }
 
-fn dead_letter_headers(
-    topic: &str,
-    partition: i32,
-    offset: i64,
+/// The dead letter of the input record at `at` (topic, partition, offset):
+/// its coordinates and `reason` as headers, the original bytes as key and
+/// value, bounded so that the dead letter itself always fits.
+fn dead_letter_record(
+    dead_letters: &str,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    at: (&str, i32, i64),
     reason: &str,
-) -> Vec<(String, Vec<u8>)> {
-    vec![
+) -> OutRecord {
+    let (topic, partition, offset) = at;
+    let (key, value, truncated) = source::dead_letter_body(key, value);
+    let mut reason = reason.as_bytes().to_vec();
+    reason.truncate(4096);
+    let mut headers = vec![
         (source::DLQ_TOPIC.into(), topic.as_bytes().to_vec()),
         (
             source::DLQ_PARTITION.into(),
             partition.to_string().into_bytes(),
         ),
         (source::DLQ_OFFSET.into(), offset.to_string().into_bytes()),
-        (source::DLQ_REASON.into(), reason.as_bytes().to_vec()),
-    ]
+        (source::DLQ_REASON.into(), reason),
+    ];
+    if let Some(t) = truncated {
+        headers.push((source::DLQ_TRUNCATED.into(), t.into_bytes()));
+    }
+    OutRecord {
+        topic: dead_letters.to_string(),
+        key,
+        value,
+        headers,
+        partition: None,
+    }
 }
 
 /// The input topics' common partition count; every output topic must exist,
@@ -1244,10 +1434,14 @@ mod tests {
     use crate::domain::definition::PoolDef;
 
     fn defs(codes: &[&str]) -> Definitions {
+        named("p", codes)
+    }
+
+    fn named(name: &str, codes: &[&str]) -> Definitions {
         Definitions::new(
             vec![],
             vec![PoolDef {
-                name: "p".into(),
+                name: name.into(),
                 codes: codes.iter().map(|c| Arc::from(*c)).collect(),
                 low_stock: 1,
                 expires_at: None,
@@ -1278,5 +1472,19 @@ mod tests {
             }
         }
         assert_eq!(store.pool_codes("p").unwrap().unwrap(), ["A", "B", "C"]);
+    }
+
+    #[test]
+    fn a_renamed_pool_is_refused_and_a_new_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        load_pools(&store, &named("spring", &["A", "B"])).unwrap();
+        match load_pools(&store, &named("autumn", &["X", "B"])) {
+            Err(RuntimeError::PoolRenamed { old, new }) => {
+                assert_eq!((old.as_str(), new.as_str()), ("spring", "autumn"));
+            }
+            other => panic!("{other:?}"),
+        }
+        load_pools(&store, &named("autumn", &["X", "Y"])).unwrap();
     }
 }

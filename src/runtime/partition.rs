@@ -17,12 +17,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use crate::domain::coupon::handed_out_fingerprint;
 use crate::domain::definition::{ConvIdx, FastMap, PoolIdx};
-use crate::domain::engine::{Effects, Engine, Folded, TimerChange, route_event};
+use crate::domain::engine::{
+    Effects, Engine, Folded, TimerChange, check_state_limits, route_event,
+};
 use crate::domain::{
     ContactState, CouponPools, Definitions, Event, EventError, Timestamp, Transition,
 };
-use crate::store::changelog::{PartitionState, encode_partition};
+use crate::store::changelog::{PartitionState, PoolProgress, encode_partition};
 use crate::store::rocks::{Batch, CouponShare, Store, StoreError, StoredTimer};
 use crate::timer::Wheel;
 
@@ -58,6 +61,8 @@ pub enum Fed {
 
 pub struct Partition {
     pub id: u32,
+    /// The input partition count, which splits the coupon pools.
+    partitions: u32,
     engine: Engine,
     settings: PartitionSettings,
     pools: CouponPools,
@@ -100,6 +105,7 @@ impl Partition {
         }
         Ok(Partition {
             id,
+            partitions,
             clock: store.clock(id)?,
             engine: Engine::new(defs),
             settings,
@@ -163,15 +169,22 @@ impl Partition {
                 .enumerate()
                 .map(|(i, p)| {
                     let st = self.pools.pool(i as PoolIdx);
-                    (
-                        p.name.to_string(),
-                        CouponShare {
+                    PoolProgress {
+                        pool: p.name.to_string(),
+                        share: CouponShare {
                             taken: st.taken,
                             low_warned: st.low_warned,
                         },
-                    )
+                        handed_out: handed_out_fingerprint(
+                            &p.codes,
+                            self.id as usize,
+                            self.partitions as usize,
+                            st.taken,
+                        ),
+                    }
                 })
                 .collect(),
+            partitions: self.partitions,
         };
         each(
             crate::store::changelog::PARTITION_KEY,
@@ -200,6 +213,10 @@ impl Partition {
         };
         let id: Arc<str> = Arc::from(ev.contact_id.as_str());
         let (mut st, changed) = self.take_contact(store, &id)?;
+        if let Err(e) = check_state_limits(&st, ev, route) {
+            self.dirty.insert(id, (st, changed));
+            return Err(PartitionError::Event(e));
+        }
         self.fx.clear();
         std::mem::swap(&mut self.fx.transitions, out);
         let folded =

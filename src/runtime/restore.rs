@@ -122,6 +122,14 @@ pub fn restore_partition(
         if is_partition || key == PARTITION_KEY {
             let st = changelog::decode_partition(m.payload().unwrap_or_default())
                 .map_err(|e| bad(e.to_string()))?;
+            // The coupon progress is trusted only for the pools and the split
+            // it was made with: with an empty store this is the only check
+            // between a changed codes file and codes handed out twice.
+            if let Some(n) = store.partitions()?
+                && let Some(why) = changelog::coupon_problem(defs, partition, n, &st)
+            {
+                return Err(bad(why));
+            }
             apply_partition(&mut batch, &st);
         } else {
             let contact =

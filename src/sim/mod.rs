@@ -208,13 +208,16 @@ impl Simulator {
             }
         };
         self.advance_to(ev.occurred_at, out);
+        let route = self.engine.definitions().route_at(route);
+        if let Some(c) = self.contacts.get(idx) {
+            crate::domain::engine::check_state_limits(&c.state, ev, route)?;
+        }
         // The engine appends straight to `out`: no second copy of each transition.
         self.fx.clear();
         std::mem::swap(&mut self.fx.transitions, out);
         let Some(Contact { id, state: st }) = self.contacts.get_mut(idx) else {
             unreachable!("the index names only listed contacts")
         };
-        let route = self.engine.definitions().route_at(route);
         let folded = self
             .engine
             .on_routed_event(id, st, ev, route, &mut self.pools, &mut self.fx);

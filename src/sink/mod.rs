@@ -43,6 +43,10 @@ pub enum SinkError {
     Create(KafkaError),
     #[error("stopped with {0} record(s) not acknowledged by the broker")]
     Interrupted(usize),
+    #[error(
+        "the broker or librdkafka refuses a record for good, so its batch cannot be written (nothing of it was committed): {0}. Raise the producer's message.max.bytes ([kafka]) and the topic's max.message.bytes, or find the input that made the record this large"
+    )]
+    Refused(String),
     #[error("transactions: {what}: {source}")]
     Transaction {
         what: &'static str,
@@ -99,6 +103,26 @@ pub struct OutRecord {
 pub struct Tracker {
     acked: Mutex<Vec<(usize, i32, i64)>>,
     failed: Mutex<Vec<(usize, String)>>,
+    /// Records the broker refused in a way no retry changes (too large):
+    /// opaque and a description naming the record.
+    refused: Mutex<Vec<(usize, String)>>,
+}
+
+/// Errors that producing the same record again cannot fix.
+fn permanent(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidRecord)
+    )
+}
+
+/// A record named for an error: topic, partition, key and size.
+fn describe(topic: &str, partition: Option<i32>, key: &[u8], len: usize, e: &KafkaError) -> String {
+    let key = String::from_utf8_lossy(&key[..key.len().min(200)]).into_owned();
+    match partition {
+        Some(p) => format!("{topic}[{p}] key {key:?}, {len} bytes: {e}"),
+        None => format!("{topic} key {key:?}, {len} bytes: {e}"),
+    }
 }
 
 impl ClientContext for Tracker {}
@@ -117,7 +141,16 @@ impl ProducerContext for Tracker {
                     ));
                 }
             }
-            Err((e, _)) => {
+            Err((e, m)) => {
+                if permanent(e) {
+                    use rdkafka::Message as _;
+                    let key = m.key().unwrap_or_default();
+                    let size = m.payload().map_or(0, <[u8]>::len) + key.len();
+                    let what = describe(m.topic(), Some(m.partition()), key, size, e);
+                    if let Ok(mut r) = self.refused.lock() {
+                        r.push((index, what));
+                    }
+                }
                 if let Ok(mut f) = self.failed.lock() {
                     f.push((index, e.to_string()));
                 }
@@ -325,9 +358,19 @@ impl Sink {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 Err((e, r)) => {
-                    // Not queued at all: count it failed, `finish` retries it.
                     tracing::warn!(topic = %r.topic, error = %e, "produce refused");
-                    if let Ok(mut f) = self.producer.context().failed.lock() {
+                    let ctx = self.producer.context();
+                    if permanent(&e) {
+                        // Never in the transaction (nor acknowledged): the
+                        // batch must not be committed or acknowledged without it.
+                        let size = rec.key.len() + rec.value.len();
+                        let what = describe(rec.topic, rec.partition, rec.key, size, &e);
+                        if let Ok(mut f) = ctx.refused.lock() {
+                            f.push((opaque, what));
+                        }
+                    }
+                    // Not queued at all: count it failed, `finish` retries it.
+                    if let Ok(mut f) = ctx.failed.lock() {
                         f.push((opaque, e.to_string()));
                     }
                     return;
@@ -357,6 +400,9 @@ impl Sink {
         let mut waited = Duration::ZERO;
         loop {
             let _ = self.producer.flush(Duration::from_millis(500));
+            if let Some(what) = self.refused() {
+                return Err(SinkError::Refused(what));
+            }
             let ctx = self.producer.context();
             for (o, _, _) in take(&ctx.acked) {
                 if let Some(a) = self.index(o).and_then(|i| acked.get_mut(i))
@@ -432,6 +478,13 @@ impl Sink {
             }
             self.in_txn = true;
         }
+        // A record refused before it reached the transaction is not in it:
+        // committing would drop it while the input offsets move past the
+        // input that made it.
+        if let Some(what) = self.refused() {
+            self.abort_transaction()?;
+            return Err(SinkError::Refused(what));
+        }
         if offsets.count() > 0
             && let Err(e) =
                 self.txn_call(|p| p.send_offsets_to_transaction(offsets, group, TXN_TIMEOUT))
@@ -439,6 +492,11 @@ impl Sink {
             return self.abort(e, "send offsets");
         }
         if let Err(e) = self.txn_call(|p| p.commit_transaction(TXN_TIMEOUT)) {
+            // Refused by the broker: doing the batch again would fail again.
+            if let Some(what) = self.refused() {
+                self.abort_transaction()?;
+                return Err(SinkError::Refused(what));
+            }
             return self.abort(e, "commit");
         }
         self.in_txn = false;
@@ -508,6 +566,14 @@ impl Sink {
         Ok(())
     }
 
+    /// The first record of the running batch refused for good, described.
+    fn refused(&self) -> Option<String> {
+        take(&self.producer.context().refused)
+            .into_iter()
+            .find(|(o, _)| self.index(*o).is_some())
+            .map(|(_, what)| what)
+    }
+
     /// The record index of a delivery report's opaque, if it is of the
     /// running batch.
     fn index(&self, opaque: usize) -> Option<usize> {
@@ -521,6 +587,7 @@ impl Sink {
         let ctx = self.producer.context();
         take(&ctx.acked);
         take(&ctx.failed);
+        take(&ctx.refused);
         self.sent = 0;
         self.kept.clear();
         self.generation = (self.generation + 1) & GENERATION_MASK;

@@ -14,14 +14,40 @@ pub const DLQ_TOPIC: &str = "winback.dlq.topic";
 pub const DLQ_PARTITION: &str = "winback.dlq.partition";
 pub const DLQ_OFFSET: &str = "winback.dlq.offset";
 pub const DLQ_REASON: &str = "winback.dlq.reason";
+/// Set when the dead letter carries only a prefix of the original: the
+/// original's key and value sizes, as `key=N value=M` (bytes).
+pub const DLQ_TRUNCATED: &str = "winback.dlq.truncated";
+
+/// A dead letter carries its original whole up to this size (key and value);
+/// beyond it, [`DLQ_PREFIX_BYTES`] of each. Any broker accepts it then (the
+/// default record limit is 1 MB), and the original stays at its coordinates.
+pub const DLQ_WHOLE_BYTES: usize = 256 * 1024;
+pub const DLQ_PREFIX_BYTES: usize = 16 * 1024;
+
+/// The key and value a dead letter carries for an original `key` and
+/// `value`, and the [`DLQ_TRUNCATED`] header's value when they were cut.
+pub fn dead_letter_body(key: Vec<u8>, value: Vec<u8>) -> (Vec<u8>, Vec<u8>, Option<String>) {
+    if key.len() + value.len() <= DLQ_WHOLE_BYTES {
+        return (key, value, None);
+    }
+    let note = format!("key={} value={}", key.len(), value.len());
+    let cut = |mut b: Vec<u8>| {
+        b.truncate(DLQ_PREFIX_BYTES);
+        b
+    };
+    (cut(key), cut(value), Some(note))
+}
 
 /// Settings every client gets: the brokers and the `[kafka]` table.
 pub fn client_config(cfg: &EngineConfig, bootstrap: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap);
-    // noida-db (and some proxies) answer a whole partition's backlog in one
-    // fetch; librdkafka would drop the connection over the 100 MB default.
-    c.set("receive.message.max.bytes", "2147483647");
+    if cfg.embedded() {
+        // The embedded broker ignores fetch size limits and answers a whole
+        // partition's backlog in one fetch; librdkafka would drop the
+        // connection over the 100 MB default.
+        c.set("receive.message.max.bytes", "2147483647");
+    }
     for (k, v) in &cfg.kafka {
         c.set(k, v);
     }
@@ -35,7 +61,11 @@ pub fn consumer_config(cfg: &EngineConfig, bootstrap: &str) -> ClientConfig {
     c.set("group.id", &cfg.group_id);
     c.set("enable.auto.commit", "false");
     c.set("enable.auto.offset.store", "false");
-    c.set("auto.offset.reset", "earliest");
+    // A partition with no stored position starts at the beginning (assigned
+    // as such); a stored one that is not in the log any more is an error the
+    // runtime reports or handles as `processing.offset_out_of_range` says,
+    // never a silent jump.
+    c.set("auto.offset.reset", "error");
     // Eager assignment: a revocation is total, which the runtime's batch
     // boundary handles simply (and cooperative-sticky stalls on noida-db).
     c.set("partition.assignment.strategy", "range");
@@ -47,9 +77,9 @@ pub fn consumer_config(cfg: &EngineConfig, bootstrap: &str) -> ClientConfig {
     if !cfg.kafka.contains_key("session.timeout.ms") {
         c.set("session.timeout.ms", "10000");
     }
-    // Fetch again only when the local queue runs low: a broker that answers
-    // a fetch with a whole backlog at once (noida-db) is otherwise asked over
-    // and over while the engine works through it.
+    // Bounds what the consumer holds ahead of the engine (librdkafka's
+    // default is 100,000 records a partition); the embedded broker, which
+    // answers a fetch with a whole backlog at once, needs it most.
     if !cfg.kafka.contains_key("queued.min.messages") {
         c.set("queued.min.messages", "10000");
     }

@@ -35,7 +35,70 @@ pub struct PartitionState {
     pub clock: Option<Timestamp>,
     /// Next offset to read, by input topic.
     pub offsets: Vec<(String, i64)>,
-    pub coupons: Vec<(String, CouponShare)>,
+    pub coupons: Vec<PoolProgress>,
+    /// The input partition count the pools are split by; 0 if not recorded.
+    pub partitions: u32,
+}
+
+/// One pool's progress in a partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolProgress {
+    pub pool: String,
+    pub share: CouponShare,
+    /// [`crate::domain::coupon::handed_out_fingerprint`] of the codes handed
+    /// out; None if not recorded.
+    pub handed_out: Option<u64>,
+}
+
+/// Why restoring `st` into partition `partition` of `partitions` would hand
+/// a coupon code out a second time, if it would: the pools were split by
+/// another partition count, a pool that handed codes out is gone (renamed?),
+/// or its codes at the places handed out differ now.
+pub fn coupon_problem(
+    defs: &Definitions,
+    partition: u32,
+    partitions: u32,
+    st: &PartitionState,
+) -> Option<String> {
+    if st.partitions != 0 && st.partitions != partitions {
+        return Some(format!(
+            "the changelog's coupon progress was made with {} input partitions, the input has {partitions} now: \
+             pools are split across partitions by that count, so codes would be handed out again. \
+             Keep {} partitions, or start a new deployment (new topics, `winback reprocess`) with fresh codes",
+            st.partitions, st.partitions
+        ));
+    }
+    for p in &st.coupons {
+        if p.share.taken == 0 {
+            continue;
+        }
+        let Some(def) = defs.pools.iter().find(|d| *d.name == *p.pool) else {
+            return Some(format!(
+                "coupon pool {:?} handed out {} code(s) on partition {partition} and is no longer defined: \
+                 under another name its codes would be handed out again. Keep its [[coupon_pool]] \
+                 (it may go unused)",
+                p.pool, p.share.taken
+            ));
+        };
+        let Some(want) = p.handed_out else {
+            continue;
+        };
+        let now = crate::domain::coupon::handed_out_fingerprint(
+            &def.codes,
+            partition as usize,
+            partitions as usize,
+            p.share.taken,
+        );
+        if now != Some(want) {
+            return Some(format!(
+                "coupon pool {:?}: the {} code(s) partition {partition} handed out are not the codes \
+                 at those places of its codes file any more (it was reordered, shortened or edited): \
+                 they would be handed out again. Put the file back as it was; codes may only be appended",
+                p.pool, p.share.taken
+            ));
+        }
+    }
+    None
 }
 
 pub fn encode_partition(st: &PartitionState) -> Vec<u8> {
@@ -53,12 +116,14 @@ pub fn encode_partition(st: &PartitionState) -> Vec<u8> {
         coupons: st
             .coupons
             .iter()
-            .map(|(pool, s)| pb::CouponShareRecord {
-                pool: pool.clone(),
-                taken: s.taken,
-                low_warned: s.low_warned,
+            .map(|p| pb::CouponShareRecord {
+                pool: p.pool.clone(),
+                taken: p.share.taken,
+                low_warned: p.share.low_warned,
+                handed_out: p.handed_out,
             })
             .collect(),
+        partitions: st.partitions,
     }
     .encode_to_vec()
 }
@@ -76,16 +141,16 @@ pub fn decode_partition(bytes: &[u8]) -> Result<PartitionState, CodecError> {
         coupons: r
             .coupons
             .into_iter()
-            .map(|c| {
-                (
-                    c.pool,
-                    CouponShare {
-                        taken: c.taken,
-                        low_warned: c.low_warned,
-                    },
-                )
+            .map(|c| PoolProgress {
+                pool: c.pool,
+                share: CouponShare {
+                    taken: c.taken,
+                    low_warned: c.low_warned,
+                },
+                handed_out: c.handed_out,
             })
             .collect(),
+        partitions: r.partitions,
     })
 }
 
@@ -143,8 +208,8 @@ pub fn apply_partition(batch: &mut Batch<'_>, st: &PartitionState) {
     for (topic, next) in &st.offsets {
         batch.set_offset(topic, *next);
     }
-    for (pool, share) in &st.coupons {
-        batch.set_coupon_share(pool, *share);
+    for p in &st.coupons {
+        batch.set_coupon_share(&p.pool, p.share);
     }
 }
 
@@ -157,13 +222,15 @@ mod tests {
         let st = PartitionState {
             clock: Some(Timestamp(1_700_000_000_000)),
             offsets: vec![("checkouts".into(), 42), ("subscriptions".into(), 0)],
-            coupons: vec![(
-                "spring".into(),
-                CouponShare {
+            coupons: vec![PoolProgress {
+                pool: "spring".into(),
+                share: CouponShare {
                     taken: 7,
                     low_warned: true,
                 },
-            )],
+                handed_out: Some(42),
+            }],
+            partitions: 4,
         };
         assert_eq!(decode_partition(&encode_partition(&st)).unwrap(), st);
         assert_eq!(

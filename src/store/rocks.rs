@@ -648,6 +648,20 @@ impl Store {
             .map_err(|e| self.err("write partitions", e))
     }
 
+    /// The names of every pool whose codes the store keeps.
+    pub fn pool_names(&self) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        let mode = IteratorMode::From(POOL_PREFIX, rocksdb::Direction::Forward);
+        for item in self.db.iterator_cf(self.cf(CF_META), mode) {
+            let (k, _) = item.map_err(|e| self.err("scan pool names", e))?;
+            let Some(name) = k.strip_prefix(POOL_PREFIX) else {
+                break;
+            };
+            out.push(String::from_utf8_lossy(name).into_owned());
+        }
+        Ok(out)
+    }
+
     /// A pool's codes as they were first loaded, if they were.
     pub fn pool_codes(&self, pool: &str) -> Result<Option<Vec<String>>, StoreError> {
         let key = [POOL_PREFIX, pool.as_bytes()].concat();

@@ -1,5 +1,5 @@
-//! Kafka helpers for the integration tests: the broker (the one `.ci/run`
-//! starts, named by `WINBACK_TEST_BROKERS`, else an in-process noida-db), fresh
+//! Kafka helpers for the integration tests: the broker (the Apache Kafka that
+//! `tests/run.sh` starts, named by `WINBACK_TEST_BROKERS`), fresh
 //! random topic and group names, producing, reading topics, and running the
 //! engine in a thread with a clock the test moves.
 #![allow(dead_code)]
@@ -22,16 +22,31 @@ use winback::config::engine::{EngineConfig, parse_engine};
 use winback::domain::{Definitions, Timestamp};
 use winback::runtime::{self, ManualClock, RunParams, RunStats, RuntimeError};
 
+/// The test broker: Apache Kafka, started by `tests/run.sh` (or by hand with
+/// `deploy/dev-kafka/kafka.sh start DIR`) and named by `WINBACK_TEST_BROKERS`.
+/// The tests hold the engine to what users run, so there is no fallback.
 pub fn brokers() -> String {
     static BROKERS: OnceLock<String> = OnceLock::new();
     BROKERS
         .get_or_init(|| match std::env::var("WINBACK_TEST_BROKERS") {
             Ok(b) if !b.is_empty() => b,
-            _ => noida::kafka::spawn("127.0.0.1:0")
-                .expect("start an in-process broker")
-                .to_string(),
+            _ => panic!(
+                "WINBACK_TEST_BROKERS is not set: run the tests with tests/run.sh, which starts \
+                 Apache Kafka, or start one with deploy/dev-kafka/kafka.sh start DIR and set \
+                 WINBACK_TEST_BROKERS to the address it prints"
+            ),
         })
         .clone()
+}
+
+/// Held by the tests that run `winback` processes against the group's
+/// timeouts (sessions of seconds): one at a time, so that none of them is
+/// starved of CPU by another on a 2-core machine. The others run alongside.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A failed test poisons it; the next one still runs alone.
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A name no other test (or earlier run) uses.
@@ -69,6 +84,8 @@ impl Topics {
         }
     }
 
+    /// Creates every topic with `partitions` partitions, the changelog
+    /// compacted (as `run` requires).
     pub fn create(&self, partitions: i32) {
         create_topics(
             &[
@@ -76,9 +93,13 @@ impl Topics {
                 &self.transitions,
                 &self.sends,
                 &self.dead_letters,
-                &self.changelog,
             ],
             partitions,
+        );
+        create_topics_with(
+            &[&self.changelog],
+            partitions,
+            &[("cleanup.policy", "compact")],
         );
     }
 
@@ -118,7 +139,6 @@ state_dir = {state:?}
 [broker]
 bootstrap_servers = {brokers:?}
 group_id = {group:?}
-restore_from = {restore:?}
 [[input]]
 topic = {input:?}
 format = "json"
@@ -135,7 +155,6 @@ commit_interval_ms = 200
             state = state_dir.display().to_string(),
             brokers = bootstrap,
             group = self.group,
-            restore = restore_from(),
             input = self.input,
             transitions = self.transitions,
             sends = self.sends,
@@ -145,36 +164,132 @@ commit_interval_ms = 200
     }
 }
 
-/// How the tests' engines restore: `start` by default, since the test broker
-/// (noida-db 0.2.3) lists every aborted transaction in each fetch (README,
-/// "Restores"); `WINBACK_TEST_RESTORE_FROM=position` on a broker that does not.
-pub fn restore_from() -> String {
-    std::env::var("WINBACK_TEST_RESTORE_FROM").unwrap_or_else(|_| "start".into())
-}
-
 /// Creates topics on the test broker.
 pub fn create_topics(names: &[&str], partitions: i32) {
-    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
-        ClientConfig::new()
-            .set("bootstrap.servers", brokers())
-            .create()
-            .expect("admin client");
+    create_topics_with(names, partitions, &[]);
+}
+
+fn admin() -> rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("admin client")
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+/// Creates topics with topic-level settings.
+pub fn create_topics_with(names: &[&str], partitions: i32, settings: &[(&str, &str)]) {
     let topics: Vec<_> = names
         .iter()
         .map(|n| {
-            rdkafka::admin::NewTopic::new(n, partitions, rdkafka::admin::TopicReplication::Fixed(1))
+            let mut t = rdkafka::admin::NewTopic::new(
+                n,
+                partitions,
+                rdkafka::admin::TopicReplication::Fixed(1),
+            );
+            for (k, v) in settings {
+                t = t.set(k, v);
+            }
+            t
         })
         .collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let res = rt
-        .block_on(admin.create_topics(&topics, &rdkafka::admin::AdminOptions::new()))
+    let res = block_on(admin().create_topics(&topics, &rdkafka::admin::AdminOptions::new()))
         .expect("create topics");
     for r in res {
         r.expect("topic created");
     }
+}
+
+/// Sends `signal` (e.g. "STOP", "CONT") to a child process.
+pub fn signal(child: &std::process::Child, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{signal} failed");
+}
+
+/// Produces records of up to 4 MB (the producer's limit raised to match).
+pub fn produce_large(topic: &str, records: &[(String, Vec<u8>)]) {
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("message.max.bytes", "4000000")
+        .create()
+        .expect("producer");
+    send_all(&p, topic, records, |_| None);
+}
+
+/// The offset `group` committed for `topic`'s `partition`, if any.
+pub fn group_offset(group: &str, topic: &str, partition: i32) -> Option<i64> {
+    let c = group_client(group);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let got = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    match got.find_partition(topic, partition).map(|e| e.offset()) {
+        Some(Offset::Offset(o)) => Some(o),
+        _ => None,
+    }
+}
+
+/// A client of `group`'s offsets that never joins it.
+fn group_client(group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer")
+}
+
+/// Grows topics to `partitions` partitions.
+pub fn add_partitions(names: &[&str], partitions: usize) {
+    let parts: Vec<_> = names
+        .iter()
+        .map(|n| rdkafka::admin::NewPartitions::new(n, partitions))
+        .collect();
+    let res = block_on(admin().create_partitions(&parts, &rdkafka::admin::AdminOptions::new()))
+        .expect("create partitions");
+    for r in res {
+        r.expect("partitions added");
+    }
+}
+
+/// Deletes the records of `topic`'s partition `partition` before `offset`,
+/// as retention would.
+pub fn delete_records(topic: &str, partition: i32, offset: i64) {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
+        .expect("offset");
+    let res = block_on(admin().delete_records(&tpl, &rdkafka::admin::AdminOptions::new()))
+        .expect("delete records");
+    for e in res.elements() {
+        assert!(e.error().is_ok(), "delete records: {:?}", e.error());
+    }
+}
+
+/// Produces records in one transaction of a transactional producer (its
+/// commit marker ends the partition), as an exactly-once pipeline upstream does.
+pub fn produce_transactional(topic: &str, records: &[(String, Vec<u8>)]) {
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("transactional.id", unique("upstream"))
+        .create()
+        .expect("transactional producer");
+    p.init_transactions(Duration::from_secs(30))
+        .expect("init transactions");
+    p.begin_transaction().expect("begin");
+    send_all(&p, topic, records, |_| None);
+    p.commit_transaction(Duration::from_secs(30))
+        .expect("commit");
 }
 
 /// Produces records (key, value) to `topic`, waiting for every acknowledgement.
@@ -285,6 +400,27 @@ pub fn read_on(bootstrap: &str, topic: &str, want: usize, timeout: Duration) -> 
     out
 }
 
+/// Reads `topic` until `n` records arrived (or `timeout` passed), then on to
+/// the end of every partition and a second more, and asserts that exactly
+/// `n` are there: none missing, none extra behind them.
+pub fn read_exactly(topic: &str, n: usize, timeout: Duration) -> Vec<Read> {
+    let got = read(topic, n, timeout);
+    assert_eq!(
+        got.len(),
+        n,
+        "{topic}: {} of {n} records arrived",
+        got.len()
+    );
+    let all = read(topic, n + 1, Duration::from_secs(2));
+    assert_eq!(
+        all.len(),
+        n,
+        "{topic}: {} records where exactly {n} were expected",
+        all.len()
+    );
+    all
+}
+
 /// Transition records as the JSON lines `simulate` prints.
 pub fn as_json(records: &[Read]) -> Vec<String> {
     records
@@ -352,6 +488,22 @@ impl Running {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Whether the engine has returned (stopped on an error, or as told).
+    pub fn finished(&self) -> bool {
+        self.handle.as_ref().is_none_or(|h| h.is_finished())
+    }
+
+    /// Waits for an engine that must stop on its own (on an error) within
+    /// `timeout`, and returns what it returned.
+    pub fn stopped_on_its_own(self, timeout: Duration) -> Result<(), RuntimeError> {
+        let deadline = Instant::now() + timeout;
+        while !self.finished() {
+            assert!(Instant::now() < deadline, "the engine went on");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.stop_result()
     }
 
     /// Graceful stop: finishes the batch and writes it.
@@ -663,12 +815,7 @@ pub fn log_tail(path: &Path, n: usize) -> String {
 /// Commits offsets for `group` from outside it (no member joins), as
 /// `(partition, next offset)` of `topic`.
 pub fn commit_group_offsets(group: &str, topic: &str, offsets: &[(i32, i64)]) {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
+    let c = group_client(group);
     let mut tpl = TopicPartitionList::new();
     for &(p, o) in offsets {
         tpl.add_partition_offset(topic, p, Offset::Offset(o))

@@ -1,18 +1,17 @@
 //! Fault injection with librdkafka's mock cluster: produce errors and a broker
 //! that goes down, in at-least-once mode (the mock's transactions are stubs;
-//! exactly-once is tested against noida-db in `exactly_once.rs` and `crash.rs`). The engine retries, stores no offset (nor clock, nor timer)
+//! exactly-once is tested against Apache Kafka in `exactly_once.rs` and
+//! `crash.rs`). The engine retries, stores no offset (nor clock, nor timer)
 //! past output the broker has not acknowledged, and recovers: in the end every
 //! expected transition is there, and de-duplicated by `transition_id` the
 //! output is exactly `simulate`'s.
-
-mod common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::kafka::{self, Running, Topics, assert_same};
-use common::{SEEDS, definitions};
+use crate::common::kafka::{self, Running, Topics, assert_same};
+use crate::common::{SEEDS, definitions};
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use winback::domain::Timestamp;

@@ -2,16 +2,14 @@
 //! emptied state directory, `winback rebuild` reproduces the state digest, and
 //! a fenced zombie leaves nothing behind. Every read is `read_committed`.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::kafka::{self, Running, Topics};
-use common::{SEEDS, definitions};
+use crate::common::kafka::{self, Running, Topics};
+use crate::common::{SEEDS, definitions};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use winback::domain::Timestamp;
 
@@ -173,6 +171,7 @@ fn a_fenced_zombie_leaves_nothing_behind() {
 /// output of one.
 #[test]
 fn a_revocation_commits_the_batch_under_way() {
+    let _alone = crate::common::kafka::exclusive();
     let defs = definitions(&SEEDS);
     let topics = Topics::fresh();
     topics.create(PARTITIONS);
@@ -284,10 +283,10 @@ fn a_restore_behind_the_groups_committed_offsets_takes_no_input() {
 /// The crash between a transaction's commit and the local write, after an
 /// earlier transaction of the same producer was aborted: the store's position
 /// is past that abort, and the restore must still apply every committed
-/// transaction after it. (On a broker that lists every aborted transaction in
-/// each fetch, a `read_committed` read from that position skips them all:
-/// the restore stays behind the group's committed offsets and the engine
-/// cannot start. `restore_from = "start"` reads around it.)
+/// transaction after it, reading from that position (`restore_from =
+/// "position"`, the default with Kafka). (The embedded broker lists every
+/// aborted transaction in each fetch, and a read from that position skips
+/// them all there: hence `restore_from = "start"` on it.)
 #[test]
 fn a_restore_after_an_aborted_transaction_applies_the_commits_the_store_missed() {
     let defs = definitions(&SEEDS);

@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 
-mod common;
-use common::definitions as load;
+use crate::common::definitions as load;
 use prost::Message;
 use winback::domain::time::{DAY_MS, HOUR_MS};
 use winback::domain::{Definitions, Event, Timestamp};

@@ -9,13 +9,11 @@
 //! `WINBACK_CRASH_KILLS` (default 20) and `WINBACK_CRASH_CONTACTS` (default
 //! 3000) scale it; `WINBACK_CRASH_SEED` picks another kill schedule.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::kafka::{self, Topics, assert_same};
-use common::{SEEDS, definitions};
+use crate::common::kafka::{self, Topics, assert_same};
+use crate::common::{SEEDS, definitions};
 use winback::domain::Timestamp;
 
 const PARTITIONS: i32 = 2;
@@ -61,6 +59,7 @@ fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
 
 #[test]
 fn sigkill_at_random_moments_loses_no_send_and_duplicates_none() {
+    let _alone = crate::common::kafka::exclusive();
     let kills = env_or("WINBACK_CRASH_KILLS", 20);
     let contacts = env_or("WINBACK_CRASH_CONTACTS", 3000) as usize;
     let mut x = env_or("WINBACK_CRASH_SEED", 0x5eed) | 1;

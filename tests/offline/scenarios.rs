@@ -3,7 +3,7 @@
 //! line (`wire::text` form). Lines are compared with whitespace folded; `#`
 //! lines in `expect` are comments.
 //!
-//! `WINBACK_BLESS=1 cargo test --test scenarios` rewrites the `expect` blocks from
+//! `WINBACK_BLESS=1 cargo test --test offline scenarios` rewrites the `expect` blocks from
 //! the actual output - review the diff before committing it.
 
 use std::path::{Path, PathBuf};

@@ -7,14 +7,13 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 
-mod common;
 use winback::domain::{ContactState, Definitions, Event, Timestamp};
 use winback::sim::Simulator;
 use winback::store::rocks::conversation_key;
 use winback::store::{CouponShare, Store, StoreError, StoredTimer};
 
 fn defs() -> Arc<Definitions> {
-    common::definitions(&common::SEEDS)
+    crate::common::definitions(&crate::common::SEEDS)
 }
 
 /// A few real states: mid-wait, after a re-entry, after a couponed send.

@@ -7,12 +7,11 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 
-mod common;
 use winback::sim::Simulator;
 use winback::wire;
 
 fn seeds() -> Arc<winback::domain::Definitions> {
-    common::definitions(&common::SEEDS)
+    crate::common::definitions(&crate::common::SEEDS)
 }
 
 const EXAMPLE: &str = r#"{"event_id":"e1","name":"checkout","contact_id":"c1","occurred_at":"2026-01-05T10:00:00Z","merchant_id":"m1","order_id":"o1","total":49.9}"#;

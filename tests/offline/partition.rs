@@ -5,8 +5,6 @@
 //! timer-budget pauses, tiny horizons and tiny load limits, it emits exactly
 //! the simulator's transitions, in the same order.
 
-mod common;
-
 use std::sync::Arc;
 
 use proptest::prelude::*;
@@ -166,13 +164,13 @@ proptest! {
 
     #[test]
     fn partition_over_the_store_equals_the_simulator(ops in arb_ops(), (s, budget) in settings()) {
-        check(common::definitions(&common::SEEDS), &ops, s, budget)?;
+        check(crate::common::definitions(&crate::common::SEEDS), &ops, s, budget)?;
     }
 }
 
 #[test]
 fn a_far_wait_set_in_the_running_batch_fires_after_a_restart() {
-    let defs = common::definitions(&["config/winback-90d.toml"]);
+    let defs = crate::common::definitions(&["config/winback-90d.toml"]);
     let dir = tempfile::tempdir().unwrap();
     let s = PartitionSettings {
         timer_horizon_ms: DAY,

@@ -2,13 +2,11 @@
 //! from nothing equals `simulate` per partition, twice byte for byte, without
 //! touching the live output topics; a malformed record is reported by offset.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::kafka::{self, Topics, assert_same};
-use common::{SEEDS, definitions};
+use crate::common::kafka::{self, Topics, assert_same};
+use crate::common::{SEEDS, definitions};
 use winback::domain::Timestamp;
 
 const PARTITIONS: i32 = 3;

@@ -7,13 +7,11 @@
 //! partition, which the single-process tests hold the runtime to), and no
 //! coupon code may be handed out twice across processes.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::kafka::{self, Topics, assert_same};
-use common::{SEEDS, definitions};
+use crate::common::kafka::{self, Topics, assert_same};
+use crate::common::{SEEDS, definitions};
 use winback::domain::Timestamp;
 
 const PARTITIONS: i32 = 6;
@@ -52,6 +50,7 @@ fn spawn(config: &std::path::Path, log: &std::path::Path) -> kafka::Proc {
 }
 
 fn group_of(processes: usize, seed: u64, kill: bool) {
+    let _alone = crate::common::kafka::exclusive();
     let defs = definitions(&SEEDS);
     let topics = Topics::fresh();
     topics.create(PARTITIONS);
@@ -72,34 +71,25 @@ fn group_of(processes: usize, seed: u64, kill: bool) {
         let state = dir.path().join(format!("state-{i}"));
         std::fs::write(
             &config,
-            // noida-db ends a rebalance round that waits on a member that
-            // never rejoins only after the rebalance timeout (Kafka: after
-            // its session timeout), and expires a member whose JoinGroup
-            // waited longer than its session timeout: equal, so that only
-            // a round that timed out costs a member its place.
             topics.config_text(
                 &kafka::brokers(),
                 &state,
                 &SEEDS,
-                &format!(
-                    "[kafka]\n\"session.timeout.ms\" = 15000\n\"max.poll.interval.ms\" = 15000\n{}",
-                    if debug() {
-                        "\"debug\" = \"cgrp\"\n"
-                    } else {
-                        ""
-                    }
-                ),
+                if debug() {
+                    "[kafka]\n\"debug\" = \"cgrp\"\n"
+                } else {
+                    ""
+                },
             ),
         )
         .unwrap();
         let log = dir.path().join(format!("p{i}.log"));
         children.push((spawn(&config, &log), log));
-        // One member joins at a time. Started together, they race noida-db's
-        // group coordinator into handing a partition to two members at once
-        // (docs/operations.md, "Test broker notes"): Kafka fences the stale
-        // one's transactional offset commits by generation, noida-db does
-        // not, and both commit the same input's transitions.
-        wait_assigned(&children[i].1);
+    }
+    // Started together: their joins race each other through several
+    // rebalance rounds, each a revoke-commit-assign-restore.
+    for (_, log) in &children {
+        wait_assigned(log);
     }
     let mut killed = Vec::new();
     if kill {
@@ -109,11 +99,11 @@ fn group_of(processes: usize, seed: u64, kill: bool) {
         victim.kill().expect("SIGKILL");
         victim.wait().expect("reaped");
         killed.push(log);
-        // Its machine is replaced: same config, empty disk. (noida-db never
-        // expires a dead member of a stable group, so the survivors would
-        // wait for it forever; Kafka hands its partitions to them after its
-        // session timeout, through the same revoke/assign/restore path the
-        // joins above take.)
+        // Its machine is replaced: same config, empty disk. The static member
+        // id takes the dead one's place (and partitions) without a rebalance
+        // if it comes within the session timeout; otherwise the survivors
+        // took them, and its join moves some back. Either way partitions are
+        // restored from the changelog into an empty store.
         let i = processes - 1;
         std::fs::remove_dir_all(dir.path().join(format!("state-{i}"))).unwrap();
         let log = dir.path().join(format!("p{i}-replacement.log"));
