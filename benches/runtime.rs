@@ -104,7 +104,17 @@ fn rss() -> (u64, u64) {
 
 /// CPU time of this process so far (all threads), in seconds.
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_seconds_of("self")
+}
+
+/// CPU time of the broker process so far (`WINBACK_TEST_BROKER_PID`, set by
+/// `deploy/dev-kafka/with-kafka.sh`), in seconds; 0 when unknown.
+fn broker_cpu_seconds() -> f64 {
+    std::env::var("WINBACK_TEST_BROKER_PID").map_or(0.0, |pid| cpu_seconds_of(&pid))
+}
+
+fn cpu_seconds_of(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which is in parentheses).
     let rest = stat.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -202,16 +212,7 @@ fn produce(bs: &str, topic: &str, lines: impl Iterator<Item = (String, String)>)
     let start = Instant::now();
     let mut n = 0u64;
     for (key, value) in lines {
-        let mut rec = BaseRecord::to(topic).key(&key).payload(&value);
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    rec = r;
-                    p.poll(Duration::from_millis(5));
-                }
-            }
-        }
+        send_waiting(&p, topic, &key, &value);
         n += 1;
         if n.is_multiple_of(10_000) {
             p.poll(Duration::ZERO);
@@ -304,16 +305,19 @@ fn catchup(bs: &str) {
     println!("catchup: raw consume (same client, same settings): {raw:.0} records/s");
     let clock = Arc::new(ManualClock::new(Timestamp(0)));
     let cpu0 = cpu_seconds();
+    let broker0 = broker_cpu_seconds();
     let (stats, stop, h) = start_engine(cfg, bs, clock);
     let start = Instant::now();
     caught_up(&stats, n, Duration::from_secs(3600));
     let took = start.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
+    let broker = broker_cpu_seconds() - broker0;
     let rate = n as f64 / took;
     let (rss, hwm) = rss();
     println!(
-        "catchup: CPU of the winback process (all threads): {cpu:.1} s, {:.1} µs per event",
-        cpu * 1e6 / n as f64
+        "catchup: CPU of the winback process (all threads): {cpu:.1} s, {:.1} µs per event; of the broker: {broker:.1} s ({:.0}% of the 2 cores' time together)",
+        cpu * 1e6 / n as f64,
+        (cpu + broker) * 100.0 / (2.0 * took)
     );
     println!(
         "catchup: of which waiting for acknowledgements {:.1} s, writing the store {:.1} s, {} batches",
@@ -511,6 +515,7 @@ fn storm(bs: &str) {
     let want = before + 2 * n;
     clock.set(Timestamp(T0 + 90 * DAY + minute));
     let cpu0 = cpu_seconds();
+    let broker0 = broker_cpu_seconds();
     let start = Instant::now();
     wait_until("storm", Duration::from_secs(1800), || {
         stats.transitions.load(Ordering::Acquire) >= want
@@ -521,9 +526,10 @@ fn storm(bs: &str) {
     });
     let took = start.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
+    let broker = broker_cpu_seconds() - broker0;
     let (rss, hwm) = rss();
     println!(
-        "storm: CPU of the winback process (all threads): {cpu:.1} s, {:.1} µs per wait; acknowledgement wait {:.1} s in all",
+        "storm: CPU of the winback process (all threads): {cpu:.1} s, {:.1} µs per wait; of the broker: {broker:.1} s; acknowledgement wait {:.1} s in all",
         cpu * 1e6 / n as f64,
         stats.ack_wait_us.load(Ordering::Acquire) as f64 / 1e6
     );
@@ -716,6 +722,26 @@ fn restore(bs: &str) {
     );
 }
 
+/// Sends one record, waiting while the local queue is full.
+fn send_waiting(p: &BaseProducer, topic: &str, key: &str, value: &str) {
+    let mut rec = BaseRecord::to(topic).key(key).payload(value);
+    loop {
+        match p.send(rec) {
+            Ok(()) => break,
+            Err((_, r)) => {
+                rec = r;
+                p.poll(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+/// Sends one record at once (delivery reports served as it goes).
+fn send_paced(p: &BaseProducer, topic: &str, key: &str, value: &str) {
+    send_waiting(p, topic, key, value);
+    p.poll(Duration::ZERO);
+}
+
 /// Latency from a purchase's arrival to its `entered` transition being
 /// committed (visible to a `read_committed` reader), at a steady input rate.
 fn latency(bs: &str) {
@@ -735,7 +761,33 @@ fn latency(bs: &str) {
     let (stats, stop, h) = start_engine(cfg, bs, clock);
     // Joined and assigned before the clock starts.
     std::thread::sleep(Duration::from_secs(5));
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bs)
+        .set("linger.ms", "1")
+        .create()
+        .expect("producer");
+    // The same load, unmeasured, first: a broker just started spends its
+    // first seconds compiling its hot paths (measured: 1.2 cores of broker
+    // CPU in a 20 s run from a cold start).
+    let warmup = env_usize("WINBACK_BENCH_WARMUP", 10) as u64;
+    let start = Instant::now();
+    for i in 0..rate * warmup {
+        let due = Duration::from_micros(i * 1_000_000 / rate);
+        let now = start.elapsed();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let key = format!("w{i:08}");
+        let value = purchase(i, T0 + i as i64 * 1000, i)
+            .replace("\"contact_id\":\"c", "\"contact_id\":\"w");
+        send_paced(&p, &tp.input, &key, &value);
+    }
+    p.flush(Duration::from_secs(60)).expect("produced");
+    wait_until("warm-up", Duration::from_secs(120), || {
+        stats.events_written.load(Ordering::Acquire) >= rate * warmup
+    });
     let origin = Instant::now();
+    let (cpu0, broker0) = (cpu_seconds(), broker_cpu_seconds());
     let sent: Arc<Vec<std::sync::atomic::AtomicU64>> = Arc::new(
         (0..n)
             .map(|_| std::sync::atomic::AtomicU64::new(0))
@@ -765,7 +817,7 @@ fn latency(bs: &str) {
             while (lat.len() as u64) < n && Instant::now() < deadline {
                 if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
                     let ty = winback::sink::header(&m, winback::sink::HEADER_TYPE);
-                    if ty != Some("entered") {
+                    if ty != Some("entered") || !m.key().is_some_and(|k| k.starts_with(b"c")) {
                         continue;
                     }
                     let seen = origin.elapsed().as_micros() as u64;
@@ -780,11 +832,6 @@ fn latency(bs: &str) {
             lat
         })
     };
-    let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bs)
-        .set("linger.ms", "1")
-        .create()
-        .expect("producer");
     for i in 0..n {
         // Paced: event i leaves at i / rate seconds.
         let due = Duration::from_micros(i * 1_000_000 / rate);
@@ -795,20 +842,16 @@ fn latency(bs: &str) {
         let key = format!("c{i:08}");
         let value = purchase(i, T0 + i as i64 * 1000, i);
         sent[i as usize].store(origin.elapsed().as_micros() as u64, Ordering::Release);
-        let mut rec = BaseRecord::to(&tp.input).key(&key).payload(&value);
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    rec = r;
-                    p.poll(Duration::from_millis(1));
-                }
-            }
-        }
-        p.poll(Duration::ZERO);
+        send_paced(&p, &tp.input, &key, &value);
     }
     p.flush(Duration::from_secs(60)).expect("produced");
     let mut lat = reader.join().expect("reader");
+    let wall = origin.elapsed().as_secs_f64();
+    let (cpu, broker) = (cpu_seconds() - cpu0, broker_cpu_seconds() - broker0);
+    println!(
+        "latency: CPU over the {wall:.1} s: this process (engine, load generator and reader) {cpu:.1} s, the broker {broker:.1} s: {:.0}% of the 2 cores",
+        (cpu + broker) * 100.0 / (2.0 * wall)
+    );
     stop.store(true, Ordering::Release);
     h.join().expect("engine thread");
     lat.sort_unstable();

@@ -38,9 +38,10 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
+# Replaces the (sub)shell it runs in with the JVM: called as `( java_cmd ... ) &`,
+# $! is the broker's own PID, which `stop` signals.
 java_cmd() {
-  command -v java >/dev/null 2>&1 || die "Java 17 or newer is needed to run the broker"
-  java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \
+  exec java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$dir/log4j2.properties" \
     -cp "$libs/*" "$@"
 }
@@ -53,6 +54,7 @@ start() {
     die "a broker already runs from $dir (pid $(cat "$dir/pid"))"
   fi
   fetch_jars
+  command -v java >/dev/null 2>&1 || die "Java 17 or newer is needed to run the broker"
   port="${WINBACK_KAFKA_PORT:-$(free_port)}"
   cport="$(free_port)"
   while [ "$cport" = "$port" ]; do cport="$(free_port)"; done
@@ -94,10 +96,11 @@ logger.state.name=state.change.logger
 logger.state.level=WARN
 EOF
   : >"$dir/broker.log"
-  java_cmd kafka.tools.StorageTool format --config "$dir/server.properties" \
-    --cluster-id "$(python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')" \
-    --ignore-formatted >"$dir/format.log" 2>&1 || { cat "$dir/format.log" >&2; die "formatting $dir failed"; }
-  java_cmd kafka.Kafka "$dir/server.properties" >"$dir/stdout.log" 2>&1 &
+  cluster_id="$(python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')"
+  (java_cmd kafka.tools.StorageTool format --config "$dir/server.properties" \
+    --cluster-id "$cluster_id" --ignore-formatted) >"$dir/format.log" 2>&1 ||
+    { cat "$dir/format.log" >&2; die "formatting $dir failed"; }
+  (java_cmd kafka.Kafka "$dir/server.properties") >"$dir/stdout.log" 2>&1 &
   echo $! >"$dir/pid"
   for _ in $(seq 1 600); do
     if ! kill -0 "$(cat "$dir/pid")" 2>/dev/null; then

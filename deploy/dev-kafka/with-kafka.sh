@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs a command with a fresh single-node Apache Kafka (kafka.sh beside this
 # file) in a temporary directory, its address in WINBACK_TEST_BROKERS, and
-# stops the broker by its PID when the command ends, whatever its outcome:
+# stops the broker by its PID when the command ends, whatever its outcome
+# (its PID is in WINBACK_TEST_BROKER_PID meanwhile):
 #
 #   deploy/dev-kafka/with-kafka.sh cargo bench --bench runtime -- catchup
 #
@@ -18,6 +19,8 @@ cleanup() {
 }
 trap cleanup EXIT
 WINBACK_TEST_BROKERS=$("$here/kafka.sh" start "$broker_dir")
-export WINBACK_TEST_BROKERS
+# The benchmarks read the broker's CPU time from /proc with it.
+WINBACK_TEST_BROKER_PID=$(cat "$broker_dir/pid")
+export WINBACK_TEST_BROKERS WINBACK_TEST_BROKER_PID
 echo "== broker: Apache Kafka on $WINBACK_TEST_BROKERS" >&2
 "$@"

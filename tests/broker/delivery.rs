@@ -285,8 +285,15 @@ fn restored_coupon_progress_refuses_changed_codes_pools_and_partition_counts() {
     let restart = |defs: Arc<Definitions>| {
         std::fs::remove_dir_all(&state).ok();
         let run = Running::start(topics.config(&state, &SEEDS, ""), defs, STILL);
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while !run.finished() && std::time::Instant::now() < deadline {
+        // Until it stops on its own, or its restore (which checks the coupon
+        // progress as it applies it) is through.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let restored = || {
+            run.stats
+                .restored_records
+                .load(std::sync::atomic::Ordering::Acquire)
+        };
+        while !run.finished() && restored() == 0 && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
         run.stop_result()

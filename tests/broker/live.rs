@@ -1,6 +1,6 @@
 //! `winback run` against Apache Kafka (the one `tests/run.sh` starts), each
-//! test with fresh random
-//! topic and group names. The wall clock is injected: no test sleeps for a wait.
+//! test with fresh random topic and group names. The wall clock is injected:
+//! no test sleeps for a wait.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -11,11 +11,6 @@ use crate::common::{SEEDS, definitions};
 use winback::domain::Timestamp;
 
 const T: Duration = Duration::from_secs(60);
-
-fn sorted(mut v: Vec<String>) -> Vec<String> {
-    v.sort();
-    v
-}
 
 fn until() -> Timestamp {
     Timestamp::parse_rfc3339("2026-12-31T00:00:00Z").unwrap()
@@ -55,9 +50,7 @@ fn seeds_through_kafka_give_the_transitions_of_simulate() {
     run.wait_events(lines.len() as u64, T);
     // Caught up and idle: the wall clock takes the partition to `until`.
     run.clock.set(until());
-    let got = kafka::read(&topics.transitions, expected.len(), T);
-    run.stop();
-    assert_same(&kafka::as_json(&got), &expected);
+    kafka::stop_and_compare(&topics.transitions, &expected, T, || run.stop());
 
     // The sends topic carries exactly the send transitions.
     let sends = kafka::as_json(&kafka::read(
@@ -89,9 +82,7 @@ fn several_partitions_give_the_transitions_of_simulate() {
     let run = Running::start(cfg, defs, STILL);
     run.wait_events(lines.len() as u64, T);
     run.clock.set(until());
-    let got = kafka::read(&topics.transitions, expected.len(), T);
-    run.stop();
-    assert_same(&kafka::as_json(&got), &expected);
+    kafka::stop_and_compare(&topics.transitions, &expected, T, || run.stop());
 }
 
 #[test]
@@ -173,12 +164,9 @@ fn malformed_records_land_in_the_dead_letter_topic_with_their_reason() {
         records.len() as u64
     );
     run.clock.set(until());
-    let got = kafka::read(&topics.transitions, expected.len(), T);
-    run.stop();
-    assert_eq!(sorted(kafka::as_json(&got)), sorted(expected));
+    kafka::stop_and_compare(&topics.transitions, &expected, T, || run.stop());
 
-    let dlq = kafka::read(&topics.dead_letters, bad.len(), T);
-    assert_eq!(dlq.len(), bad.len());
+    let dlq = kafka::read_exactly(&topics.dead_letters, bad.len(), T);
     for (rec, (key, value, reason)) in dlq.iter().zip(&bad) {
         assert_eq!(rec.headers["winback.dlq.topic"], topics.input);
         assert_eq!(rec.headers["winback.dlq.partition"], "0");

@@ -79,8 +79,8 @@ fn reprocessing_twice_gives_byte_identical_output_and_leaves_live_topics_alone()
     let got: Vec<String> = text.lines().map(str::to_string).collect();
     assert_same(&got, &expected);
 
-    let a = kafka::read_until(&out1, expected.len(), Duration::from_secs(60));
-    let b = kafka::read_until(&out2, expected.len(), Duration::from_secs(60));
+    let a = kafka::read_exactly(&out1, expected.len(), Duration::from_secs(60));
+    let b = kafka::read_exactly(&out2, expected.len(), Duration::from_secs(60));
     let bytes = |r: &[kafka::Read]| {
         let mut v: Vec<(Option<Vec<u8>>, Vec<u8>)> =
             r.iter().map(|r| (r.key.clone(), r.value.clone())).collect();
