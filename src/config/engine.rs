@@ -836,6 +836,28 @@ mod tests {
     }
 
     #[test]
+    fn the_embedded_broker_defaults_to_at_least_once_and_positions_stop_by_default() {
+        let embedded = parse("conversations = [\"a.toml\"]\n", &[]).unwrap();
+        assert_eq!(embedded.guarantee, Guarantee::AtLeastOnce);
+        assert_eq!(embedded.offset_out_of_range, OffsetOutOfRange::Stop);
+        let named = "conversations = [\"a.toml\"]\n[broker]\nbootstrap_servers = \"k:9092\"\n";
+        assert_eq!(parse(named, &[]).unwrap().guarantee, Guarantee::ExactlyOnce);
+        let told = "conversations = [\"a.toml\"]\n[processing]\nguarantee = \"exactly_once\"\noffset_out_of_range = \"earliest\"\n";
+        let c = parse(told, &[]).unwrap();
+        assert_eq!(
+            (c.guarantee, c.offset_out_of_range),
+            (Guarantee::ExactlyOnce, OffsetOutOfRange::Earliest)
+        );
+        let errs =
+            errors("conversations = [\"a.toml\"]\n[processing]\noffset_out_of_range = \"skip\"\n");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].contains("processing.offset_out_of_range: \"skip\": expected"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
     fn environment_overrides_brokers_and_carries_secrets() {
         let c = parse(
             "conversations = [\"a.toml\"]\n[broker]\nbootstrap_servers = \"file:9092\"\n[kafka]\n\"security.protocol\" = \"sasl_ssl\"\n",
