@@ -12,9 +12,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use super::RuntimeError;
 use crate::config::engine::EngineConfig;
 
-/// Runs an admin future to completion from the blocking thread `run` works
-/// on (inside the CLI's runtime, or on a plain thread in tests).
-fn block_on<F: Future>(f: F) -> Result<F::Output, String> {
+/// Runs an admin future to completion from a blocking thread: inside the
+/// CLI's runtime (where `run` works), or on a plain thread.
+pub(crate) fn block_on<F: Future>(f: F) -> Result<F::Output, String> {
     match tokio::runtime::Handle::try_current() {
         Ok(h) => Ok(h.block_on(f)),
         Err(_) => tokio::runtime::Builder::new_current_thread()

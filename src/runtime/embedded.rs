@@ -88,20 +88,14 @@ pub fn create_topics(
             }
         })
         .collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| EmbeddedError::Topic {
-            topic: String::new(),
-            reason: e.to_string(),
-        })?;
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = rt
-        .block_on(admin.create_topics(&topics, &opts))
-        .map_err(|e| EmbeddedError::Topic {
-            topic: names.join(","),
-            reason: e.to_string(),
-        })?;
+    let failed = |reason: String| EmbeddedError::Topic {
+        topic: names.join(","),
+        reason,
+    };
+    let results = super::checks::block_on(admin.create_topics(&topics, &opts))
+        .map_err(failed)?
+        .map_err(|e| failed(e.to_string()))?;
     for r in results {
         match r {
             Ok(_) => {}

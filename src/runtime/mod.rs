@@ -858,12 +858,7 @@ impl Loop {
         let ids: Vec<u32> = self.parts.keys().copied().collect();
         for id in ids {
             for input in self.cfg.inputs.clone() {
-                let memory = self
-                    .positions
-                    .lock()
-                    .ok()
-                    .and_then(|p| p.get(&(input.topic.clone(), id as i32)).copied());
-                let Some(next) = memory.or(self.store.offset(id, &input.topic)?) else {
+                let Some(next) = self.position(id, &input.topic)? else {
                     continue;
                 };
                 let ctx = self.consumer.context();
@@ -872,6 +867,20 @@ impl Loop {
             }
         }
         Ok(())
+    }
+
+    /// The next offset to fold of `topic`'s partition `id`: in memory if this
+    /// run moved it, else as stored; None if it was never read.
+    fn position(&self, id: u32, topic: &str) -> Result<Option<i64>, RuntimeError> {
+        let memory = self
+            .positions
+            .lock()
+            .ok()
+            .and_then(|p| p.get(&(topic.to_string(), id as i32)).copied());
+        match memory {
+            Some(n) => Ok(Some(n)),
+            None => Ok(self.store.offset(id, topic)?),
+        }
     }
 
     /// Pauses or resumes fetching of every assigned partition.
@@ -976,8 +985,10 @@ impl Loop {
             .filter(|p| !busy.contains(p))
             .collect();
         let mut all = busy.is_empty();
+        // One local call for every partition's fetch position.
+        let fetched = self.consumer.position().ok();
         for id in ids {
-            if !self.caught_up(id)? {
+            if !self.caught_up(id, fetched.as_ref())? {
                 all = false;
                 continue;
             }
@@ -1003,8 +1014,11 @@ impl Loop {
     /// the consumer's own position, which steps over the commit and abort
     /// markers of transactional producers upstream. The last folded offset
     /// alone stays one short of the end behind each marker, forever.
-    fn caught_up(&self, id: u32) -> Result<bool, RuntimeError> {
-        let fetched = self.consumer.position().ok();
+    fn caught_up(
+        &self,
+        id: u32,
+        fetched: Option<&TopicPartitionList>,
+    ) -> Result<bool, RuntimeError> {
         for input in &self.cfg.inputs {
             let (low, high) = match self.consumer.fetch_watermarks(
                 &input.topic,
@@ -1017,17 +1031,8 @@ impl Loop {
                     return Ok(false);
                 }
             };
-            let memory = self
-                .positions
-                .lock()
-                .ok()
-                .and_then(|p| p.get(&(input.topic.clone(), id as i32)).copied());
-            let folded = match memory {
-                Some(n) => n,
-                None => self.store.offset(id, &input.topic)?.unwrap_or(low),
-            };
+            let folded = self.position(id, &input.topic)?.unwrap_or(low);
             let stepped = fetched
-                .as_ref()
                 .and_then(|f| f.find_partition(&input.topic, id as i32))
                 .and_then(|e| match e.offset() {
                     Offset::Offset(o) => Some(o),
@@ -1159,14 +1164,9 @@ impl Loop {
     /// long pause) from committing anything.
     fn group_offsets(&self) -> Result<TopicPartitionList, RuntimeError> {
         let mut tpl = TopicPartitionList::new();
-        let pos = self.positions.lock().map(|p| p.clone()).unwrap_or_default();
         for &id in self.parts.keys() {
             for input in &self.cfg.inputs {
-                let next = match pos.get(&(input.topic.clone(), id as i32)) {
-                    Some(&n) => Some(n),
-                    None => self.store.offset(id, &input.topic)?,
-                };
-                if let Some(next) = next {
+                if let Some(next) = self.position(id, &input.topic)? {
                     tpl.add_partition_offset(&input.topic, id as i32, Offset::Offset(next))
                         .map_err(kafka("input offsets for the transaction"))?;
                 }

@@ -83,6 +83,9 @@ pub fn restore_partition(
         .assign(&tpl)
         .map_err(kafka(format!("assign {topic}[{partition}]")))?;
 
+    // The count the coupon pools are split by now, against each partition
+    // record's (set by `run` and `rebuild` before any restore).
+    let partitions = store.partitions()?;
     let mut pos = from.unwrap_or(0);
     let mut records = 0u64;
     // States written by the running batch, not yet readable from the store.
@@ -125,7 +128,7 @@ pub fn restore_partition(
             // The coupon progress is trusted only for the pools and the split
             // it was made with: with an empty store this is the only check
             // between a changed codes file and codes handed out twice.
-            if let Some(n) = store.partitions()?
+            if let Some(n) = partitions
                 && let Some(why) = changelog::coupon_problem(defs, partition, n, &st)
             {
                 return Err(bad(why));
