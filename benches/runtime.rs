@@ -513,7 +513,7 @@ fn storm(bs: &str) {
     let before = stats.transitions.load(Ordering::Acquire);
     // Each fired wait sends and exits: two transitions (and the send record).
     let want = before + 2 * n;
-    clock.set(Timestamp(T0 + 90 * DAY + minute));
+    common::kafka::advance_wall(&clock, &stats, Timestamp(T0 + 90 * DAY + minute));
     let cpu0 = cpu_seconds();
     let broker0 = broker_cpu_seconds();
     let start = Instant::now();

@@ -27,6 +27,12 @@ pub enum CliError {
     },
     #[error("--until {value:?}: {reason}")]
     Until { value: String, reason: String },
+    #[error("{flag} {value:?}: {reason}")]
+    Flag {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error("Kafka: {0}")]
     Kafka(String),
     #[error("runtime: {0}")]

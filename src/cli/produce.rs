@@ -108,6 +108,11 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     let bootstrap = super::run::client_bootstrap(&cfg);
     let mut conf = crate::source::client_config(&cfg, &bootstrap);
     conf.set("enable.idempotence", "true");
+    // Kafka's Java producer's rule, which winback checks records against
+    // (README, "Input"); librdkafka's default hashes keys another way.
+    if !cfg.kafka.contains_key("partitioner") {
+        conf.set("partitioner", "murmur2_random");
+    }
     if !cfg.kafka.contains_key("allow.auto.create.topics") {
         conf.set("allow.auto.create.topics", "false");
     }

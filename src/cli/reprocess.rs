@@ -291,7 +291,17 @@ fn read_partition(
                     }
                     Some(Ok(m)) => {
                         summary.lines += 1;
-                        match crate::source::decode(input.format, m.payload()) {
+                        let checked =
+                            crate::source::decode(input.format, m.payload()).and_then(|ev| {
+                                crate::source::check_record(
+                                    &ev,
+                                    m.key(),
+                                    m.timestamp().to_millis(),
+                                    cfg.time.max_future_skew,
+                                )
+                                .map(|()| ev)
+                            });
+                        match checked {
                             Ok(ev) => events.push(ev),
                             Err(r) => {
                                 summary.malformed += 1;
@@ -356,7 +366,12 @@ fn process(
     .map_err(|e| err(e.to_string()))?;
     let mut unlimited = usize::MAX;
     for (i, ev) in events.iter().enumerate() {
-        match part.feed(store, ev, out, &mut unlimited) {
+        let late = part.clock().is_some_and(|c| ev.occurred_at < c);
+        let fed = part.feed(store, ev, out, &mut unlimited);
+        if late && matches!(fed, Ok(Fed::Folded(_))) {
+            summary.late += 1;
+        }
+        match fed {
             Ok(Fed::Folded(Folded::Applied)) => summary.folded += 1,
             Ok(Fed::Folded(Folded::Unrouted)) => {
                 summary.folded += 1;

@@ -99,8 +99,10 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
 
 fn summary(s: &RunStats) -> String {
     format!(
-        "{} event(s), {} transition(s), {} dead letter(s), {} batch(es) written",
+        "{} event(s) ({} late, {} misrouted), {} transition(s), {} dead letter(s), {} batch(es) written",
         s.events.load(Ordering::Relaxed),
+        s.late_events.load(Ordering::Relaxed),
+        s.misrouted.load(Ordering::Relaxed),
         s.transitions.load(Ordering::Relaxed),
         s.dead_letters.load(Ordering::Relaxed),
         s.batches.load(Ordering::Relaxed)

@@ -35,6 +35,11 @@ pub struct Args {
     /// Stop at the first malformed event line instead of reporting and skipping it.
     #[arg(long)]
     pub strict: bool,
+    /// A line stamped more than this after `--until` (without `--until`:
+    /// after the wall clock when simulate starts) is reported and skipped,
+    /// as `run` dead-letters an event stamped this far after its record.
+    #[arg(long, default_value = "1h")]
+    pub max_future_skew: String,
     #[arg(long, value_enum, default_value_t = Format::Json)]
     pub format: Format,
 }
@@ -46,6 +51,8 @@ pub(super) struct Summary {
     pub folded: u64,
     pub duplicates: u64,
     pub malformed: u64,
+    /// Folded with an `occurred_at` before the clock.
+    pub late: u64,
     /// Event names no definition uses, with their counts: a misspelt event
     /// name shows up here instead of silently entering nobody.
     pub unrouted: BTreeMap<String, u64>,
@@ -69,6 +76,7 @@ impl Summary {
             "events: {} line(s), {} folded, {} duplicate(s) ignored, {} malformed skipped",
             self.lines, self.folded, self.duplicates, self.malformed
         );
+        eprintln!("late events (before the clock when folded): {}", self.late);
         if !self.unrouted.is_empty() {
             let names: Vec<String> = self
                 .unrouted
@@ -108,6 +116,17 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
         ),
         None => None,
     };
+    let skew = crate::domain::time::Duration::parse(&args.max_future_skew).map_err(|reason| {
+        CliError::Flag {
+            flag: "--max-future-skew",
+            value: args.max_future_skew.clone(),
+            reason,
+        }
+    })?;
+    // A line has no record timestamp: `--until` stands for the time the
+    // events were produced, else now.
+    let reference = until.unwrap_or_else(|| Timestamp(chrono::Utc::now().timestamp_millis()));
+    let latest = reference.saturating_add(skew);
     let Some(loaded) = super::load_definitions(&args.config) else {
         return Ok(ExitCode::from(1));
     };
@@ -207,11 +226,17 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
             lineno = n;
             summary.lines += 1;
             match wire::json::decode_event(&line) {
+                Ok(ev) if ev.occurred_at > latest => {
+                    bad = Some(format!(
+                        "occurred_at {} is more than {skew} after {reference} (--max-future-skew): skipped, as `run` dead-letters it",
+                        ev.occurred_at
+                    ));
+                }
                 Ok(ev) => {
                     pending.push(ev);
                     linenos.push(lineno);
                 }
-                Err(reason) => bad = Some(reason),
+                Err(reason) => bad = Some(reason.to_string()),
             }
         }
         let mut go_on = true;
@@ -249,6 +274,7 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
         emit(&mut batch, &mut out, &mut summary)?;
     }
     out.flush().map_err(write_err)?;
+    summary.late = sim.late_events();
     summary.print(sim.clock());
     Ok(ExitCode::SUCCESS)
 }

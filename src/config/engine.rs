@@ -10,6 +10,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::diagnostic::{Diagnostic, Severity, Source};
+use crate::domain::time::{Duration, HOUR_MS, MINUTE_MS, SECOND_MS};
 
 pub const DEFAULT_GROUP_ID: &str = "winback";
 pub const DEFAULT_EMBEDDED_LISTEN: &str = "127.0.0.1:9092";
@@ -25,6 +26,11 @@ pub const DEFAULT_MAX_BATCH_EVENTS: usize = 20_000;
 pub const DEFAULT_MAX_BATCH_TIMERS: usize = 100_000;
 pub const DEFAULT_TIMER_HORIZON_MS: i64 = 60 * 60 * 1000;
 pub const DEFAULT_EMBEDDED_PARTITIONS: i32 = 4;
+/// See [`TimeRules`]; README, "Engine config", and docs/semantics.md, "Time".
+pub const DEFAULT_QUIET_PERIOD: Duration = Duration(10 * SECOND_MS);
+pub const DEFAULT_ALLOWED_LATENESS: Duration = Duration(5 * MINUTE_MS);
+pub const DEFAULT_MAX_FUTURE_SKEW: Duration = Duration(HOUR_MS);
+pub const DEFAULT_MERGE_WAIT: Duration = Duration(5 * SECOND_MS);
 
 /// `WINBACK_BOOTSTRAP_SERVERS` overrides `broker.bootstrap_servers`.
 pub const ENV_BOOTSTRAP: &str = "WINBACK_BOOTSTRAP_SERVERS";
@@ -106,6 +112,41 @@ struct RawProcessing {
     guarantee: Option<Spanned<String>>,
     instance_id: Option<Spanned<String>>,
     offset_out_of_range: Option<Spanned<String>>,
+    quiet_period: Option<Spanned<String>>,
+    allowed_lateness: Option<Spanned<String>>,
+    max_future_skew: Option<Spanned<String>>,
+    merge_wait: Option<Spanned<String>>,
+}
+
+/// How the wall clock and the records' timestamps bear on event time
+/// (docs/semantics.md, "Time in `run`").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeRules {
+    /// A partition read to its end must have had no input for this long
+    /// (by the wall clock) before the wall clock may move its clock.
+    pub quiet_period: Duration,
+    /// The wall clock moves a quiet partition's clock only to the wall clock
+    /// minus this: input stamped up to this long before it arrives is
+    /// folded as `simulate` folds it.
+    pub allowed_lateness: Duration,
+    /// An event stamped more than this after its record's timestamp is
+    /// dead-lettered: it would move its partition's clock into the future.
+    pub max_future_skew: Duration,
+    /// How long a partition's merge of its input topics waits for a topic
+    /// that has nothing buffered, read to its end, before folding the
+    /// others' records without it.
+    pub merge_wait: Duration,
+}
+
+impl Default for TimeRules {
+    fn default() -> Self {
+        TimeRules {
+            quiet_period: DEFAULT_QUIET_PERIOD,
+            allowed_lateness: DEFAULT_ALLOWED_LATENESS,
+            max_future_skew: DEFAULT_MAX_FUTURE_SKEW,
+            merge_wait: DEFAULT_MERGE_WAIT,
+        }
+    }
 }
 
 /// What a crash may do to the output.
@@ -240,6 +281,7 @@ pub struct EngineConfig {
     pub guarantee: Guarantee,
     /// A stored input position outside the log.
     pub offset_out_of_range: OffsetOutOfRange,
+    pub time: TimeRules,
     /// Names this process across restarts (its transactional id): a restarted
     /// process fences its predecessor's unfinished transaction at once.
     /// Default: derived from the group, the host name and the state directory.
@@ -579,6 +621,57 @@ pub fn parse_engine(
         ],
     )
     .unwrap_or(OffsetOutOfRange::Stop);
+    let mut span = |v: Option<&Spanned<String>>, field: &str, default: Duration, max: Duration| {
+        let Some(v) = v else { return default };
+        match Duration::parse(v.get_ref()) {
+            Ok(d) if d <= max => d,
+            Ok(d) => {
+                diags.push(src.diag(
+                    Severity::Error,
+                    Some(v.span()),
+                    format!("processing.{field}"),
+                    format!("{d} is longer than {max}, the most accepted"),
+                ));
+                default
+            }
+            Err(e) => {
+                diags.push(src.diag(
+                    Severity::Error,
+                    Some(v.span()),
+                    format!("processing.{field}"),
+                    e,
+                ));
+                default
+            }
+        }
+    };
+    let day = Duration(24 * HOUR_MS);
+    let time = TimeRules {
+        quiet_period: span(
+            proc_.and_then(|p| p.quiet_period.as_ref()),
+            "quiet_period",
+            DEFAULT_QUIET_PERIOD,
+            day,
+        ),
+        allowed_lateness: span(
+            proc_.and_then(|p| p.allowed_lateness.as_ref()),
+            "allowed_lateness",
+            DEFAULT_ALLOWED_LATENESS,
+            Duration(30 * 24 * HOUR_MS),
+        ),
+        max_future_skew: span(
+            proc_.and_then(|p| p.max_future_skew.as_ref()),
+            "max_future_skew",
+            DEFAULT_MAX_FUTURE_SKEW,
+            Duration(365 * 24 * HOUR_MS),
+        ),
+        merge_wait: span(
+            proc_.and_then(|p| p.merge_wait.as_ref()),
+            "merge_wait",
+            DEFAULT_MERGE_WAIT,
+            Duration(10 * MINUTE_MS),
+        ),
+    };
     let mut instance_id = proc_
         .and_then(|p| p.instance_id.as_ref())
         .map(|i| i.get_ref().trim().to_string());
@@ -717,6 +810,7 @@ pub fn parse_engine(
         timer_horizon_ms,
         guarantee,
         offset_out_of_range,
+        time,
         instance_id,
         group_id,
         kafka,
@@ -809,6 +903,32 @@ mod tests {
         assert_eq!(c.outputs.sends, DEFAULT_SENDS_TOPIC);
         assert_eq!(c.commit_interval_ms, DEFAULT_COMMIT_INTERVAL_MS);
         assert_eq!(c.restore_from, RestoreFrom::Start);
+    }
+
+    #[test]
+    fn time_rules_default_and_are_checked_with_their_field() {
+        let c = parse("conversations = [\"a.toml\"]\n", &[]).unwrap();
+        assert_eq!(c.time, TimeRules::default());
+        assert_eq!(c.time.allowed_lateness, Duration(5 * MINUTE_MS));
+        let c = parse(
+            "conversations = [\"a.toml\"]\n[processing]\nquiet_period = \"2s\"\nallowed_lateness = \"0\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.time.quiet_period, Duration(2 * SECOND_MS));
+        assert_eq!(c.time.allowed_lateness, Duration::ZERO);
+        let errs = errors(
+            "conversations = [\"a.toml\"]\n[processing]\nquiet_period = \"soon\"\nmax_future_skew = \"400d\"\n",
+        );
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs[0].contains(":3:16: error: processing.quiet_period: bad duration"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].contains(":4:19: error: processing.max_future_skew: 400d is longer than 365d"),
+            "{errs:?}"
+        );
     }
 
     #[test]

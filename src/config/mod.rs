@@ -345,6 +345,19 @@ fn parse_duration(
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Duration> {
     match Duration::parse(s.get_ref()) {
+        Ok(d) if d > crate::domain::time::MAX_WAIT => {
+            diags.push(src.diag(
+                Severity::Error,
+                Some(s.span()),
+                field,
+                format!(
+                    "{} is longer than {}, the longest duration accepted",
+                    d,
+                    crate::domain::time::MAX_WAIT
+                ),
+            ));
+            None
+        }
         Ok(d) => Some(d),
         Err(e) => {
             diags.push(src.diag(Severity::Error, Some(s.span()), field, e));
@@ -613,6 +626,20 @@ fn compile_conversation(
         }
     }
 
+    if list.is_none()
+        && steps
+            .iter()
+            .any(|s| matches!(s.kind, StepKind::Message { .. }))
+    {
+        // Both seeds begin "ensure you are on your main marketing list": a
+        // conversation without one mails everyone, unsubscribers included.
+        diags.push(src.diag(
+            Severity::Warning,
+            Some(conv.span()),
+            "conversation.list",
+            "this conversation sends messages but names no list: every contact gets them, including those who unsubscribed or never subscribed; name the marketing list (e.g. list = \"master\")",
+        ));
+    }
     if count_errors(diags) > errors_before {
         return None;
     }

@@ -21,6 +21,7 @@ fn messages(r: Result<Loaded, Invalid>) -> Vec<String> {
 const GOOD: &str = r#"
 [conversation]
 name = "Winback"
+list = "master"
 allow_unlimited_entries = true
 
 [[thread]]
@@ -65,7 +66,7 @@ fn unknown_key_is_rejected_with_line() {
     let m = messages(load(&text));
     assert!(
         m.iter()
-            .any(|m| m.starts_with("conv.toml:13:") && m.contains("unknown field `durration`")),
+            .any(|m| m.starts_with("conv.toml:14:") && m.contains("unknown field `durration`")),
         "{m:?}"
     );
 }
@@ -76,7 +77,7 @@ fn dangling_goto_names_file_line_and_field() {
     let m = messages(load(&text));
     assert_eq!(
         m,
-        [r#"conv.toml:28:10: error: thread[1].step[0].target: no step has id "wait-91""#],
+        [r#"conv.toml:29:10: error: thread[1].step[0].target: no step has id "wait-91""#],
         "{m:?}"
     );
 }
@@ -86,7 +87,7 @@ fn bad_duration_is_rejected() {
     let m = messages(load(&GOOD.replace("\"90d\"", "\"90 days\"")));
     assert!(
         m.len() == 1
-            && m[0].contains("conv.toml:13:12: error: thread[0].step[0].duration: bad duration"),
+            && m[0].contains("conv.toml:14:12: error: thread[0].step[0].duration: bad duration"),
         "{m:?}"
     );
 }
@@ -126,6 +127,7 @@ fn x_minus_one_rule_warns() {
     let text = r#"
 [conversation]
 name = "F"
+list = "master"
 [[thread]]
 name = "Filter"
 events = ["checkout"]
@@ -150,6 +152,16 @@ message = "hi"
     assert_eq!(m.len(), 1, "{m:?}");
     assert!(m[0].contains("warning: thread[0].step[1].filter.last_order_before: offset 90d is not one day less than the wait of 90d before it (X-1 = 89d)"), "{m:?}");
     assert!(messages(load(&text.replace("\"90d\" }", "\"89d\" }"))).is_empty());
+}
+
+#[test]
+fn a_conversation_that_sends_without_a_list_warns() {
+    let m = messages(load(&GOOD.replace("list = \"master\"\n", "")));
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert!(
+        m[0].contains("conv.toml:2:1: warning: conversation.list: this conversation sends messages but names no list"),
+        "{m:?}"
+    );
 }
 
 #[test]

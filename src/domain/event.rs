@@ -42,6 +42,8 @@ pub enum EventError {
     NulInContactId,
     #[error("`total` must not be negative")]
     NegativeTotal,
+    #[error("`occurred_at` ({0} ms) is outside the years 0000 to 9999 (UTC)")]
+    TimeOutOfRange(i64),
     #[error("field `{field}` is {len} bytes long; at most {max} are accepted")]
     TooLong {
         field: &'static str,
@@ -81,6 +83,11 @@ impl Event {
         }
         if self.total_cents.is_some_and(|t| t < 0) {
             return Err(EventError::NegativeTotal);
+        }
+        // The decoders accept nothing else; an event built in code is held
+        // to the same bounds (they keep every sum on the way to a timer exact).
+        if !self.occurred_at.accepted() {
+            return Err(EventError::TimeOutOfRange(self.occurred_at.0));
         }
         let fields = [
             ("event_id", Some(&self.event_id), MAX_ID_BYTES),

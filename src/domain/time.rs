@@ -62,8 +62,25 @@ pub const SECOND_MS: i64 = 1_000;
 pub const MINUTE_MS: i64 = 60 * SECOND_MS;
 pub const HOUR_MS: i64 = 60 * MINUTE_MS;
 pub const DAY_MS: i64 = 24 * HOUR_MS;
+/// The longest wait a conversation may define: 100 years.
+pub const MAX_WAIT: Duration = Duration(36_500 * DAY_MS);
 
 impl Timestamp {
+    /// The earliest instant winback accepts anywhere (events, `--until`,
+    /// config): 0000-01-01T00:00:00Z, where RFC 3339 years begin.
+    pub const MIN_ACCEPTED: Timestamp = Timestamp(-62_167_219_200_000);
+    /// The latest: 9999-12-31T23:59:59.999Z, where RFC 3339 years end. Any
+    /// accepted instant plus the longest wait ([`MAX_WAIT`]) and a timer
+    /// horizon stays about 36,000 times its own size away from `i64::MAX`,
+    /// so no sum on the way to a timer saturates and no loop that moves a
+    /// clock towards an instant can fail to reach it.
+    pub const MAX_ACCEPTED: Timestamp = Timestamp(253_402_300_799_999);
+
+    /// Whether an input may carry this instant.
+    pub fn accepted(self) -> bool {
+        (Self::MIN_ACCEPTED..=Self::MAX_ACCEPTED).contains(&self)
+    }
+
     pub fn saturating_add(self, d: Duration) -> Timestamp {
         Timestamp(self.0.saturating_add(d.0))
     }
@@ -78,9 +95,14 @@ impl Timestamp {
         }
     }
     pub fn parse_rfc3339(s: &str) -> Result<Timestamp, String> {
-        chrono::DateTime::parse_from_rfc3339(s)
+        let t = chrono::DateTime::parse_from_rfc3339(s)
             .map(|dt| Timestamp(dt.timestamp_millis()))
-            .map_err(|e| format!("not an RFC 3339 timestamp ({e}): {s:?}"))
+            .map_err(|e| format!("not an RFC 3339 timestamp ({e}): {s:?}"))?;
+        // An offset can carry a year-9999 local time past the end in UTC.
+        if !t.accepted() {
+            return Err(format!("{s:?} is outside the years 0000 to 9999 in UTC"));
+        }
+        Ok(t)
     }
 }
 

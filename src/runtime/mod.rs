@@ -24,6 +24,7 @@
 
 mod checks;
 pub mod embedded;
+mod merge;
 pub mod partition;
 pub mod restore;
 
@@ -43,6 +44,7 @@ use crate::domain::{Definitions, Event, Timestamp, Transition};
 use crate::sink::{OutRecord, Record, Sink, SinkError, TxnOutcome};
 use crate::source;
 use crate::store::rocks::{Store, StoreError};
+use merge::{Buffered, End, Merge};
 use partition::{Fed, Partition, PartitionError, PartitionSettings};
 
 /// Where the idle clock comes from: the system clock in production, a clock
@@ -151,6 +153,10 @@ pub const ENV_ABORT_EVERY: &str = "WINBACK_TEST_ABORT_EVERY";
 /// next, if every partition held was read to its end.
 const IDLE_FETCH: Duration = Duration::from_millis(100);
 
+/// Records one input topic partition may hold in the merge before its
+/// fetching pauses (a topic running ahead of the others); it resumes at half.
+const MERGE_BUFFER: usize = 20_000;
+
 fn kafka(what: impl Into<String>) -> impl FnOnce(KafkaError) -> RuntimeError {
     let what = what.into();
     move |source| RuntimeError::Kafka { what, source }
@@ -173,7 +179,13 @@ pub struct RunStats {
     pub transitions: AtomicU64,
     pub dead_letters: AtomicU64,
     pub batches: AtomicU64,
+    /// Batches ended, written or not: the idle wall clock is looked at at
+    /// the end of each.
+    pub batch_ends: AtomicU64,
     pub timers_fired_idle: AtomicU64,
+    /// Events folded with an `occurred_at` before their partition's clock
+    /// (docs/semantics.md, "Late events").
+    pub late_events: AtomicU64,
     /// Records produced again after a failed delivery.
     pub redelivered: Arc<AtomicU64>,
     /// Time spent waiting for the broker's acknowledgements, in µs.
@@ -192,6 +204,9 @@ pub struct RunStats {
     pub refetched: AtomicU64,
     /// Records of a partition no longer held when they were polled, skipped.
     pub unowned: AtomicU64,
+    /// Records on another partition than their key hashes to (README,
+    /// "Input"): folded, but a producer partitions differently from the rest.
+    pub misrouted: AtomicU64,
     /// Revocations handled.
     pub revocations: AtomicU64,
     /// Batches under way at a revocation, committed before the partitions
@@ -629,6 +644,7 @@ pub fn run(params: RunParams) -> Result<(), RuntimeError> {
         "running"
     );
 
+    let inputs = cfg.inputs.len();
     let mut rt = Loop {
         settings: PartitionSettings {
             timer_horizon_ms: cfg.timer_horizon_ms,
@@ -649,6 +665,9 @@ pub fn run(params: RunParams) -> Result<(), RuntimeError> {
         stop,
         stats,
         read_to_end: false,
+        merge: Merge::new(inputs),
+        merge_paused: BTreeSet::new(),
+        quiet_since: HashMap::new(),
         transactions: 0,
         abort_every: std::env::var(ENV_ABORT_EVERY)
             .ok()
@@ -702,6 +721,15 @@ struct Loop {
     /// and a pause drops the fetch in flight (measured: with 1.25M records per
     /// partition, a pause every 100 ms kept the engine from ever receiving one).
     read_to_end: bool,
+    /// The event-time merge of each partition's input topics.
+    merge: Merge,
+    /// Topic partitions (input index, partition) paused because their merge
+    /// buffer is full.
+    merge_paused: BTreeSet<(usize, u32)>,
+    /// Per partition held: the wall-clock instant of its last input (or of
+    /// its assignment). The wall clock moves a partition's clock only after
+    /// `processing.quiet_period` without input.
+    quiet_since: HashMap<u32, Timestamp>,
     /// Transactions begun so far, and the fault injection's period.
     transactions: u64,
     abort_every: Option<u64>,
@@ -716,6 +744,10 @@ impl Loop {
             if fetch_paused {
                 self.set_fetching(true);
                 fetch_paused = false;
+                // Resuming everything resumed the full merge buffers too.
+                for (input, id) in self.merge_paused.clone() {
+                    self.pause_input(input, id, true);
+                }
             }
             let mut budget = self.cfg.max_batch_timers;
             let mut events = 0usize;
@@ -782,6 +814,16 @@ impl Loop {
                                     .map(|_| ev)
                                     .map_err(|e| source::Rejected(e.to_string()))
                             })
+                            .and_then(|ev| {
+                                source::check_record(
+                                    &ev,
+                                    m.key(),
+                                    m.timestamp().to_millis(),
+                                    self.cfg.time.max_future_skew,
+                                )
+                                .map(|()| ev)
+                            })
+                            .inspect(|ev| self.note_partition(&ev.contact_id, m.partition()))
                             .map_err(|r| {
                                 (
                                     r.0,
@@ -794,6 +836,8 @@ impl Loop {
                 };
                 self.handle_rebalances()?;
                 let Some((topic, partition, offset, decoded)) = item else {
+                    // Nothing came: a merge wait may have run out.
+                    full = !self.drain_all(&mut budget, &mut events)?;
                     continue;
                 };
                 if !self.parts.contains_key(&(partition as u32)) {
@@ -807,45 +851,167 @@ impl Loop {
                     .lock()
                     .ok()
                     .and_then(|p| p.get(&(topic.clone(), partition)).copied());
-                if let Some(next) = next.filter(|n| offset < *n) {
+                let input = self.cfg.inputs.iter().position(|i| i.topic == topic);
+                let (Some(input), false) = (input, next.is_some_and(|n| offset < n)) else {
                     // Folded already (a fetch repeated around a seek): never twice.
                     self.stats.refetched.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(topic, partition, offset, next, "skipped: folded already");
+                    tracing::debug!(topic, partition, offset, ?next, "skipped: folded already");
+                    continue;
+                };
+                busy.insert(partition as u32);
+                let id = partition as u32;
+                let buffered = Buffered {
+                    offset,
+                    record: decoded,
+                };
+                if !self.merge.push(id, input, buffered) {
+                    // Fetched again while it waits in the merge.
+                    self.stats.refetched.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                events += 1;
-                busy.insert(partition as u32);
-                self.stats.events.fetch_add(1, Ordering::Relaxed);
-                match decoded {
-                    Ok(event) => {
-                        let p = PausedEvent {
-                            topic,
-                            partition,
-                            offset,
-                            event,
-                        };
-                        full = !self.fold(p, &mut budget)?;
-                    }
-                    Err((reason, key, value)) => {
-                        let rec = dead_letter_record(
-                            &self.cfg.outputs.dead_letters,
-                            key,
-                            value,
-                            (&topic, partition, offset),
-                            &reason,
-                        );
-                        self.dead_letter(rec, &topic, partition, offset, &reason);
-                    }
+                if self.merge.len(id, input) >= MERGE_BUFFER
+                    && self.merge_paused.insert((input, id))
+                {
+                    self.pause_input(input, id, true);
                 }
+                full = !self.drain(id, &mut budget, &mut events)?;
+            }
+            if !full {
+                full = !self.drain_all(&mut budget, &mut events)?;
             }
             self.read_to_end = false;
             if !full {
                 self.read_to_end = self.advance_idle(&busy, &mut budget)?;
             }
             self.commit()?;
+            self.stats.batch_ends.fetch_add(1, Ordering::Release);
         }
         self.commit()?;
         Ok(())
+    }
+
+    /// Folds what partition `id`'s merge lets go now, in event-time order
+    /// across its input topics. False when the batch's timer budget ran out.
+    fn drain(
+        &mut self,
+        id: u32,
+        budget: &mut usize,
+        events: &mut usize,
+    ) -> Result<bool, RuntimeError> {
+        let wait = std::time::Duration::from_millis(self.cfg.time.merge_wait.0.max(0) as u64);
+        // The consumer's positions, read once and only if a topic's end is in doubt.
+        let mut fetched: Option<Option<TopicPartitionList>> = None;
+        while *events < self.cfg.max_batch_events {
+            let (consumer, positions, store, inputs) = (
+                &self.consumer,
+                &self.positions,
+                &self.store,
+                &self.cfg.inputs,
+            );
+            let next = self.merge.next(id, Instant::now(), wait, |t, buffered| {
+                let topic = &inputs[t].topic;
+                let Some(high) = cached_end(consumer, topic, id as i32) else {
+                    // No fetch answered yet: do not wait without limit.
+                    return End::Reached;
+                };
+                let folded = positions
+                    .lock()
+                    .ok()
+                    .and_then(|p| p.get(&(topic.clone(), id as i32)).copied())
+                    .or_else(|| store.offset(id, topic).ok().flatten());
+                let mut at = buffered.max(folded).unwrap_or(0);
+                if at < high {
+                    // Past commit markers of transactional producers upstream.
+                    let tpl = fetched.get_or_insert_with(|| consumer.position().ok());
+                    if let Some(Offset::Offset(o)) = tpl
+                        .as_ref()
+                        .and_then(|f| f.find_partition(topic, id as i32))
+                        .map(|e| e.offset())
+                    {
+                        at = at.max(o);
+                    }
+                }
+                if at >= high {
+                    End::Reached
+                } else {
+                    End::Behind
+                }
+            });
+            let Some(t) = next else { break };
+            let Some(b) = self.merge.pop(id, t) else {
+                break;
+            };
+            *events += 1;
+            self.stats.events.fetch_add(1, Ordering::Relaxed);
+            let topic = self.cfg.inputs[t].topic.clone();
+            let partition = id as i32;
+            match b.record {
+                Ok(event) => {
+                    let p = PausedEvent {
+                        topic,
+                        partition,
+                        offset: b.offset,
+                        event,
+                    };
+                    if !self.fold(p, budget)? {
+                        return Ok(false);
+                    }
+                }
+                Err((reason, key, value)) => {
+                    let rec = dead_letter_record(
+                        &self.cfg.outputs.dead_letters,
+                        key,
+                        value,
+                        (&topic, partition, b.offset),
+                        &reason,
+                    );
+                    self.dead_letter(rec, &topic, partition, b.offset, &reason);
+                }
+            }
+        }
+        for (input, p) in self.merge_paused.clone() {
+            if p == id && self.merge.len(id, input) <= MERGE_BUFFER / 2 {
+                self.merge_paused.remove(&(input, p));
+                self.pause_input(input, id, false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// [`Loop::drain`] for every partition with records in the merge.
+    fn drain_all(&mut self, budget: &mut usize, events: &mut usize) -> Result<bool, RuntimeError> {
+        for id in self.merge.holding() {
+            if !self.drain(id, budget, events)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Pauses or resumes fetching one input topic partition.
+    fn pause_input(&self, input: usize, id: u32, pause: bool) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.cfg.inputs[input].topic, id as i32);
+        let r = if pause {
+            self.consumer.pause(&tpl)
+        } else {
+            self.consumer.resume(&tpl)
+        };
+        if let Err(e) = r {
+            tracing::debug!(error = %e, pause, "merge buffer pause/resume");
+        }
+    }
+
+    /// Forgets what partition `id` buffered (it is read again from its
+    /// position) and lifts its merge pauses.
+    fn forget_buffered(&mut self, id: u32) {
+        self.merge.forget(id);
+        for (input, p) in self.merge_paused.clone() {
+            if p == id {
+                self.merge_paused.remove(&(input, p));
+                self.pause_input(input, id, false);
+            }
+        }
     }
 
     /// Finds the held input partitions whose position left the log and deals
@@ -857,6 +1023,7 @@ impl Loop {
         tracing::warn!(error = %error, "an input position is outside its log");
         let ids: Vec<u32> = self.parts.keys().copied().collect();
         for id in ids {
+            self.forget_buffered(id);
             for input in self.cfg.inputs.clone() {
                 let Some(next) = self.position(id, &input.topic)? else {
                     continue;
@@ -880,6 +1047,26 @@ impl Loop {
         match memory {
             Some(n) => Ok(Some(n)),
             None => Ok(self.store.offset(id, topic)?),
+        }
+    }
+
+    /// Counts a record whose key hashes to another partition than the one it
+    /// is on: its contact's events from a producer that partitions by Kafka's
+    /// rule land elsewhere, and the two halves of its state never meet.
+    fn note_partition(&self, contact: &str, partition: i32) {
+        let want = source::partition_for_key(contact.as_bytes(), self.partitions);
+        if want as i32 != partition {
+            let n = self.stats.misrouted.fetch_add(1, Ordering::Relaxed);
+            // The first, then every 10,000th: one producer does it to every record.
+            if n.is_multiple_of(10_000) {
+                tracing::warn!(
+                    contact,
+                    partition,
+                    expected = want,
+                    misrouted = n + 1,
+                    "an input record is not on the partition its key hashes to (murmur2, as Kafka's Java producer): a producer partitions differently, so a contact's events may be split"
+                );
+            }
         }
     }
 
@@ -907,6 +1094,7 @@ impl Loop {
             return Ok(true);
         };
         self.out.clear();
+        let late = part.clock().is_some_and(|c| p.event.occurred_at < c);
         let fed = part.feed(&self.store, &p.event, &mut self.out, budget);
         for t in self.out.drain(..) {
             self.sink.send_transition(&self.defs, &self.cfg, &t);
@@ -914,6 +1102,9 @@ impl Loop {
         }
         match fed {
             Ok(Fed::Folded(_)) => {
+                if late {
+                    self.stats.late_events.fetch_add(1, Ordering::Relaxed);
+                }
                 self.advance_position(&p.topic, p.partition, p.offset + 1);
                 Ok(true)
             }
@@ -969,15 +1160,21 @@ impl Loop {
         }
     }
 
-    /// Moves the clock of every caught-up partition that had no input in this
-    /// batch to the wall clock. Whether every partition held had no input and
-    /// is read to its end.
+    /// Moves the clock of every partition that is read to its end and had
+    /// no input for the quiet period to the wall clock minus the allowed
+    /// lateness (never back). Whether every partition held had no input in
+    /// this batch and is read to its end.
     fn advance_idle(
         &mut self,
         busy: &BTreeSet<u32>,
         budget: &mut usize,
     ) -> Result<bool, RuntimeError> {
         let now = self.clock.now();
+        let rules = self.cfg.time;
+        for id in busy {
+            self.quiet_since.insert(*id, now);
+        }
+        self.quiet_since.retain(|id, _| self.parts.contains_key(id));
         let ids: Vec<u32> = self
             .parts
             .keys()
@@ -985,21 +1182,40 @@ impl Loop {
             .filter(|p| !busy.contains(p))
             .collect();
         let mut all = busy.is_empty();
+        for id in self.merge.holding() {
+            // Input waiting in the merge: not quiet.
+            self.quiet_since.insert(id, now);
+            all = false;
+        }
         // One local call for every partition's fetch position.
         let fetched = self.consumer.position().ok();
+        // The wall clock is an input like any other: it stays inside the
+        // instants events may carry.
+        let target = Timestamp(
+            now.saturating_sub(rules.allowed_lateness)
+                .0
+                .clamp(Timestamp::MIN_ACCEPTED.0, Timestamp::MAX_ACCEPTED.0),
+        );
         for id in ids {
-            if !self.caught_up(id, fetched.as_ref())? {
+            // Assigned just now: the quiet period starts here, so that a
+            // restart in the middle of a burst does not take the burst's
+            // pause for quiet.
+            let since = *self.quiet_since.entry(id).or_insert(now);
+            if self.merge.holds(id) || !self.caught_up(id, fetched.as_ref())? {
                 all = false;
                 continue;
             }
-            if self.parts[&id].clock().is_some_and(|c| c >= now) {
+            if now.0.saturating_sub(since.0) < rules.quiet_period.0 {
+                continue;
+            }
+            if self.parts[&id].clock().is_some_and(|c| c >= target) {
                 continue;
             }
             let Some(part) = self.parts.get_mut(&id) else {
                 continue;
             };
             self.out.clear();
-            part.advance_to(&self.store, now, &mut self.out, budget)?;
+            part.advance_to(&self.store, target, &mut self.out, budget)?;
             for t in self.out.drain(..) {
                 self.sink.send_transition(&self.defs, &self.cfg, &t);
                 self.stats.transitions.fetch_add(1, Ordering::Relaxed);
@@ -1218,6 +1434,7 @@ impl Loop {
         self.out.clear();
         let ids: Vec<u32> = self.parts.keys().copied().collect();
         for id in ids {
+            self.forget_buffered(id);
             let part = self.open_partition(id)?;
             self.parts.insert(id, part);
             for input in &self.cfg.inputs {
@@ -1284,6 +1501,8 @@ impl Loop {
                     self.stats.revocations.fetch_add(1, Ordering::Relaxed);
                     for (topic, p) in tps {
                         self.parts.remove(&(p as u32));
+                        self.merge.forget(p as u32);
+                        self.merge_paused.retain(|(_, id)| *id != p as u32);
                         if let Ok(mut pos) = self.positions.lock() {
                             pos.remove(&(topic, p));
                         }
@@ -1354,6 +1573,26 @@ impl Loop {
 /// The dead letter of the input record at `at` (topic, partition, offset):
 /// its coordinates and `reason` as headers, the original bytes as key and
 /// value, bounded so that the dead letter itself always fits.
+/// The end of a topic partition as librdkafka last heard it from a fetch
+/// (the last stable offset for a `read_committed` consumer); None before
+/// any fetch answered. No request: the merge asks for every record.
+fn cached_end(consumer: &BaseConsumer<Ctx>, topic: &str, partition: i32) -> Option<i64> {
+    let name = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the handle is the live consumer's; librdkafka only reads the
+    // NUL-terminated name and writes the two integers, none kept.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            name.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
+}
+
 fn dead_letter_record(
     dead_letters: &str,
     key: Vec<u8>,

@@ -310,7 +310,10 @@ impl Partition {
                 }
                 self.dirty.insert(contact, (st, changed || fired));
             }
-            if self.horizon > t {
+            // Loaded to the end of time: nothing further to load. (Inputs stay
+            // far from it, Timestamp::MAX_ACCEPTED; this keeps the loop finite
+            // whatever an instant is.)
+            if self.horizon > t || self.horizon.0 == i64::MAX {
                 return Ok(true);
             }
             if *budget == 0 {

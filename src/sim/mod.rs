@@ -46,6 +46,8 @@ pub struct Simulator {
     fx: Effects,
     /// Waits due at one instant, while `fire_due` orders them: kept for its buffer.
     ties: Vec<TimerKey>,
+    /// Events folded with an `occurred_at` before the clock.
+    late: u64,
 }
 
 impl Simulator {
@@ -66,12 +68,19 @@ impl Simulator {
             clock: None,
             fx: Effects::default(),
             ties: Vec::new(),
+            late: 0,
         }
     }
 
     /// The partition clock: the highest instant seen so far.
     pub fn clock(&self) -> Option<Timestamp> {
         self.clock
+    }
+
+    /// Events folded so far whose `occurred_at` was before the clock: late
+    /// (docs/semantics.md, "Late events").
+    pub fn late_events(&self) -> u64 {
+        self.late
     }
 
     pub fn contacts(&self) -> usize {
@@ -187,6 +196,7 @@ impl Simulator {
         // cost two locked instructions an event.)
         let Some(route) = route_event(self.engine.definitions(), ev)?.map(|r| r.idx) else {
             // Nothing listens to this name: no state for it, but time still moves.
+            self.count_late(ev);
             self.advance_to(ev.occurred_at, out);
             return Ok(Folded::Unrouted);
         };
@@ -207,11 +217,13 @@ impl Simulator {
                 i
             }
         };
+        let late = self.clock.is_some_and(|c| ev.occurred_at < c);
         self.advance_to(ev.occurred_at, out);
         let route = self.engine.definitions().route_at(route);
         if let Some(c) = self.contacts.get(idx) {
             crate::domain::engine::check_state_limits(&c.state, ev, route)?;
         }
+        self.late += u64::from(late);
         // The engine appends straight to `out`: no second copy of each transition.
         self.fx.clear();
         std::mem::swap(&mut self.fx.transitions, out);
@@ -227,6 +239,10 @@ impl Simulator {
             self.fire_due(now, out);
         }
         Ok(folded)
+    }
+
+    fn count_late(&mut self, ev: &Event) {
+        self.late += u64::from(self.clock.is_some_and(|c| ev.occurred_at < c));
     }
 
     /// Moves the clock to `t` (never back), firing every timer due by then in

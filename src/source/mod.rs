@@ -6,6 +6,7 @@ use rdkafka::ClientConfig;
 
 use crate::config::engine::{EngineConfig, InputFormat};
 use crate::domain::Event;
+use crate::domain::time::{Duration, Timestamp};
 use crate::wire;
 
 /// Headers of a dead-letter record (written by the runtime); its key and
@@ -138,10 +139,109 @@ pub fn decode(format: InputFormat, payload: Option<&[u8]>) -> Result<Event, Reje
     Ok(ev)
 }
 
+/// Checks what a record says about its event beyond the value: its key must
+/// be the event's `contact_id` (another key may put the contact's events on
+/// several partitions, splitting its state), and the event may be stamped at
+/// most `max_future_skew` after the record's timestamp (`record_ms`; none
+/// for a record without one): a clock moved far ahead would fire every
+/// pending wait of its partition at once. Both depend only on the record, so
+/// a replay refuses the same ones.
+pub fn check_record(
+    ev: &Event,
+    key: Option<&[u8]>,
+    record_ms: Option<i64>,
+    max_future_skew: Duration,
+) -> Result<(), Rejected> {
+    match key {
+        None => {
+            return Err(Rejected(
+                "the record has no key: input records must be keyed by their contact_id".into(),
+            ));
+        }
+        Some(k) if k != ev.contact_id.as_bytes() => {
+            return Err(Rejected(format!(
+                "the record's key {:?} is not its contact_id {:?}: the contact's events must share one key, or its state splits across partitions",
+                String::from_utf8_lossy(&k[..k.len().min(64)]),
+                ev.contact_id
+            )));
+        }
+        Some(_) => {}
+    }
+    if let Some(r) = record_ms
+        && ev.occurred_at.0 > r.saturating_add(max_future_skew.0)
+    {
+        return Err(Rejected(format!(
+            "occurred_at {} is more than {} (processing.max_future_skew) after the record's timestamp {}",
+            ev.occurred_at,
+            max_future_skew,
+            Timestamp(r)
+        )));
+    }
+    Ok(())
+}
+
+/// The partition Kafka's Java producer (and librdkafka's `murmur2_random`
+/// partitioner, which `winback produce` uses) chooses for a key: murmur2
+/// with Kafka's seed, sign bit cleared, modulo the partition count.
+/// Producers must partition input by it, so that each contact's events of
+/// every input topic meet in one partition (README, "Input").
+pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
+    (murmur2::murmur2(key, KAFKA_MURMUR2_SEED) & 0x7fff_ffff) % partitions.max(1)
+}
+
+const KAFKA_MURMUR2_SEED: u32 = 0x9747_b28c;
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use prost::Message;
+
+    #[test]
+    fn keys_hash_as_kafkas_java_producer_does() {
+        // Kafka's own test vectors (`UtilsTest.testMurmur2`).
+        let cases: [(&str, i32); 6] = [
+            ("21", -973_932_308),
+            ("foobar", -790_332_482),
+            ("a-little-bit-long-string", -985_981_536),
+            ("a-little-bit-longer-string", -1_486_304_829),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            ("abc", 479_470_107),
+        ];
+        for (key, want) in cases {
+            assert_eq!(
+                murmur2::murmur2(key.as_bytes(), KAFKA_MURMUR2_SEED) as i32,
+                want,
+                "{key}"
+            );
+        }
+        assert_eq!(partition_for_key(b"foobar", 1), 0);
+    }
+
+    #[test]
+    fn a_record_is_keyed_by_its_contact_and_not_stamped_far_ahead() {
+        let json = br#"{"event_id":"e1","name":"checkout","contact_id":"c1","occurred_at":"2026-01-05T10:00:00Z"}"#;
+        let ev = decode(InputFormat::Json, Some(json)).unwrap();
+        let at = ev.occurred_at.0;
+        let hour = Duration(crate::domain::time::HOUR_MS);
+        assert!(check_record(&ev, Some(b"c1"), Some(at), hour).is_ok());
+        assert!(check_record(&ev, Some(b"c1"), None, hour).is_ok());
+        // A record produced long after its event (history) is fine.
+        assert!(check_record(&ev, Some(b"c1"), Some(at + 1_000_000_000), hour).is_ok());
+        assert!(check_record(&ev, Some(b"c1"), Some(at - hour.0), hour).is_ok());
+        let ahead = check_record(&ev, Some(b"c1"), Some(at - hour.0 - 1), hour).unwrap_err();
+        assert!(ahead.0.contains("max_future_skew"), "{}", ahead.0);
+        let other = check_record(&ev, Some(b"c2"), Some(at), hour).unwrap_err();
+        assert!(other.0.contains("is not its contact_id"), "{}", other.0);
+        assert!(
+            check_record(&ev, None, Some(at), hour)
+                .unwrap_err()
+                .0
+                .contains("no key")
+        );
+    }
 
     #[test]
     fn decodes_both_formats_and_names_the_problem() {

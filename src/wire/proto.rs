@@ -15,7 +15,7 @@ pub enum ProtoError {
     Decode(#[from] prost::DecodeError),
     #[error("field `occurred_at` is missing")]
     MissingTime,
-    #[error("field `occurred_at` is out of range")]
+    #[error("field `occurred_at` is outside the years 0000 to 9999 (UTC)")]
     TimeRange,
     #[error("the transition has no detail")]
     MissingDetail,
@@ -36,6 +36,7 @@ fn from_pb_time(t: &prost_types::Timestamp) -> Result<Timestamp, ProtoError> {
         .checked_mul(1000)
         .and_then(|ms| ms.checked_add(i64::from(t.nanos / 1_000_000)))
         .map(Timestamp)
+        .filter(|t| t.accepted())
         .ok_or(ProtoError::TimeRange)
 }
 

@@ -86,24 +86,20 @@ fn sigkill_at_random_moments_loses_no_send_and_duplicates_none() {
     )
     .unwrap();
 
-    // Dated 2030, after the wall clock: the engine's clock is the events' time
-    // throughout, and an idle engine between two parts of the stream fires
-    // nothing early. A last unrouted event per partition moves the clock past
-    // every wait, as `simulate` does to `until`.
-    let start = Timestamp::parse_rfc3339("2030-01-01T00:00:00Z").unwrap();
-    let until = Timestamp::parse_rfc3339("2031-06-01T00:00:00Z").unwrap();
+    // Dated in the wall clock's past, as a live shop's events are: while
+    // parts of the stream arrive, a partition's clock is the events' time;
+    // only a partition quiet for the quiet period lets the wall clock (less
+    // the allowed lateness) move it, which then fires every wait, as
+    // `simulate` does to `until`. (Events stamped after the wall clock are
+    // dead-lettered: `processing.max_future_skew`.)
+    let start = Timestamp::parse_rfc3339("2025-01-01T00:00:00Z").unwrap();
+    let until = Timestamp::parse_rfc3339("2026-06-01T00:00:00Z").unwrap();
     let now = Timestamp(chrono::Utc::now().timestamp_millis());
-    assert!(now < start, "the stream must be dated after the wall clock");
-    let mut lines = kafka::purchase_stream_from(start.0, contacts, 200, 99);
-    for p in 0..PARTITIONS {
-        let id = (0..)
-            .map(|n| format!("clock-{n}"))
-            .find(|id| kafka::partition_of(id, PARTITIONS) == p)
-            .expect("an id for every partition");
-        lines.push(format!(
-            r#"{{"event_id":"tick-{p}","name":"clock_tick","contact_id":"{id}","occurred_at":"{until}"}}"#
-        ));
-    }
+    assert!(
+        kafka::wall_at(until) < now,
+        "every wait must end before the wall clock"
+    );
+    let lines = kafka::purchase_stream_from(start.0, contacts, 200, 99);
     let expected = kafka::simulate_partitioned(&defs, &lines, until, PARTITIONS);
     let sends = expected
         .iter()
@@ -200,18 +196,10 @@ fn sigkill_at_random_moments_loses_no_send_and_duplicates_none() {
         kafka::log_tail(&last_log, 40)
     );
 
-    let got = kafka::as_json(&kafka::read(
-        &topics.transitions,
-        usize::MAX,
-        Duration::from_secs(5),
-    ));
+    let got = kafka::as_json(&kafka::read_to_end(&topics.transitions, kafka::READ_BACK));
     assert_same(&got, &expected);
 
-    let sent = kafka::as_json(&kafka::read(
-        &topics.sends,
-        usize::MAX,
-        Duration::from_secs(5),
-    ));
+    let sent = kafka::as_json(&kafka::read_to_end(&topics.sends, kafka::READ_BACK));
     assert_eq!(
         sent.len(),
         sends,

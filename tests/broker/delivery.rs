@@ -133,13 +133,18 @@ fn a_zombie_with_another_instance_id_commits_nothing_after_its_partitions_moved(
     };
     let a_log = dir.path().join("a.log");
     let mut a = kafka::spawn_run(&config("a"), &a_log);
-    // A purchase whose 90-day wait ends 25 s from now, by the wall clock.
+    // A purchase whose 90-day wait the clock reaches 25 s from now: the
+    // wall clock less the allowed lateness.
     let now = chrono::Utc::now().timestamp_millis();
-    let bought = Timestamp(now - 90 * 86_400_000 + 25_000);
+    let lateness = winback::config::engine::DEFAULT_ALLOWED_LATENESS.0;
+    let bought = Timestamp(now - 90 * 86_400_000 - lateness + 25_000);
     let line = format!(
         r#"{{"event_id":"o1","name":"checkout","contact_id":"ann","occurred_at":"{bought}"}}"#
     );
-    kafka::produce(&topics.input, &kafka::keyed(&[line]));
+    kafka::produce(
+        &topics.input,
+        &kafka::keyed(&[kafka::subscribed("ann", bought), line]),
+    );
     // entered, goto, wait_started: committed by a.
     let got = kafka::read(&topics.transitions, 3, T);
     assert_eq!(got.len(), 3, "{}", kafka::log_tail(&a_log, 20));
@@ -374,11 +379,17 @@ fn a_transaction_that_only_fired_waits_carries_the_input_offsets() {
     let dir = tempfile::tempdir().unwrap();
     let bought = Timestamp::parse_rfc3339("2026-03-01T12:00:00Z").unwrap();
     let lines: Vec<String> = (0..3)
-        .map(|i| checkout(&format!("o{i}"), &format!("c{i}"), &bought.to_string(), "m"))
+        .flat_map(|i| {
+            let c = format!("c{i}");
+            [
+                kafka::subscribed(&c, bought),
+                checkout(&format!("o{i}"), &c, &bought.to_string(), "m"),
+            ]
+        })
         .collect();
     kafka::produce(&topics.input, &kafka::keyed(&lines));
     let run = Running::start(topics.config(dir.path(), &files, ""), defs.clone(), bought);
-    run.wait_events(3, T);
+    run.wait_events(6, T);
     run.stop();
 
     let mut other = Topics::fresh();
@@ -391,12 +402,12 @@ fn a_transaction_that_only_fired_waits_carries_the_input_offsets() {
     let run = Running::start(other.config(dir.path(), &files, ""), defs, bought);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(kafka::group_offset(&other.group, &topics.input, 0), None);
-    run.clock.set(Timestamp(bought.0 + 90 * 86_400_000));
+    run.advance_wall(Timestamp(bought.0 + 90 * 86_400_000));
     kafka::read(&topics.sends, 3, T);
     run.stop();
     assert_eq!(
         kafka::group_offset(&other.group, &topics.input, 0),
-        Some(3),
+        Some(6),
         "the idle batch's transaction carried no input offsets"
     );
     assert_eq!(kafka::read_exactly(&topics.sends, 3, T).len(), 3);

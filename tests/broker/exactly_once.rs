@@ -68,7 +68,7 @@ fn an_emptied_state_dir_is_restored_and_nothing_is_sent_twice() {
             > 0,
         "nothing was restored"
     );
-    run.clock.set(until());
+    run.advance_wall(until());
     let expected = kafka::simulate_partitioned(&defs, &lines, until(), PARTITIONS);
     assert!(expected.iter().any(|l| l.contains("\"type\":\"send\"")));
     kafka::stop_and_compare(&topics.transitions, &expected, T, || run.stop());
@@ -156,7 +156,7 @@ fn a_fenced_zombie_leaves_nothing_behind() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    b.clock.set(until());
+    b.advance_wall(until());
     kafka::stop_and_compare(&topics.transitions, &expected, T, || {
         let stats = Arc::clone(&b.stats);
         b.stop();
@@ -228,9 +228,9 @@ fn a_revocation_commits_the_batch_under_way() {
     assert_eq!(a.stats.aborted.load(Ordering::Acquire), 0, "{:?}", a.stats);
     feeder.join().expect("the input is produced");
     let expected = kafka::simulate_partitioned(&defs, &lines, until(), PARTITIONS);
-    a.clock.set(until());
+    a.advance_wall(until());
     for o in &others {
-        o.clock.set(until());
+        o.advance_wall(until());
     }
     kafka::stop_and_compare(&topics.transitions, &expected, T, || {
         // Shown with a failure.

@@ -131,7 +131,7 @@ fn failing_produce_requests_store_nothing_until_acknowledged_then_recover() {
     m.clear_request_errors(RDKafkaApiKey::Produce);
     let run = Running::start(cfg(), defs.clone(), Timestamp(0));
     run.wait_events(lines.len() as u64 - stored as u64, T);
-    run.clock.set(until());
+    run.advance_wall(until());
     let got = read_distinct(&bs, &topics.transitions, expected.len());
     run.stop();
     assert_same(&got, &expected);
@@ -164,7 +164,7 @@ fn a_broker_outage_is_ridden_out() {
     m.broker_up(1).unwrap();
     kafka::produce_on(&bs, &topics.input, &kafka::keyed(second));
     run.wait_events(lines.len() as u64, T);
-    run.clock.set(until());
+    run.advance_wall(until());
     let got = read_distinct(&bs, &topics.transitions, expected.len());
     run.stop();
     assert_same(&got, &expected);

@@ -15,3 +15,4 @@ mod faults;
 mod live;
 mod reprocess;
 mod scale;
+mod time;

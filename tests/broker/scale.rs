@@ -152,11 +152,7 @@ fn group_of(processes: usize, seed: u64, kill: bool) {
         );
     }
 
-    let got = kafka::as_json(&kafka::read(
-        &topics.transitions,
-        usize::MAX,
-        Duration::from_secs(5),
-    ));
+    let got = kafka::as_json(&kafka::read_to_end(&topics.transitions, kafka::READ_BACK));
     assert_same(&got, &expected);
     let mut codes = BTreeSet::new();
     for l in got

@@ -59,16 +59,64 @@ fn validate_rejects_with_file_line_and_field_and_exit_1() {
     let name = f.display().to_string();
     assert!(
         err.contains(&format!(
-            "{name}:23:12: error: thread[0].step[0].duration: bad duration"
+            "{name}:24:12: error: thread[0].step[0].duration: bad duration"
         )),
         "{err}"
     );
     assert!(
         err.contains(&format!(
-            "{name}:39:10: error: thread[1].step[0].target: no step has id \"winback-wiat\""
+            "{name}:40:10: error: thread[1].step[0].target: no step has id \"winback-wiat\""
         )),
         "{err}"
     );
+}
+
+/// A line stamped far after `--until` is reported with its number and
+/// skipped (`run` dead-letters it), so it moves no clock: the earlier
+/// purchase's wait still ends at its own expiry, and late events are counted.
+#[test]
+fn simulate_skips_a_line_stamped_beyond_the_future_skew_and_counts_late_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ev = write(
+        dir.path(),
+        "events.jsonl",
+        concat!(
+            r#"{"event_id":"s1","name":"subscribe","contact_id":"ann","list_id":"master","occurred_at":"2026-01-01T00:00:00Z"}"#,
+            "\n",
+            r#"{"event_id":"o1","name":"checkout","contact_id":"ann","occurred_at":"2026-01-05T10:00:00Z"}"#,
+            "\n",
+            r#"{"event_id":"o9","name":"checkout","contact_id":"bob","occurred_at":"9999-12-31T00:00:00Z"}"#,
+            "\n",
+            r#"{"event_id":"o2","name":"checkout","contact_id":"cyd","occurred_at":"2026-01-04T10:00:00Z"}"#,
+            "\n",
+        ),
+    );
+    let args = [
+        "simulate",
+        "--config",
+        "config/winback-90d.toml",
+        "--events",
+        ev.to_str().expect("utf-8"),
+        "--until",
+        "2026-12-31T00:00:00Z",
+    ];
+    let o = winback(&args);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("events.jsonl:3: occurred_at 9999-12-31T00:00:00Z is more than 1h after 2026-12-31T00:00:00Z (--max-future-skew)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("late events (before the clock when folded): 1"),
+        "{err}"
+    );
+    let out = text(&o.stdout);
+    assert!(
+        out.contains(r#""type":"send","conversation":"Winback","contact_id":"ann","at":"2026-04-05T10:00:00Z""#),
+        "{out}"
+    );
+    assert!(!out.contains("\"bob\""), "{out}");
 }
 
 #[test]
@@ -348,7 +396,8 @@ fn run_with_the_embedded_broker_produce_tail_and_a_clean_sigterm() {
     let events = write(
         dir.path(),
         "events.jsonl",
-        "{\"event_id\":\"o1\",\"name\":\"checkout\",\"contact_id\":\"ann\",\"occurred_at\":\"2026-01-05T10:00:00Z\"}\nnot json\n",
+        "{\"event_id\":\"s1\",\"name\":\"subscribe\",\"contact_id\":\"ann\",\"list_id\":\"master\",\"occurred_at\":\"2026-01-01T00:00:00Z\"}\n\
+         {\"event_id\":\"o1\",\"name\":\"checkout\",\"contact_id\":\"ann\",\"occurred_at\":\"2026-01-05T10:00:00Z\"}\nnot json\n",
     );
     let o = winback(&[
         "produce",
@@ -364,21 +413,21 @@ fn run_with_the_embedded_broker_produce_tail_and_a_clean_sigterm() {
         text(&o.stderr)
     );
     assert!(
-        text(&o.stderr).contains("events.jsonl:2:"),
+        text(&o.stderr).contains("events.jsonl:3:"),
         "{}",
         text(&o.stderr)
     );
     assert!(
-        text(&o.stderr).contains("produced 1 event(s)"),
+        text(&o.stderr).contains("produced 2 event(s)"),
         "{}",
         text(&o.stderr)
     );
 
-    // Against today's wall clock the purchase is long past: its wait is over
-    // and the send comes out at once: entered, goto, wait_started, send,
-    // exited. The send is stamped at the wait's expiry if the purchase was
-    // folded before the idle partition's clock moved to the wall clock, and at
-    // that clock (the purchase then arrived late) otherwise.
+    // Against today's wall clock the purchase is long past: once the
+    // partition has been quiet for the quiet period, its clock moves to the
+    // wall clock less the allowed lateness, and the send comes out: entered,
+    // goto, wait_started, send, exited. Stamped at the wait's expiry, as
+    // `simulate` stamps it: the purchase was folded before the clock moved.
     let o = winback(&["tail", "--config", cfg, "--max", "5", "--idle-exit", "30"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let lines: Vec<String> = text(&o.stdout).lines().map(str::to_string).collect();
@@ -388,8 +437,7 @@ fn run_with_the_embedded_broker_produce_tail_and_a_clean_sigterm() {
         .find(|l| l.contains("\"type\":\"send\""))
         .map(|l| serde_json::from_str(l).expect("JSON"))
         .unwrap_or_else(|| panic!("no send in {lines:?}"));
-    let at = send["at"].as_str().unwrap_or_default();
-    assert!(at >= "2026-04-05T10:00:00Z", "{at}");
+    assert_eq!(send["at"], "2026-04-05T10:00:00Z");
     assert_eq!(send["contact_id"], "ann");
     let o = winback(&[
         "tail",
@@ -414,7 +462,7 @@ fn run_with_the_embedded_broker_produce_tail_and_a_clean_sigterm() {
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
-        err.contains("stopped: 1 event(s), 5 transition(s)"),
+        err.contains("stopped: 2 event(s) (0 late, 0 misrouted), 5 transition(s)"),
         "{err}"
     );
     assert!(dir.path().join("state/rocksdb").is_dir());

@@ -207,3 +207,90 @@ fn a_far_wait_set_in_the_running_batch_fires_after_a_restart() {
         1
     );
 }
+
+/// Instants at and past the ends of what inputs may carry, and ordinary ones.
+fn arb_instant() -> impl Strategy<Value = i64> {
+    let (min, max) = (Timestamp::MIN_ACCEPTED.0, Timestamp::MAX_ACCEPTED.0);
+    prop_oneof![
+        Just(i64::MIN),
+        Just(i64::MIN + 1),
+        Just(min - 1),
+        Just(min),
+        Just(min + 1),
+        Just(-1i64),
+        Just(0i64),
+        Just(T0),
+        T0 - 200 * DAY..T0 + 200 * DAY,
+        Just(max - 90 * DAY),
+        Just(max - 1),
+        Just(max),
+        Just(max + 1),
+        Just(i64::MAX - 1),
+        Just(i64::MAX),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// No instant hangs or overflows the simulator, the partition, the wheel
+    /// or the store: events stamped outside the years 0000-9999 are refused
+    /// by both alike (nothing changes), the others fold the same way, and a
+    /// clock moved to any instant, `i64::MAX` included, returns.
+    #[test]
+    fn extreme_instants_are_refused_or_folded_alike(
+        steps in proptest::collection::vec((arb_instant(), 0u8..12, 0u8..8, 0u8..10), 1..30),
+        (s, budget) in settings(),
+    ) {
+        let defs = crate::common::definitions(&crate::common::SEEDS);
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let mut part = Partition::open(&store, defs.clone(), 0, 1, s).unwrap();
+        let mut sim = Simulator::new(defs.clone());
+        let (mut want, mut got) = (Vec::new(), Vec::new());
+        let commit = |part: &mut Partition, store: &Store| {
+            let mut b = store.batch(&defs, 0);
+            part.write(&mut b);
+            b.commit().unwrap();
+        };
+        for (i, (at, contact, kind, what)) in steps.iter().enumerate() {
+            match what {
+                // Moving the clock: to any instant at all.
+                0 => {
+                    sim.advance_to(Timestamp(*at), &mut want);
+                    loop {
+                        let mut b = budget;
+                        if part.advance_to(&store, Timestamp(*at), &mut got, &mut b).unwrap() {
+                            break;
+                        }
+                        commit(&mut part, &store);
+                    }
+                }
+                1 => {
+                    commit(&mut part, &store);
+                    drop(part);
+                    drop(store);
+                    store = Store::open(dir.path()).unwrap();
+                    part = Partition::open(&store, defs.clone(), 0, 1, s).unwrap();
+                }
+                _ => {
+                    let ev = event(i, *contact, *at, *kind);
+                    let accepted = Timestamp(*at).accepted();
+                    let r = sim.feed(&ev, &mut want);
+                    prop_assert_eq!(r.is_ok(), accepted, "simulator on {}", at);
+                    loop {
+                        let mut b = budget;
+                        match part.feed(&store, &ev, &mut got, &mut b) {
+                            Ok(Fed::Folded(_)) => { prop_assert!(accepted); break }
+                            Ok(Fed::Paused) => commit(&mut part, &store),
+                            Err(e) => { prop_assert!(!accepted, "refused {}: {}", at, e); break }
+                        }
+                    }
+                }
+            }
+            prop_assert_eq!(part.clock(), sim.clock(), "clock after step {}", i);
+        }
+        commit(&mut part, &store);
+        prop_assert_eq!(json(&defs, &got), json(&defs, &want));
+    }
+}
