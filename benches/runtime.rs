@@ -158,7 +158,13 @@ fn config(bs: &str, tp: &Topics, state: &Path) -> EngineConfig {
 
 /// `processing` is the body of the `[processing]` table.
 fn config_with(bs: &str, tp: &Topics, state: &Path, processing: &str) -> EngineConfig {
-    let text = format!(
+    let text = config_text(bs, tp, state, processing);
+    // WINBACK_KAFKA_* variables reach librdkafka, as in `winback run`.
+    parse_engine(Path::new("bench.toml"), &text, std::env::vars()).expect("bench config")
+}
+
+fn config_text(bs: &str, tp: &Topics, state: &Path, processing: &str) -> String {
+    format!(
         r#"conversations = [{conv:?}]
 state_dir = {state:?}
 [broker]
@@ -182,15 +188,14 @@ changelog = {changelog:?}
         sends = tp.sends,
         dlq = tp.dead_letters,
         changelog = tp.changelog,
-    );
-    // WINBACK_KAFKA_* variables reach librdkafka, as in `winback run`.
-    parse_engine(Path::new("bench.toml"), &text, std::env::vars()).expect("bench config")
+    )
 }
 
 /// The plain producer the benchmarks feed input topics with.
 fn bench_producer(bs: &str) -> BaseProducer {
     ClientConfig::new()
         .set("bootstrap.servers", bs)
+        .set("partitioner", "murmur2_random")
         .set("linger.ms", "20")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "1000000")
@@ -871,6 +876,62 @@ fn latency(bs: &str) {
     );
 }
 
+/// `winback reprocess --from-beginning` (the release binary, dry run) over a
+/// year of purchases by up to a million contacts: events/s and the process's
+/// peak RSS, at a fifth of the history and at all of it
+/// (`WINBACK_BENCH_REPROCESS`, default 5M events), so that any growth of
+/// memory with the history shows.
+fn reprocess(bs: &str) {
+    let n = env_usize("WINBACK_BENCH_REPROCESS", 5_000_000) as u64;
+    for events in [n / 5, n] {
+        let tp = topics(4);
+        let contacts = events.min(1_000_000);
+        let (produced, _) = produce(bs, &tp.input, year_of_purchases(contacts, events, 7));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("bench.toml");
+        std::fs::write(&cfg, config_text(bs, &tp, &dir.path().join("state"), "")).expect("config");
+        let log = std::fs::File::create(dir.path().join("reprocess.log")).expect("log");
+        let start = Instant::now();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_winback"))
+            .args(["reprocess", "--config"])
+            .arg(&cfg)
+            .arg("--from-beginning")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("winback reprocess");
+        let status = format!("/proc/{}/status", child.id());
+        let mut peak_kib = 0u64;
+        let code = loop {
+            if let Ok(text) = std::fs::read_to_string(&status)
+                && let Some(kib) = text
+                    .lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<u64>().ok())
+            {
+                peak_kib = peak_kib.max(kib);
+            }
+            if let Some(code) = child.try_wait().expect("wait") {
+                break code;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let took = start.elapsed().as_secs_f64();
+        let summary = std::fs::read_to_string(dir.path().join("reprocess.log")).unwrap_or_default();
+        assert!(code.success(), "reprocess failed:\n{summary}");
+        assert!(
+            summary.contains(&format!("events: {produced} line(s)")),
+            "not every record was read:\n{summary}"
+        );
+        println!(
+            "reprocess: {produced} events ({contacts} contacts, 4 partitions) in {took:.1} s = {:.0} events/s, peak RSS {} MiB",
+            produced as f64 / took,
+            peak_kib / 1024
+        );
+    }
+}
+
 fn main() {
     let which: Vec<String> = std::env::args()
         .skip(1)
@@ -894,5 +955,8 @@ fn main() {
     }
     if want("latency") {
         latency(&brokers());
+    }
+    if want("reprocess") {
+        reprocess(&brokers());
     }
 }

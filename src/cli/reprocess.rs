@@ -6,7 +6,9 @@
 //!
 //! Each input partition is processed on its own, as `winback run` would: its
 //! records in offset order, several input topics merged by event time (ties:
-//! the topic listed first), with that partition's share of the coupon pools.
+//! the topic listed first) as they stream in, by the merge `run` uses, with
+//! bounded buffers (memory does not grow with the history), with that
+//! partition's share of the coupon pools.
 //! The output is therefore a function of the input and the definitions:
 //! reprocessing the same input twice gives byte-identical records.
 
@@ -24,7 +26,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use super::CliError;
 use super::simulate::Summary;
 use crate::config::engine::EngineConfig;
-use crate::domain::{Definitions, Event, Folded, Timestamp, Transition};
+use crate::domain::{Definitions, Folded, Timestamp, Transition};
 use crate::runtime::partition::{Fed, Partition, PartitionError, PartitionSettings};
 use crate::sink::{Sink, transition_record};
 use crate::store::Store;
@@ -155,20 +157,8 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     let mut coupons = 0u64;
     let mut last_clock = None;
     for p in 0..partitions {
-        let events = read_partition(&consumer, &cfg, p, from, &mut summary)?;
-        let mut out = Vec::new();
-        let clock = process(
-            &store,
-            &defs,
-            p,
-            partitions,
-            events,
-            until,
-            &mut out,
-            &mut summary,
-        )?;
-        last_clock = last_clock.max(clock);
-        for t in &out {
+        let mut written = 0usize;
+        let mut emit = |t: &Transition, summary: &mut Summary| -> Result<(), CliError> {
             summary.count(t);
             if t.kind.type_name() == "coupon_assigned" {
                 coupons += 1;
@@ -185,9 +175,26 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
                 rec.headers
                     .push((HEADER_REPROCESS.to_string(), b"true".to_vec()));
                 sink.send(rec);
+                written += 1;
+                // Bounded memory: what is sent is held until acknowledged.
+                if written.is_multiple_of(SINK_CHUNK) {
+                    sink.finish(&AtomicBool::new(false))
+                        .map_err(|e| CliError::Runtime(e.to_string()))?;
+                }
             }
-        }
-        // Kept small: one partition's output at a time.
+            Ok(())
+        };
+        let clock = process_partition(
+            &consumer,
+            &cfg,
+            &store,
+            &defs,
+            (p, partitions),
+            (from, until),
+            &mut summary,
+            &mut emit,
+        )?;
+        last_clock = last_clock.max(clock);
         if let Some(sink) = sink.as_mut() {
             sink.finish(&AtomicBool::new(false))
                 .map_err(|e| CliError::Runtime(e.to_string()))?;
@@ -244,118 +251,76 @@ fn partition_count(
     Ok(first)
 }
 
-/// Partition `p` of every input topic, decoded, merged by event time.
-fn read_partition(
+/// Records one input topic may hold in the merge before its fetching
+/// pauses; and transitions produced between two waits for acknowledgements.
+const MERGE_BUFFER: usize = 10_000;
+const SINK_CHUNK: usize = 50_000;
+
+/// Where input topic `topic`'s partition `p` starts (`from`: the first
+/// record appended at or after it), and its end; None when there is nothing
+/// to read.
+fn start_and_end(
     consumer: &BaseConsumer<crate::source::Reader>,
-    cfg: &EngineConfig,
-    p: u32,
+    topic: &str,
+    p: i32,
     from: Option<Timestamp>,
-    summary: &mut Summary,
-) -> Result<Vec<Event>, CliError> {
+) -> Result<Option<(Offset, i64)>, CliError> {
     let kafka_err = |e: KafkaError| CliError::Kafka(e.to_string());
-    let mut per_topic: Vec<Vec<Event>> = Vec::new();
-    for input in &cfg.inputs {
-        let mut tpl = TopicPartitionList::new();
-        let start = match from {
-            None => Offset::Beginning,
-            Some(t) => {
-                let mut q = TopicPartitionList::new();
-                q.add_partition_offset(&input.topic, p as i32, Offset::Offset(t.0))
-                    .map_err(kafka_err)?;
-                let found = consumer
-                    .offsets_for_times(q, Duration::from_secs(10))
-                    .map_err(kafka_err)?;
-                found
-                    .find_partition(&input.topic, p as i32)
-                    .map_or(Offset::End, |e| match e.offset() {
-                        Offset::Offset(o) => Offset::Offset(o),
-                        _ => Offset::End,
-                    })
-            }
-        };
-        let (_, high) = consumer
-            .fetch_watermarks(&input.topic, p as i32, Duration::from_secs(10))
-            .map_err(kafka_err)?;
-        let mut events = Vec::new();
-        if high > 0 && start != Offset::End {
-            tpl.add_partition_offset(&input.topic, p as i32, start)
+    let start = match from {
+        None => Offset::Beginning,
+        Some(t) => {
+            let mut q = TopicPartitionList::new();
+            q.add_partition_offset(topic, p, Offset::Offset(t.0))
                 .map_err(kafka_err)?;
-            consumer.assign(&tpl).map_err(kafka_err)?;
-            loop {
-                match consumer.poll(Duration::from_secs(1)) {
-                    None => continue,
-                    Some(Err(KafkaError::PartitionEOF(_))) => break,
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "input read error");
-                        continue;
-                    }
-                    Some(Ok(m)) => {
-                        summary.lines += 1;
-                        let checked =
-                            crate::source::decode(input.format, m.payload()).and_then(|ev| {
-                                crate::source::check_record(
-                                    &ev,
-                                    m.key(),
-                                    m.timestamp().to_millis(),
-                                    cfg.time.max_future_skew,
-                                )
-                                .map(|()| ev)
-                            });
-                        match checked {
-                            Ok(ev) => events.push(ev),
-                            Err(r) => {
-                                summary.malformed += 1;
-                                eprintln!(
-                                    "{}[{p}] offset {}: skipped: {}",
-                                    input.topic,
-                                    m.offset(),
-                                    r.0
-                                );
-                            }
-                        }
-                        if m.offset() + 1 >= high {
-                            break;
-                        }
-                    }
-                }
-            }
-            consumer.unassign().map_err(kafka_err)?;
+            let found = consumer
+                .offsets_for_times(q, Duration::from_secs(10))
+                .map_err(kafka_err)?;
+            found
+                .find_partition(topic, p)
+                .map_or(Offset::End, |e| match e.offset() {
+                    Offset::Offset(o) => Offset::Offset(o),
+                    _ => Offset::End,
+                })
         }
-        per_topic.push(events);
-    }
-    // Merged by event time, each topic in its own (offset) order.
-    let mut heads: Vec<std::iter::Peekable<std::vec::IntoIter<Event>>> = per_topic
-        .into_iter()
-        .map(|v| v.into_iter().peekable())
-        .collect();
-    let mut merged = Vec::new();
-    loop {
-        let next = heads
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(i, h)| h.peek().map(|e| (e.occurred_at, i)))
-            .min();
-        let Some((_, i)) = next else { break };
-        if let Some(ev) = heads[i].next() {
-            merged.push(ev);
-        }
-    }
-    Ok(merged)
+    };
+    let (_, high) = consumer
+        .fetch_watermarks(topic, p, Duration::from_secs(10))
+        .map_err(kafka_err)?;
+    Ok((high > 0 && start != Offset::End).then_some((start, high)))
 }
 
-/// Folds one partition's events from nothing; returns its final clock.
+/// Partition `p` of every input topic, read as it streams in (buffers
+/// bounded: a topic running ahead pauses), merged by event time by the merge
+/// `run` uses, folded from nothing; each transition goes to `emit` as it is
+/// made. Returns the partition's final clock.
 #[allow(clippy::too_many_arguments)]
-fn process(
+fn process_partition(
+    consumer: &BaseConsumer<crate::source::Reader>,
+    cfg: &EngineConfig,
     store: &Store,
     defs: &Arc<Definitions>,
-    p: u32,
-    partitions: u32,
-    events: Vec<Event>,
-    until: Option<Timestamp>,
-    out: &mut Vec<Transition>,
+    (p, partitions): (u32, u32),
+    (from, until): (Option<Timestamp>, Option<Timestamp>),
     summary: &mut Summary,
+    emit: &mut dyn FnMut(&Transition, &mut Summary) -> Result<(), CliError>,
 ) -> Result<Option<Timestamp>, CliError> {
+    let kafka_err = |e: KafkaError| CliError::Kafka(e.to_string());
     let err = |e: String| CliError::Runtime(e);
+    let n = cfg.inputs.len();
+    let mut ends: Vec<Option<i64>> = Vec::with_capacity(n);
+    let mut tpl = TopicPartitionList::new();
+    for input in &cfg.inputs {
+        let found = start_and_end(consumer, &input.topic, p as i32, from)?;
+        if let Some((start, _)) = found {
+            tpl.add_partition_offset(&input.topic, p as i32, start)
+                .map_err(kafka_err)?;
+        }
+        ends.push(found.map(|(_, high)| high));
+    }
+    // A topic is done once read to the end it had when reprocess started.
+    let mut done: Vec<bool> = ends.iter().map(Option::is_none).collect();
+    let mut paused = vec![false; n];
+    consumer.assign(&tpl).map_err(kafka_err)?;
     let mut part = Partition::open(
         store,
         Arc::clone(defs),
@@ -364,37 +329,129 @@ fn process(
         PartitionSettings::default(),
     )
     .map_err(|e| err(e.to_string()))?;
+    let mut merge = crate::runtime::merge::Merge::new(n);
     let mut unlimited = usize::MAX;
-    for (i, ev) in events.iter().enumerate() {
-        let late = part.clock().is_some_and(|c| ev.occurred_at < c);
-        let fed = part.feed(store, ev, out, &mut unlimited);
-        if late && matches!(fed, Ok(Fed::Folded(_))) {
-            summary.late += 1;
-        }
-        match fed {
-            Ok(Fed::Folded(Folded::Applied)) => summary.folded += 1,
-            Ok(Fed::Folded(Folded::Unrouted)) => {
-                summary.folded += 1;
-                *summary.unrouted.entry(ev.name.clone()).or_default() += 1;
+    let mut out = Vec::new();
+    let mut folded = 0usize;
+    loop {
+        // Fold what the merge lets go: every topic has a head or is done.
+        while let Some(t) = merge.next(p, std::time::Instant::now(), Duration::ZERO, |t, _| {
+            if done[t] {
+                crate::runtime::merge::End::Reached
+            } else {
+                crate::runtime::merge::End::Behind
             }
-            Ok(Fed::Folded(Folded::Duplicate)) => summary.duplicates += 1,
-            Ok(Fed::Paused) => return Err(err("paused without a timer budget".into())),
-            Err(PartitionError::Event(e)) => {
-                summary.malformed += 1;
-                eprintln!("partition {p}: event {:?} skipped: {e}", ev.event_id);
+        }) {
+            let Some(b) = merge.pop(p, t) else { break };
+            let topic = &cfg.inputs[t].topic;
+            let ev = match b.record {
+                Ok(ev) => ev,
+                Err((reason, _, _)) => {
+                    summary.malformed += 1;
+                    eprintln!("{topic}[{p}] offset {}: skipped: {reason}", b.offset);
+                    continue;
+                }
+            };
+            let late = part.clock().is_some_and(|c| ev.occurred_at < c);
+            let fed = part.feed(store, &ev, &mut out, &mut unlimited);
+            if late && matches!(fed, Ok(Fed::Folded(_))) {
+                summary.late += 1;
             }
-            Err(PartitionError::Store(e)) => return Err(err(e.to_string())),
+            match fed {
+                Ok(Fed::Folded(Folded::Applied)) => summary.folded += 1,
+                Ok(Fed::Folded(Folded::Unrouted)) => {
+                    summary.folded += 1;
+                    *summary.unrouted.entry(ev.name.clone()).or_default() += 1;
+                }
+                Ok(Fed::Folded(Folded::Duplicate)) => summary.duplicates += 1,
+                Ok(Fed::Paused) => return Err(err("paused without a timer budget".into())),
+                Err(PartitionError::Event(e)) => {
+                    summary.malformed += 1;
+                    eprintln!("partition {p}: event {:?} skipped: {e}", ev.event_id);
+                }
+                Err(PartitionError::Store(e)) => return Err(err(e.to_string())),
+            }
+            for tr in out.drain(..) {
+                emit(&tr, summary)?;
+            }
+            folded += 1;
+            // Bounded memory: the scratch store takes the state every so often.
+            if folded.is_multiple_of(20_000) {
+                let mut batch = store.batch(defs, p);
+                part.write(&mut batch);
+                batch.commit().map_err(|e| err(e.to_string()))?;
+            }
+            if paused[t] && merge.len(p, t) <= MERGE_BUFFER / 2 {
+                let mut one = TopicPartitionList::new();
+                one.add_partition(topic, p as i32);
+                consumer.resume(&one).map_err(kafka_err)?;
+                paused[t] = false;
+            }
         }
-        // Bounded memory: the scratch store takes the state every so often.
-        if i % 20_000 == 19_999 {
-            let mut batch = store.batch(defs, p);
-            part.write(&mut batch);
-            batch.commit().map_err(|e| err(e.to_string()))?;
+        if done.iter().all(|d| *d) && !merge.holds(p) {
+            break;
+        }
+        let polled = consumer.poll(Duration::from_millis(200));
+        match polled {
+            None | Some(Err(KafkaError::PartitionEOF(_))) => {
+                // Read to the end (a transaction marker or aborted records
+                // may end the log, past the last record read).
+                if let Ok(pos) = consumer.position() {
+                    for (t, input) in cfg.inputs.iter().enumerate() {
+                        let at = pos.find_partition(&input.topic, p as i32).and_then(|e| {
+                            match e.offset() {
+                                Offset::Offset(o) => Some(o),
+                                _ => None,
+                            }
+                        });
+                        if let (Some(at), Some(end)) = (at, ends[t])
+                            && at >= end
+                        {
+                            done[t] = true;
+                        }
+                    }
+                }
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "input read error"),
+            Some(Ok(m)) => {
+                let Some(t) = cfg.inputs.iter().position(|i| i.topic == m.topic()) else {
+                    continue;
+                };
+                summary.lines += 1;
+                let record = crate::source::decode(cfg.inputs[t].format, m.payload())
+                    .and_then(|ev| {
+                        crate::source::check_record(
+                            &ev,
+                            m.key(),
+                            m.timestamp().to_millis(),
+                            cfg.time.max_future_skew,
+                        )
+                        .map(|()| ev)
+                    })
+                    .map_err(|r| (r.0, Vec::new(), Vec::new()));
+                if ends[t].is_some_and(|end| m.offset() + 1 >= end) {
+                    done[t] = true;
+                }
+                let offset = m.offset();
+                if ends[t].is_none_or(|end| offset < end) {
+                    merge.push(p, t, crate::runtime::merge::Buffered { offset, record });
+                }
+                if !paused[t] && merge.len(p, t) >= MERGE_BUFFER {
+                    let mut one = TopicPartitionList::new();
+                    one.add_partition(&cfg.inputs[t].topic, p as i32);
+                    consumer.pause(&one).map_err(kafka_err)?;
+                    paused[t] = true;
+                }
+            }
         }
     }
+    consumer.unassign().map_err(kafka_err)?;
     if let Some(u) = until {
-        part.advance_to(store, u, out, &mut unlimited)
+        part.advance_to(store, u, &mut out, &mut unlimited)
             .map_err(|e| err(e.to_string()))?;
+        for tr in out.drain(..) {
+            emit(&tr, summary)?;
+        }
     }
     let mut batch = store.batch(defs, p);
     part.write(&mut batch);

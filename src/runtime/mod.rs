@@ -24,7 +24,7 @@
 
 mod checks;
 pub mod embedded;
-mod merge;
+pub(crate) mod merge;
 pub mod partition;
 pub mod restore;
 
