@@ -914,11 +914,7 @@ impl Loop {
                     // No fetch answered yet: do not wait without limit.
                     return End::Reached;
                 };
-                let folded = positions
-                    .lock()
-                    .ok()
-                    .and_then(|p| p.get(&(topic.clone(), id as i32)).copied())
-                    .or_else(|| store.offset(id, topic).ok().flatten());
+                let folded = position_of(positions, store, id, topic).ok().flatten();
                 let mut at = buffered.max(folded).unwrap_or(0);
                 if at < high {
                     // Past commit markers of transactional producers upstream.
@@ -1039,15 +1035,7 @@ impl Loop {
     /// The next offset to fold of `topic`'s partition `id`: in memory if this
     /// run moved it, else as stored; None if it was never read.
     fn position(&self, id: u32, topic: &str) -> Result<Option<i64>, RuntimeError> {
-        let memory = self
-            .positions
-            .lock()
-            .ok()
-            .and_then(|p| p.get(&(topic.to_string(), id as i32)).copied());
-        match memory {
-            Some(n) => Ok(Some(n)),
-            None => Ok(self.store.offset(id, topic)?),
-        }
+        Ok(position_of(&self.positions, &self.store, id, topic)?)
     }
 
     /// Counts a record whose key hashes to another partition than the one it
@@ -1573,6 +1561,24 @@ impl Loop {
 /// The dead letter of the input record at `at` (topic, partition, offset):
 /// its coordinates and `reason` as headers, the original bytes as key and
 /// value, bounded so that the dead letter itself always fits.
+/// [`Loop::position`] over the loop's parts, for callers that hold other
+/// parts of the loop borrowed.
+fn position_of(
+    positions: &Mutex<HashMap<(String, i32), i64>>,
+    store: &Store,
+    id: u32,
+    topic: &str,
+) -> Result<Option<i64>, StoreError> {
+    let memory = positions
+        .lock()
+        .ok()
+        .and_then(|p| p.get(&(topic.to_string(), id as i32)).copied());
+    match memory {
+        Some(n) => Ok(Some(n)),
+        None => store.offset(id, topic),
+    }
+}
+
 /// The end of a topic partition as librdkafka last heard it from a fetch
 /// (the last stable offset for a `read_committed` consumer); None before
 /// any fetch answered. No request: the merge asks for every record.
