@@ -2,7 +2,8 @@
 //!
 //! `domain` is the pure state machine; `config` turns TOML files into validated
 //! definitions; `wire` encodes events and transitions (JSON lines, protobuf);
-//! `sim` drives the engine offline; `cli` is the command line.
+//! `domain::driver` drives the engine, `sim` over memory (offline) and
+//! `runtime` over the store (live); `cli` is the command line.
 
 pub mod cli;
 pub mod config;

@@ -352,11 +352,7 @@ fn process_partition(
                     continue;
                 }
             };
-            let late = part.clock().is_some_and(|c| ev.occurred_at < c);
             let fed = part.feed(store, &ev, &mut out, &mut unlimited);
-            if late && matches!(fed, Ok(Fed::Folded(_))) {
-                summary.late += 1;
-            }
             match fed {
                 Ok(Fed::Folded(Folded::Applied)) => summary.folded += 1,
                 Ok(Fed::Folded(Folded::Unrouted)) => {
@@ -446,6 +442,7 @@ fn process_partition(
         }
     }
     consumer.unassign().map_err(kafka_err)?;
+    summary.late += part.late_events();
     if let Some(u) = until {
         part.advance_to(store, u, &mut out, &mut unlimited)
             .map_err(|e| err(e.to_string()))?;

@@ -1,7 +1,7 @@
 //! The conversation state machine. Pure: it reads the definitions, one contact's
 //! state and the coupon pools, and reports what happened as [`Effects`].
 //!
-//! The caller's loop (see `crate::sim::Simulator` for the in-memory one):
+//! The caller's loop, implemented once in [`super::driver`]:
 //! 1. keep a partition clock (the highest event time seen);
 //! 2. before folding an event stamped `t`, fire every timer due at or before `t`
 //!    through [`Engine::on_timer`], in (expiry, contact, conversation, entry) order;

@@ -3,6 +3,7 @@
 
 pub mod coupon;
 pub mod definition;
+pub mod driver;
 pub mod engine;
 pub mod event;
 pub mod state;

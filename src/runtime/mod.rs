@@ -1082,17 +1082,16 @@ impl Loop {
             return Ok(true);
         };
         self.out.clear();
-        let late = part.clock().is_some_and(|c| p.event.occurred_at < c);
+        let late_before = part.late_events();
         let fed = part.feed(&self.store, &p.event, &mut self.out, budget);
+        let late = part.late_events() - late_before;
         for t in self.out.drain(..) {
             self.sink.send_transition(&self.defs, &self.cfg, &t);
             self.stats.transitions.fetch_add(1, Ordering::Relaxed);
         }
         match fed {
             Ok(Fed::Folded(_)) => {
-                if late {
-                    self.stats.late_events.fetch_add(1, Ordering::Relaxed);
-                }
+                self.stats.late_events.fetch_add(late, Ordering::Relaxed);
                 self.advance_position(&p.topic, p.partition, p.offset + 1);
                 Ok(true)
             }

@@ -1,5 +1,6 @@
-//! One partition's processing over the store: the engine's caller loop of
-//! [`crate::sim::Simulator`], with contact state read from RocksDB on demand
+//! One partition's processing over the store: the driver
+//! ([`crate::domain::driver`]) the simulator runs too, with contact state read
+//! from RocksDB on demand
 //! and the pending waits split between an in-memory wheel (the near horizon)
 //! and the durable expiry index (everything). No Kafka here: the runtime feeds
 //! it events and persists what it returns, so it can be tested on its own.
@@ -19,9 +20,7 @@ use std::sync::Arc;
 
 use crate::domain::coupon::handed_out_fingerprint;
 use crate::domain::definition::{ConvIdx, FastMap, PoolIdx};
-use crate::domain::engine::{
-    Effects, Engine, Folded, TimerChange, check_state_limits, route_event,
-};
+use crate::domain::driver::{Driver, Due, Holdings, Wait};
 use crate::domain::{
     ContactState, CouponPools, Definitions, Event, EventError, Timestamp, Transition,
 };
@@ -50,38 +49,42 @@ impl Default for PartitionSettings {
     }
 }
 
-/// What feeding one event did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fed {
-    Folded(Folded),
-    /// The waits due before the event used up the batch's timer budget: the
-    /// event is not folded yet; feed it again in the next batch.
-    Paused,
-}
+pub use crate::domain::driver::Fed;
 
 pub struct Partition {
     pub id: u32,
     /// The input partition count, which splits the coupon pools.
     partitions: u32,
-    engine: Engine,
-    settings: PartitionSettings,
-    pools: CouponPools,
-    wheel: Wheel<TimerKey>,
-    /// The wheel holds every pending wait expiring before this.
-    horizon: Timestamp,
-    clock: Option<Timestamp>,
-    fx: Effects,
-    // The running batch, written by `write`: contacts read, and whether the
-    // batch changed them (only those are written).
-    dirty: FastMap<Arc<str>, (ContactState, bool)>,
-    /// Changed contacts already encoded for the changelog.
+    driver: Driver<Arc<str>>,
+    held: Held,
+    /// Encoded for the changelog: changed contacts of the running batch.
     encoded: FastMap<Arc<str>, Vec<u8>>,
-    far: BTreeSet<(Timestamp, TimerKey)>,
-    timer_ops: Vec<(bool, StoredTimer)>,
     offsets: BTreeMap<String, i64>,
     /// Every input topic's next offset, this batch included.
     positions: BTreeMap<String, i64>,
-    clock_dirty: bool,
+    /// The clock as last written.
+    written_clock: Option<Timestamp>,
+}
+
+/// The running batch's contacts and the near waits; the rest is in the store.
+struct Held {
+    id: u32,
+    settings: PartitionSettings,
+    wheel: Wheel<TimerKey>,
+    /// The wheel holds every pending wait expiring before this.
+    horizon: Timestamp,
+    // The running batch, written by `write`: contacts read, and whether the
+    // batch changed them (only those are written).
+    dirty: FastMap<Arc<str>, (ContactState, bool)>,
+    far: BTreeSet<(Timestamp, TimerKey)>,
+    timer_ops: Vec<(bool, StoredTimer)>,
+}
+
+/// [`Held`] with the store behind it, for one call of the driver.
+struct Stored<'a> {
+    store: &'a Store,
+    defs: &'a Arc<Definitions>,
+    held: &'a mut Held,
 }
 
 impl Partition {
@@ -103,37 +106,44 @@ impl Partition {
                 st.low_warned = share.low_warned;
             }
         }
+        let clock = store.clock(id)?;
         Ok(Partition {
             id,
             partitions,
-            clock: store.clock(id)?,
-            engine: Engine::new(defs),
-            settings,
-            pools,
-            wheel: Wheel::new(),
-            horizon: Timestamp(i64::MIN),
-            fx: Effects::default(),
-            dirty: FastMap::default(),
+            driver: Driver::new(defs, pools, clock),
+            held: Held {
+                id,
+                settings,
+                wheel: Wheel::new(),
+                horizon: Timestamp(i64::MIN),
+                dirty: FastMap::default(),
+                far: BTreeSet::new(),
+                timer_ops: Vec::new(),
+            },
             encoded: FastMap::default(),
-            far: BTreeSet::new(),
-            timer_ops: Vec::new(),
             offsets: BTreeMap::new(),
             positions: store.offsets_of(id)?.into_iter().collect(),
-            clock_dirty: false,
+            written_clock: clock,
         })
     }
 
     pub fn clock(&self) -> Option<Timestamp> {
-        self.clock
+        self.driver.clock()
+    }
+
+    /// Events folded since the partition was opened whose `occurred_at` was
+    /// before the clock.
+    pub fn late_events(&self) -> u64 {
+        self.driver.late_events()
     }
 
     pub fn definitions(&self) -> &Arc<Definitions> {
-        self.engine.definitions()
+        self.driver.definitions()
     }
 
     /// Waits held in memory (cancelled ones not yet due among them).
     pub fn timers_in_memory(&self) -> usize {
-        self.wheel.len() + self.far.len()
+        self.held.wheel.len() + self.held.far.len()
     }
 
     /// Records that `topic` is consumed up to `next_offset` (exclusive); stored
@@ -147,8 +157,8 @@ impl Partition {
     /// state, then the partition's own record (clock, every input offset,
     /// coupon shares), last. Call before [`Partition::write`].
     pub fn changelog(&mut self, mut each: impl FnMut(&[u8], &[u8], bool)) {
-        let defs = Arc::clone(self.engine.definitions());
-        for (id, (st, changed)) in &self.dirty {
+        let defs = Arc::clone(self.driver.definitions());
+        for (id, (st, changed)) in &self.held.dirty {
             if *changed {
                 let bytes = crate::store::codec::encode(&defs, st);
                 each(id.as_bytes(), &bytes, false);
@@ -157,7 +167,7 @@ impl Partition {
             }
         }
         let st = PartitionState {
-            clock: self.clock,
+            clock: self.driver.clock(),
             offsets: self
                 .positions
                 .iter()
@@ -168,7 +178,7 @@ impl Partition {
                 .iter()
                 .enumerate()
                 .map(|(i, p)| {
-                    let st = self.pools.pool(i as PoolIdx);
+                    let st = self.driver.pools().pool(i as PoolIdx);
                     PoolProgress {
                         pool: p.name.to_string(),
                         share: CouponShare {
@@ -203,38 +213,13 @@ impl Partition {
         out: &mut Vec<Transition>,
         budget: &mut usize,
     ) -> Result<Fed, PartitionError> {
-        let defs = Arc::clone(self.engine.definitions());
-        let route = route_event(&defs, ev).map_err(PartitionError::Event)?;
-        if !self.advance_to(store, ev.occurred_at, out, budget)? {
-            return Ok(Fed::Paused);
-        }
-        let Some(route) = route else {
-            return Ok(Fed::Folded(Folded::Unrouted));
+        let defs = Arc::clone(self.driver.definitions());
+        let mut h = Stored {
+            store,
+            defs: &defs,
+            held: &mut self.held,
         };
-        let id: Arc<str> = Arc::from(ev.contact_id.as_str());
-        let (mut st, changed) = self.take_contact(store, &id)?;
-        if let Err(e) = check_state_limits(&st, ev, route) {
-            self.dirty.insert(id, (st, changed));
-            return Err(PartitionError::Event(e));
-        }
-        self.fx.clear();
-        std::mem::swap(&mut self.fx.transitions, out);
-        let folded =
-            self.engine
-                .on_routed_event(&id, &mut st, ev, route, &mut self.pools, &mut self.fx);
-        std::mem::swap(&mut self.fx.transitions, out);
-        if folded == Folded::Applied {
-            self.apply_timers(&id);
-            self.dirty.insert(Arc::clone(&id), (st, true));
-        } else {
-            self.dirty.insert(id, (st, changed));
-        }
-        // A late event's wait may be over already: it fires at the clock.
-        if let Some(now) = self.clock {
-            let mut unlimited = usize::MAX;
-            self.fire_due(store, now, out, &mut unlimited)?;
-        }
-        Ok(Fed::Folded(folded))
+        self.driver.feed(&mut h, ev, (), out, budget)
     }
 
     /// Moves the clock to `t` (never back), firing the waits due by then, each
@@ -247,180 +232,35 @@ impl Partition {
         out: &mut Vec<Transition>,
         budget: &mut usize,
     ) -> Result<bool, StoreError> {
-        if !self.fire_due(store, t, out, budget)? {
-            return Ok(false);
-        }
-        if self.clock.is_none_or(|c| c < t) {
-            self.clock = Some(t);
-            self.clock_dirty = true;
-        }
-        Ok(true)
-    }
-
-    fn fire_due(
-        &mut self,
-        store: &Store,
-        t: Timestamp,
-        out: &mut Vec<Transition>,
-        budget: &mut usize,
-    ) -> Result<bool, StoreError> {
-        loop {
-            // Only what the wheel is known to hold completely may fire; it
-            // loads more only once that is fired and budget is left, so a
-            // partition out of budget never piles up loaded timers.
-            let limit = Timestamp(t.0.min(self.horizon.0.saturating_sub(1)));
-            while let Some((at, key)) = self.wheel.pop_due(limit) {
-                if *budget == 0 {
-                    // Put back: a due timer goes to the front again, in order.
-                    self.wheel.insert(at, key);
-                    return Ok(false);
+        let defs = Arc::clone(self.driver.definitions());
+        let mut h = Stored {
+            store,
+            defs: &defs,
+            held: &mut self.held,
+        };
+        self.driver
+            .advance_to(&mut h, t, out, budget)
+            .map_err(|e| match e {
+                PartitionError::Store(e) => e,
+                PartitionError::Event(e) => {
+                    unreachable!("moving the clock folds no event: {e}")
                 }
-                let (contact, conv, entry) = key;
-                *budget -= 1;
-                let now = self.clock.map_or(at, |c| c.max(at));
-                if self.clock != Some(now) {
-                    self.clock = Some(now);
-                    self.clock_dirty = true;
-                }
-                self.timer_ops.push((
-                    false,
-                    StoredTimer {
-                        expiry: at,
-                        conversation: conv,
-                        entry,
-                        contact: contact.to_string(),
-                    },
-                ));
-                let (mut st, changed) = self.take_contact(store, &contact)?;
-                self.fx.clear();
-                std::mem::swap(&mut self.fx.transitions, out);
-                let fired = self.engine.on_timer(
-                    &contact,
-                    &mut st,
-                    conv,
-                    entry,
-                    at,
-                    now,
-                    &mut self.pools,
-                    &mut self.fx,
-                );
-                std::mem::swap(&mut self.fx.transitions, out);
-                if fired {
-                    self.apply_timers(&contact);
-                }
-                self.dirty.insert(contact, (st, changed || fired));
-            }
-            // Loaded to the end of time: nothing further to load. (Inputs stay
-            // far from it, Timestamp::MAX_ACCEPTED; this keeps the loop finite
-            // whatever an instant is.)
-            if self.horizon > t || self.horizon.0 == i64::MAX {
-                return Ok(true);
-            }
-            if *budget == 0 {
-                return Ok(false);
-            }
-            self.load_timers(store, t)?;
-        }
-    }
-
-    /// Loads the next stretch of waits from the store (and this batch's own).
-    fn load_timers(&mut self, store: &Store, t: Timestamp) -> Result<(), StoreError> {
-        let from = self.horizon;
-        let want = Timestamp(t.0.saturating_add(self.settings.timer_horizon_ms));
-        let defs = Arc::clone(self.engine.definitions());
-        let (stored, until) =
-            store.timers_range(&defs, self.id, from, want, self.settings.load_limit)?;
-        for s in stored {
-            let key: TimerKey = (Arc::from(s.contact.as_str()), s.conversation, s.entry);
-            self.far.remove(&(s.expiry, key.clone()));
-            self.wheel.insert(s.expiry, key);
-        }
-        while let Some(first) = self.far.first() {
-            if first.0 >= until {
-                break;
-            }
-            if let Some((at, key)) = self.far.pop_first() {
-                self.wheel.insert(at, key);
-            }
-        }
-        self.horizon = until;
-        Ok(())
-    }
-
-    /// A contact's state, and whether the running batch changed it already.
-    fn take_contact(
-        &mut self,
-        store: &Store,
-        id: &Arc<str>,
-    ) -> Result<(ContactState, bool), StoreError> {
-        if let Some(st) = self.dirty.remove(id) {
-            return Ok(st);
-        }
-        let defs = Arc::clone(self.engine.definitions());
-        Ok((
-            store.contact(&defs, self.id, id)?.unwrap_or_default(),
-            false,
-        ))
-    }
-
-    fn apply_timers(&mut self, contact: &Arc<str>) {
-        for tc in self.fx.timers.drain(..) {
-            match tc {
-                TimerChange::Set {
-                    conversation,
-                    entry,
-                    at,
-                } => {
-                    let key = (Arc::clone(contact), conversation, entry);
-                    if at < self.horizon {
-                        self.wheel.insert(at, key);
-                    } else {
-                        self.far.insert((at, key));
-                    }
-                    self.timer_ops.push((
-                        true,
-                        StoredTimer {
-                            expiry: at,
-                            conversation,
-                            entry,
-                            contact: contact.to_string(),
-                        },
-                    ));
-                }
-                TimerChange::Cancel {
-                    conversation,
-                    entry,
-                    at,
-                } => {
-                    self.far
-                        .remove(&(at, (Arc::clone(contact), conversation, entry)));
-                    self.timer_ops.push((
-                        false,
-                        StoredTimer {
-                            expiry: at,
-                            conversation,
-                            entry,
-                            contact: contact.to_string(),
-                        },
-                    ));
-                }
-            }
-        }
+            })
     }
 
     /// Whether the running batch changed anything.
     pub fn has_changes(&self) -> bool {
-        !self.dirty.is_empty()
-            || !self.timer_ops.is_empty()
+        !self.held.dirty.is_empty()
+            || !self.held.timer_ops.is_empty()
             || !self.offsets.is_empty()
-            || self.clock_dirty
+            || self.driver.clock() != self.written_clock
     }
 
     /// Adds the running batch's changes to `batch` and starts a new batch.
     /// Written changes are forgotten here: commit `batch` before feeding more.
     pub fn write(&mut self, batch: &mut Batch<'_>) {
         batch.switch_partition(self.id);
-        for (id, (st, changed)) in self.dirty.drain() {
+        for (id, (st, changed)) in self.held.dirty.drain() {
             if changed {
                 match self.encoded.remove(&id) {
                     Some(bytes) => batch.put_contact_encoded(&id, &bytes),
@@ -429,7 +269,7 @@ impl Partition {
             }
         }
         self.encoded.clear();
-        for (set, t) in self.timer_ops.drain(..) {
+        for (set, t) in self.held.timer_ops.drain(..) {
             if set {
                 batch.set_timer(&t);
             } else {
@@ -439,17 +279,17 @@ impl Partition {
         for (topic, off) in std::mem::take(&mut self.offsets) {
             batch.set_offset(&topic, off);
         }
-        if self.clock_dirty
-            && let Some(c) = self.clock
+        if self.driver.clock() != self.written_clock
+            && let Some(c) = self.driver.clock()
         {
             batch.set_clock(c);
         }
-        self.clock_dirty = false;
+        self.written_clock = self.driver.clock();
         // Every share, every time: the store then holds what the changelog's
         // partition record says (equal digests after a rebuild).
-        let defs = Arc::clone(self.engine.definitions());
+        let defs = Arc::clone(self.driver.definitions());
         for (i, p) in defs.pools.iter().enumerate() {
-            let st = self.pools.pool(i as PoolIdx);
+            let st = self.driver.pools().pool(i as PoolIdx);
             batch.set_coupon_share(
                 &p.name,
                 CouponShare {
@@ -459,14 +299,135 @@ impl Partition {
             );
         }
         // Written waits are on disk now; the next load finds them there.
-        self.far.clear();
+        self.held.far.clear();
+    }
+}
+
+impl Holdings for Stored<'_> {
+    type Contact = Arc<str>;
+    type Hint = ();
+    type Error = PartitionError;
+
+    fn resolve(&mut self, id: &str, (): ()) -> Result<Arc<str>, PartitionError> {
+        Ok(Arc::from(id))
+    }
+
+    fn with_contact<R>(
+        &mut self,
+        c: &Arc<str>,
+        f: impl FnOnce(&Arc<str>, &mut ContactState) -> (R, bool),
+    ) -> Result<R, PartitionError> {
+        let (mut st, changed) = match self.held.dirty.remove(c) {
+            Some(held) => held,
+            None => (
+                self.store
+                    .contact(self.defs, self.held.id, c)?
+                    .unwrap_or_default(),
+                false,
+            ),
+        };
+        let (r, now_changed) = f(c, &mut st);
+        self.held
+            .dirty
+            .insert(Arc::clone(c), (st, changed || now_changed));
+        Ok(r)
+    }
+
+    fn cmp_contacts(&self, a: &Arc<str>, b: &Arc<str>) -> std::cmp::Ordering {
+        a.cmp(b)
+    }
+
+    fn next_due(&mut self, t: Timestamp, may_load: bool) -> Result<Due<Arc<str>>, PartitionError> {
+        loop {
+            // Only what the wheel is known to hold completely may fire; it
+            // loads more only once that is fired and budget is left, so a
+            // partition out of budget never piles up loaded timers.
+            let limit = Timestamp(t.0.min(self.held.horizon.0.saturating_sub(1)));
+            if let Some((at, w)) = self.held.wheel.pop_due(limit) {
+                return Ok(Due::At(at, w));
+            }
+            // Loaded to the end of time: nothing further to load. (Inputs stay
+            // far from it, Timestamp::MAX_ACCEPTED; this keeps the loop finite
+            // whatever an instant is.)
+            if self.held.horizon > t || self.held.horizon.0 == i64::MAX {
+                return Ok(Due::Nothing);
+            }
+            if !may_load {
+                return Ok(Due::Unknown);
+            }
+            self.load_timers(t)?;
+        }
+    }
+
+    fn pop_same(&mut self, at: Timestamp) -> Option<TimerKey> {
+        self.held.wheel.pop_same(at)
+    }
+
+    /// A due wait goes to the front again, in order.
+    fn put_back(&mut self, at: Timestamp, w: TimerKey) {
+        self.held.wheel.insert(at, w);
+    }
+
+    fn firing(&mut self, at: Timestamp, w: &Wait<Arc<str>>) {
+        self.held.timer_ops.push((false, stored_timer(at, w)));
+    }
+
+    fn set_wait(&mut self, at: Timestamp, w: TimerKey) {
+        self.held.timer_ops.push((true, stored_timer(at, &w)));
+        if at < self.held.horizon {
+            self.held.wheel.insert(at, w);
+        } else {
+            self.held.far.insert((at, w));
+        }
+    }
+
+    /// Deleted from the store; a copy already in the wheel fires into nothing.
+    fn cancel_wait(&mut self, at: Timestamp, w: TimerKey) {
+        self.held.timer_ops.push((false, stored_timer(at, &w)));
+        self.held.far.remove(&(at, w));
+    }
+}
+
+fn stored_timer(at: Timestamp, (contact, conversation, entry): &Wait<Arc<str>>) -> StoredTimer {
+    StoredTimer {
+        expiry: at,
+        conversation: *conversation,
+        entry: *entry,
+        contact: contact.to_string(),
+    }
+}
+
+impl Stored<'_> {
+    /// Loads the next stretch of waits from the store (and this batch's own).
+    fn load_timers(&mut self, t: Timestamp) -> Result<(), StoreError> {
+        let held = &mut *self.held;
+        let from = held.horizon;
+        let want = Timestamp(t.0.saturating_add(held.settings.timer_horizon_ms));
+        let (stored, until) =
+            self.store
+                .timers_range(self.defs, held.id, from, want, held.settings.load_limit)?;
+        for s in stored {
+            let key: TimerKey = (Arc::from(s.contact.as_str()), s.conversation, s.entry);
+            held.far.remove(&(s.expiry, key.clone()));
+            held.wheel.insert(s.expiry, key);
+        }
+        while let Some(first) = held.far.first() {
+            if first.0 >= until {
+                break;
+            }
+            if let Some((at, key)) = held.far.pop_first() {
+                held.wheel.insert(at, key);
+            }
+        }
+        held.horizon = until;
+        Ok(())
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum PartitionError {
     #[error(transparent)]
-    Event(EventError),
+    Event(#[from] EventError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
