@@ -118,9 +118,11 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
         crate::source::reader_config(&cfg, &bootstrap)
             .create_with_context(crate::source::Reader)
             .map_err(kafka_err)?;
-    let partitions = partition_count(&consumer, &cfg)?;
+    let start_err = |e: crate::runtime::RuntimeError| CliError::Kafka(e.to_string());
+    let partitions =
+        crate::runtime::checks::input_partitions(&consumer, &cfg, &[]).map_err(start_err)?;
     let out_partitions = match &args.output_topic {
-        Some(t) => Some(topic_partitions(&consumer, t)?),
+        Some(t) => Some(crate::runtime::checks::topic_partitions(&consumer, t).map_err(start_err)?),
         None => None,
     };
 
@@ -214,41 +216,6 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn topic_partitions(
-    consumer: &BaseConsumer<crate::source::Reader>,
-    topic: &str,
-) -> Result<u32, CliError> {
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(|e| CliError::Kafka(format!("metadata of {topic:?}: {e}")))?;
-    let n = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map_or(0, |t| t.partitions().len() as u32);
-    if n == 0 {
-        return Err(CliError::Kafka(format!("topic {topic:?} does not exist")));
-    }
-    Ok(n)
-}
-
-fn partition_count(
-    consumer: &BaseConsumer<crate::source::Reader>,
-    cfg: &EngineConfig,
-) -> Result<u32, CliError> {
-    let mut counts = Vec::new();
-    for i in &cfg.inputs {
-        counts.push((i.topic.clone(), topic_partitions(consumer, &i.topic)?));
-    }
-    let first = counts[0].1;
-    if counts.iter().any(|(_, n)| *n != first) {
-        return Err(CliError::Kafka(format!(
-            "the input topics differ in partition count: {counts:?}"
-        )));
-    }
-    Ok(first)
 }
 
 /// Records one input topic may hold in the merge before its fetching

@@ -1,6 +1,8 @@
-//! What `run` checks against the brokers before it trusts them with state:
-//! the changelog topic keeps every contact, and a stored input position is
-//! still in its log. Each failure names what is wrong and how to fix it.
+//! What `run` (and `reprocess`, where it applies) checks before it trusts
+//! the brokers and the store with state: the topics exist and the inputs
+//! agree on a partition count, the changelog topic keeps every contact, a
+//! stored input position is still in its log, the coupon pools only grew.
+//! Each failure names what is wrong and how to fix it.
 
 use std::future::Future;
 use std::time::Duration;
@@ -10,7 +12,10 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 
 use super::RuntimeError;
-use crate::config::engine::EngineConfig;
+use super::error::kafka;
+use crate::config::engine::{EngineConfig, Guarantee};
+use crate::domain::Definitions;
+use crate::store::rocks::Store;
 
 /// Runs an admin future to completion from a blocking thread: inside the
 /// CLI's runtime (where `run` works), or on a plain thread.
@@ -98,8 +103,116 @@ pub fn out_of_range<C: ConsumerContext>(
 ) -> Result<Option<(i64, i64)>, RuntimeError> {
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, Duration::from_secs(10))
-        .map_err(super::kafka(format!("watermarks of {topic}[{partition}]")))?;
+        .map_err(kafka(format!("watermarks of {topic}[{partition}]")))?;
     Ok((next < low || next > high).then_some((low, high)))
+}
+
+/// How many partitions `topic` has; an error if it does not exist.
+pub(crate) fn topic_partitions<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+) -> Result<u32, RuntimeError> {
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(kafka(format!("metadata of {topic:?}")))?;
+    let n = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map_or(0, |t| t.partitions().len() as u32);
+    if n == 0 {
+        return Err(RuntimeError::MissingTopic(topic.to_string()));
+    }
+    Ok(n)
+}
+
+/// The input topics' common partition count, which places every contact
+/// and splits the coupon pools: `run` and `reprocess` start with it. Every
+/// topic in `outputs` must exist; the changelog, if among them, must be
+/// partitioned like the input.
+pub(crate) fn input_partitions<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    cfg: &EngineConfig,
+    outputs: &[&str],
+) -> Result<u32, RuntimeError> {
+    let mut counts = Vec::new();
+    for input in &cfg.inputs {
+        counts.push((
+            input.topic.clone(),
+            topic_partitions(consumer, &input.topic)?,
+        ));
+    }
+    let first = counts[0].1;
+    for &topic in outputs {
+        let n = topic_partitions(consumer, topic)?;
+        if topic == cfg.outputs.changelog && n != first {
+            counts.push((topic.to_string(), n));
+        }
+    }
+    if counts.iter().any(|(_, n)| *n != first) {
+        let list: Vec<String> = counts.iter().map(|(t, n)| format!("{t}: {n}")).collect();
+        return Err(RuntimeError::PartitionMismatch(list.join(", ")));
+    }
+    Ok(first)
+}
+
+/// What `run` writes to: each must exist before it starts.
+pub(crate) fn run_outputs(cfg: &EngineConfig) -> Vec<&str> {
+    let mut outputs = vec![
+        cfg.outputs.transitions.as_str(),
+        cfg.outputs.sends.as_str(),
+        cfg.outputs.dead_letters.as_str(),
+    ];
+    if cfg.guarantee == Guarantee::ExactlyOnce {
+        outputs.push(&cfg.outputs.changelog);
+    }
+    outputs
+}
+
+/// Checks the pool codes against those loaded first, and loads them the
+/// first time. Codes may be appended to a file; anything else would hand out
+/// a code twice.
+pub fn load_pools(store: &Store, defs: &Definitions) -> Result<(), RuntimeError> {
+    // A pool renamed in the definitions would start over at its first code.
+    for name in store.pool_names()? {
+        if defs.pools.iter().any(|p| *p.name == *name) {
+            continue;
+        }
+        let Some(codes) = store.pool_codes(&name)? else {
+            continue;
+        };
+        let old: std::collections::HashSet<&str> = codes.iter().map(String::as_str).collect();
+        if let Some(p) = defs
+            .pools
+            .iter()
+            .find(|p| p.codes.iter().any(|c| old.contains(&**c)))
+        {
+            return Err(RuntimeError::PoolRenamed {
+                old: name,
+                new: p.name.to_string(),
+            });
+        }
+    }
+    for p in &defs.pools {
+        let stored = store.pool_codes(&p.name)?;
+        if let Some(stored) = &stored
+            && let Some(index) = stored
+                .iter()
+                .zip(p.codes.iter())
+                .position(|(a, b)| a.as_str() != &**b)
+                .or((p.codes.len() < stored.len()).then_some(p.codes.len()))
+        {
+            return Err(RuntimeError::PoolChanged {
+                pool: p.name.to_string(),
+                stored: stored.len(),
+                index: index + 1,
+            });
+        }
+        if stored.is_none_or(|s| s.len() < p.codes.len()) {
+            store.put_pool_codes(&p.name, &p.codes)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -122,5 +235,64 @@ mod tests {
                 .contains("retention.ms=604800000")
         );
         assert!(changelog_problem("compact,delete", "-1", "1000").is_some());
+    }
+
+    use std::sync::Arc;
+
+    use crate::domain::definition::PoolDef;
+
+    fn defs(codes: &[&str]) -> Definitions {
+        named("p", codes)
+    }
+
+    fn named(name: &str, codes: &[&str]) -> Definitions {
+        Definitions::new(
+            vec![],
+            vec![PoolDef {
+                name: name.into(),
+                codes: codes.iter().map(|c| Arc::from(*c)).collect(),
+                low_stock: 1,
+                expires_at: None,
+            }],
+            vec![],
+            vec![],
+            vec![],
+        )
+    }
+
+    #[test]
+    fn pool_codes_are_stored_once_and_may_only_grow() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        load_pools(&store, &defs(&["A", "B"])).unwrap();
+        assert_eq!(store.pool_codes("p").unwrap().unwrap(), ["A", "B"]);
+        // The same, and appended: fine; the stored list grows.
+        load_pools(&store, &defs(&["A", "B"])).unwrap();
+        load_pools(&store, &defs(&["A", "B", "C"])).unwrap();
+        assert_eq!(store.pool_codes("p").unwrap().unwrap(), ["A", "B", "C"]);
+        // Reordered, replaced or removed: refused, naming the first difference.
+        for bad in [&["B", "A", "C"][..], &["A", "X", "C"], &["A", "B"]] {
+            match load_pools(&store, &defs(bad)) {
+                Err(RuntimeError::PoolChanged { pool, stored, .. }) => {
+                    assert_eq!((pool.as_str(), stored), ("p", 3));
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        assert_eq!(store.pool_codes("p").unwrap().unwrap(), ["A", "B", "C"]);
+    }
+
+    #[test]
+    fn a_renamed_pool_is_refused_and_a_new_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        load_pools(&store, &named("spring", &["A", "B"])).unwrap();
+        match load_pools(&store, &named("autumn", &["X", "B"])) {
+            Err(RuntimeError::PoolRenamed { old, new }) => {
+                assert_eq!((old.as_str(), new.as_str()), ("spring", "autumn"));
+            }
+            other => panic!("{other:?}"),
+        }
+        load_pools(&store, &named("autumn", &["X", "Y"])).unwrap();
     }
 }

@@ -194,9 +194,7 @@ impl Loop {
             self.parts.insert(id, part);
             for input in &self.cfg.inputs {
                 let stored = self.store.offset(id, &input.topic)?;
-                if let Ok(mut pos) = self.positions.lock() {
-                    pos.remove(&(input.topic.clone(), id as i32));
-                }
+                self.positions.forget(&input.topic, id as i32);
                 let to = stored.map_or(Offset::Beginning, Offset::Offset);
                 self.seek(&input.topic, id as i32, to)?;
             }

@@ -2,43 +2,20 @@
 //! merge, folded in merge order, dead-lettered when they cannot be; the
 //! positions folded so far.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::error::{RuntimeError, kafka};
+use super::error::RuntimeError;
 use super::idle::cached_end;
 use super::merge::End;
 use super::partition::{Fed, PartitionError};
-use super::rebalance::Ctx;
 use super::{Loop, MERGE_BUFFER, PausedEvent};
-use crate::config::engine::{EngineConfig, Guarantee};
 use crate::sink::OutRecord;
 use crate::source;
-use crate::store::rocks::{Store, StoreError};
-
-/// [`Loop::position`] over the loop's parts, for callers that hold other
-/// parts of the loop borrowed.
-pub(super) fn position_of(
-    positions: &Mutex<HashMap<(String, i32), i64>>,
-    store: &Store,
-    id: u32,
-    topic: &str,
-) -> Result<Option<i64>, StoreError> {
-    let memory = positions
-        .lock()
-        .ok()
-        .and_then(|p| p.get(&(topic.to_string(), id as i32)).copied());
-    match memory {
-        Some(n) => Ok(Some(n)),
-        None => store.offset(id, topic),
-    }
-}
 
 /// The dead letter of the input record at `at` (topic, partition, offset):
 /// its coordinates and `reason` as headers, the original bytes as key and
@@ -75,51 +52,6 @@ pub(super) fn dead_letter_record(
     }
 }
 
-/// The input topics' common partition count; every output topic must exist,
-/// and the changelog (exactly-once mode) must be partitioned like the input.
-pub(super) fn input_partitions(
-    consumer: &BaseConsumer<Ctx>,
-    cfg: &EngineConfig,
-) -> Result<u32, RuntimeError> {
-    let mut counts = Vec::new();
-    let mut outputs = vec![
-        &cfg.outputs.transitions,
-        &cfg.outputs.sends,
-        &cfg.outputs.dead_letters,
-    ];
-    if cfg.guarantee == Guarantee::ExactlyOnce {
-        outputs.push(&cfg.outputs.changelog);
-    }
-    let mut changelog = None;
-    for topic in cfg.inputs.iter().map(|i| &i.topic).chain(outputs) {
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .map_err(kafka(format!("metadata of {topic:?}")))?;
-        let n = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic.as_str() && t.error().is_none())
-            .map_or(0, |t| t.partitions().len());
-        if n == 0 {
-            return Err(RuntimeError::MissingTopic(topic.clone()));
-        }
-        if cfg.inputs.iter().any(|i| &i.topic == topic) {
-            counts.push((topic.clone(), n as u32));
-        } else if topic == &cfg.outputs.changelog {
-            changelog = Some(n as u32);
-        }
-    }
-    let first = counts[0].1;
-    if let Some(n) = changelog.filter(|n| *n != first) {
-        counts.push((cfg.outputs.changelog.clone(), n));
-    }
-    if counts.iter().any(|(_, n)| *n != first) {
-        let list: Vec<String> = counts.iter().map(|(t, n)| format!("{t}: {n}")).collect();
-        return Err(RuntimeError::PartitionMismatch(list.join(", ")));
-    }
-    Ok(first)
-}
-
 impl Loop {
     /// Folds what partition `id`'s merge lets go now, in event-time order
     /// across its input topics. False when the batch's timer budget ran out.
@@ -145,7 +77,7 @@ impl Loop {
                     // No fetch answered yet: do not wait without limit.
                     return End::Reached;
                 };
-                let folded = position_of(positions, store, id, topic).ok().flatten();
+                let folded = positions.or_stored(store, topic, id as i32).ok().flatten();
                 let mut at = buffered.max(folded).unwrap_or(0);
                 if at < high {
                     // Past commit markers of transactional producers upstream.
@@ -270,7 +202,7 @@ impl Loop {
     /// The next offset to fold of `topic`'s partition `id`: in memory if this
     /// run moved it, else as stored; None if it was never read.
     pub(super) fn position(&self, id: u32, topic: &str) -> Result<Option<i64>, RuntimeError> {
-        Ok(position_of(&self.positions, &self.store, id, topic)?)
+        Ok(self.positions.or_stored(&self.store, topic, id as i32)?)
     }
 
     /// Counts a record whose key hashes to another partition than the one it
@@ -363,8 +295,6 @@ impl Loop {
         if let Some(part) = self.parts.get_mut(&(partition as u32)) {
             part.note_offset(topic, next);
         }
-        if let Ok(mut pos) = self.positions.lock() {
-            pos.insert((topic.to_string(), partition), next);
-        }
+        self.positions.set(topic, partition, next);
     }
 }

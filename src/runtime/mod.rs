@@ -22,7 +22,7 @@
 //! is written. A crash between the two makes the next run process the batch
 //! again: the same transitions, with the same ids.
 
-mod checks;
+pub(crate) mod checks;
 mod clock;
 mod commit;
 pub mod embedded;
@@ -31,14 +31,16 @@ mod idle;
 mod input;
 pub(crate) mod merge;
 pub mod partition;
+mod positions;
 mod rebalance;
 pub mod restore;
 mod stats;
 
+pub use checks::load_pools;
 pub use clock::{ManualClock, SystemClock, WallClock};
 pub use error::RuntimeError;
 use error::kafka;
-use input::input_partitions;
+use positions::Positions;
 use rebalance::{Ctx, Restorer};
 pub use stats::RunStats;
 
@@ -81,52 +83,6 @@ pub struct RunParams {
     pub stats: Arc<RunStats>,
 }
 
-/// Checks the pool codes against those loaded first, and loads them the
-/// first time. Codes may be appended to a file; anything else would hand out
-/// a code twice.
-pub fn load_pools(store: &Store, defs: &Definitions) -> Result<(), RuntimeError> {
-    // A pool renamed in the definitions would start over at its first code.
-    for name in store.pool_names()? {
-        if defs.pools.iter().any(|p| *p.name == *name) {
-            continue;
-        }
-        let Some(codes) = store.pool_codes(&name)? else {
-            continue;
-        };
-        let old: std::collections::HashSet<&str> = codes.iter().map(String::as_str).collect();
-        if let Some(p) = defs
-            .pools
-            .iter()
-            .find(|p| p.codes.iter().any(|c| old.contains(&**c)))
-        {
-            return Err(RuntimeError::PoolRenamed {
-                old: name,
-                new: p.name.to_string(),
-            });
-        }
-    }
-    for p in &defs.pools {
-        let stored = store.pool_codes(&p.name)?;
-        if let Some(stored) = &stored
-            && let Some(index) = stored
-                .iter()
-                .zip(p.codes.iter())
-                .position(|(a, b)| a.as_str() != &**b)
-                .or((p.codes.len() < stored.len()).then_some(p.codes.len()))
-        {
-            return Err(RuntimeError::PoolChanged {
-                pool: p.name.to_string(),
-                stored: stored.len(),
-                index: index + 1,
-            });
-        }
-        if stored.is_none_or(|s| s.len() < p.codes.len()) {
-            store.put_pool_codes(&p.name, &p.codes)?;
-        }
-    }
-    Ok(())
-}
-
 /// Runs until `stop` is set; then finishes the batch, waits for the broker's
 /// acknowledgements and writes the state.
 pub fn run(params: RunParams) -> Result<(), RuntimeError> {
@@ -153,7 +109,7 @@ pub fn run(params: RunParams) -> Result<(), RuntimeError> {
         None => store.set_guarantee(cfg.guarantee.as_str())?,
     }
 
-    let positions = Arc::new(Mutex::new(HashMap::new()));
+    let positions = Positions::default();
     let restorer = (cfg.guarantee == Guarantee::ExactlyOnce).then(|| Restorer {
         cfg: cfg.clone(),
         defs: Arc::clone(&defs),
@@ -163,7 +119,7 @@ pub fn run(params: RunParams) -> Result<(), RuntimeError> {
     });
     let ctx = Ctx {
         store: Arc::clone(&store),
-        positions: Arc::clone(&positions),
+        positions: positions.clone(),
         held: Mutex::new(BTreeSet::new()),
         events: Mutex::new(Vec::new()),
         restorer,
@@ -175,7 +131,7 @@ pub fn run(params: RunParams) -> Result<(), RuntimeError> {
         .create_with_context(ctx)
         .map_err(kafka("create the consumer"))?;
 
-    let partitions = input_partitions(&consumer, &cfg)?;
+    let partitions = checks::input_partitions(&consumer, &cfg, &checks::run_outputs(&cfg))?;
     match store.partitions()? {
         Some(stored) if stored != partitions => {
             return Err(RuntimeError::PartitionsChanged {
@@ -270,7 +226,7 @@ struct Loop {
     store: Arc<Store>,
     consumer: BaseConsumer<Ctx>,
     sink: Sink,
-    positions: Arc<Mutex<HashMap<(String, i32), i64>>>,
+    positions: Positions,
     partitions: u32,
     parts: BTreeMap<u32, Partition>,
     /// An event whose due waits did not fit in the last batch's timer budget.
@@ -413,11 +369,7 @@ impl Loop {
                     tracing::debug!(topic, partition, offset, "skipped: partition not held");
                     continue;
                 }
-                let next = self
-                    .positions
-                    .lock()
-                    .ok()
-                    .and_then(|p| p.get(&(topic.clone(), partition)).copied());
+                let next = self.positions.get(&topic, partition);
                 let input = self.cfg.inputs.iter().position(|i| i.topic == topic);
                 let (Some(input), false) = (input, next.is_some_and(|n| offset < n)) else {
                     // Folded already (a fetch repeated around a seek): never twice.
@@ -455,66 +407,5 @@ impl Loop {
         }
         self.commit()?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::definition::PoolDef;
-
-    fn defs(codes: &[&str]) -> Definitions {
-        named("p", codes)
-    }
-
-    fn named(name: &str, codes: &[&str]) -> Definitions {
-        Definitions::new(
-            vec![],
-            vec![PoolDef {
-                name: name.into(),
-                codes: codes.iter().map(|c| Arc::from(*c)).collect(),
-                low_stock: 1,
-                expires_at: None,
-            }],
-            vec![],
-            vec![],
-            vec![],
-        )
-    }
-
-    #[test]
-    fn pool_codes_are_stored_once_and_may_only_grow() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        load_pools(&store, &defs(&["A", "B"])).unwrap();
-        assert_eq!(store.pool_codes("p").unwrap().unwrap(), ["A", "B"]);
-        // The same, and appended: fine; the stored list grows.
-        load_pools(&store, &defs(&["A", "B"])).unwrap();
-        load_pools(&store, &defs(&["A", "B", "C"])).unwrap();
-        assert_eq!(store.pool_codes("p").unwrap().unwrap(), ["A", "B", "C"]);
-        // Reordered, replaced or removed: refused, naming the first difference.
-        for bad in [&["B", "A", "C"][..], &["A", "X", "C"], &["A", "B"]] {
-            match load_pools(&store, &defs(bad)) {
-                Err(RuntimeError::PoolChanged { pool, stored, .. }) => {
-                    assert_eq!((pool.as_str(), stored), ("p", 3));
-                }
-                other => panic!("{bad:?}: {other:?}"),
-            }
-        }
-        assert_eq!(store.pool_codes("p").unwrap().unwrap(), ["A", "B", "C"]);
-    }
-
-    #[test]
-    fn a_renamed_pool_is_refused_and_a_new_one_is_not() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        load_pools(&store, &named("spring", &["A", "B"])).unwrap();
-        match load_pools(&store, &named("autumn", &["X", "B"])) {
-            Err(RuntimeError::PoolRenamed { old, new }) => {
-                assert_eq!((old.as_str(), new.as_str()), ("spring", "autumn"));
-            }
-            other => panic!("{other:?}"),
-        }
-        load_pools(&store, &named("autumn", &["X", "Y"])).unwrap();
     }
 }

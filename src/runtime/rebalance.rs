@@ -3,7 +3,7 @@
 //! opens or lets go of the partitions between polls, committing what it
 //! folded of a revoked one first.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::error::{RuntimeError, kafka};
 use super::partition::Partition;
+use super::positions::Positions;
 use super::stats::RunStats;
 use super::{Loop, checks, restore};
 use crate::config::engine::{EngineConfig, Guarantee, OffsetOutOfRange};
@@ -52,7 +53,7 @@ pub(super) struct Ctx {
     pub(super) store: Arc<Store>,
     /// The next offset to read per (topic, partition), as processed in memory:
     /// ahead of the store during a batch.
-    pub(super) positions: Arc<Mutex<HashMap<(String, i32), i64>>>,
+    pub(super) positions: Positions,
     /// Partitions whose state the loop holds in memory.
     pub(super) held: Mutex<BTreeSet<u32>>,
     pub(super) events: Mutex<Vec<Rebalanced>>,
@@ -207,9 +208,7 @@ impl Ctx {
             policy = self.offset_out_of_range.as_str(),
             "the stored input position is outside the log; going on as processing.offset_out_of_range says"
         );
-        if let Ok(mut pos) = self.positions.lock() {
-            pos.insert((topic.to_string(), p), to);
-        }
+        self.positions.set(topic, p, to);
         Ok(to)
     }
 }
@@ -244,11 +243,11 @@ impl ConsumerContext for Ctx {
                         return;
                     }
                 }
-                let positions = self.positions.lock().map(|p| p.clone()).unwrap_or_default();
                 let mut starts = Vec::with_capacity(parts.len());
                 for (topic, p) in &parts {
-                    let next = match positions.get(&(topic.clone(), *p)) {
-                        Some(&o) => Some(o),
+                    let in_memory = self.positions.get(topic, *p);
+                    let next = match in_memory {
+                        Some(o) => Some(o),
                         None => match self.store.offset(*p as u32, topic) {
                             Ok(None) => None,
                             // A stored position may have left the log while
@@ -271,7 +270,7 @@ impl ConsumerContext for Ctx {
                         },
                     };
                     let offset = next.map_or(Offset::Beginning, Offset::Offset);
-                    starts.push((*p, next, positions.contains_key(&(topic.clone(), *p))));
+                    starts.push((*p, next, in_memory.is_some()));
                     if let Err(e) = tpl.set_partition_offset(topic, *p, offset) {
                         tracing::error!(error = %e, topic, partition = p, "cannot set a start offset");
                     }
@@ -371,9 +370,7 @@ impl Loop {
                         self.parts.remove(&(p as u32));
                         self.merge.forget(p as u32);
                         self.merge_paused.retain(|(_, id)| *id != p as u32);
-                        if let Ok(mut pos) = self.positions.lock() {
-                            pos.remove(&(topic, p));
-                        }
+                        self.positions.forget(&topic, p);
                         if self.paused.as_ref().is_some_and(|e| e.partition == p) {
                             self.paused = None;
                         }

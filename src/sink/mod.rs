@@ -16,10 +16,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-use rdkafka::TopicPartitionList;
-use rdkafka::consumer::ConsumerGroupMetadata;
+use std::time::Duration;
 
 use prost::Message;
 use rdkafka::ClientConfig;
@@ -31,6 +28,9 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use crate::config::engine::EngineConfig;
 use crate::domain::{Definitions, Transition, TransitionKind};
 use crate::wire;
+use txn::{TXN_TIMEOUT, Txn};
+
+mod txn;
 
 /// Headers of transition records.
 pub const HEADER_TYPE: &str = "winback.type";
@@ -69,9 +69,6 @@ const GENERATION_SHIFT: u32 = 32;
 const GENERATION_MASK: usize = (1 << 24) - 1;
 const CHANGELOG_BIT: usize = 1 << 31;
 const INDEX_MASK: usize = CHANGELOG_BIT - 1;
-
-/// How long one transactional call may block before it is retried.
-const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One record to produce, borrowed: librdkafka copies it.
 #[derive(Debug, Clone, Copy)]
@@ -190,22 +187,25 @@ pub struct Sink {
     producer: ThreadedProducer<Tracker>,
     /// Records produced in the running batch (delivery indexes below this).
     sent: usize,
-    /// At-least-once: the running batch's records, by delivery index, to
-    /// produce again if their delivery fails. Exactly-once keeps none: a
-    /// failed delivery aborts the transaction and the batch is redone.
-    kept: Vec<OutRecord>,
+    delivery: Delivery,
     /// Deliveries to this topic report where the changelog ends.
     changelog: String,
     /// Encoding buffer, reused.
     buf: Vec<u8>,
     /// Deliveries that failed and were produced again (shared with the run's stats).
     pub retried: Arc<AtomicU64>,
-    transactional: bool,
-    in_txn: bool,
     /// Tags the running batch's delivery reports (the high bits of the opaque).
     generation: usize,
-    /// Why the running transaction could not begin; reported at its commit.
-    begin_failed: Option<KafkaError>,
+}
+
+/// How a batch's records are made safe, and what that keeps.
+enum Delivery {
+    /// The running batch's records, by delivery index, produced again if
+    /// their delivery fails, until every one is acknowledged.
+    AtLeastOnce { kept: Vec<OutRecord> },
+    /// Nothing kept: a failed delivery aborts the transaction and the batch
+    /// is redone from the store.
+    ExactlyOnce(Txn),
 }
 
 impl Sink {
@@ -244,14 +244,14 @@ impl Sink {
             producer,
             config,
             sent: 0,
-            kept: Vec::new(),
+            delivery: match transactional_id {
+                Some(_) => Delivery::ExactlyOnce(Txn::Idle),
+                None => Delivery::AtLeastOnce { kept: Vec::new() },
+            },
             changelog: cfg.outputs.changelog.clone(),
             buf: Vec::new(),
             retried: Arc::default(),
-            transactional: transactional_id.is_some(),
-            in_txn: false,
             generation: 0,
-            begin_failed: None,
         })
     }
 
@@ -276,25 +276,25 @@ impl Sink {
 
     pub fn send(&mut self, rec: OutRecord) {
         rec.with_borrowed(|r| self.produce_next(r));
-        if !self.transactional {
-            self.kept.push(rec);
+        if let Delivery::AtLeastOnce { kept } = &mut self.delivery {
+            kept.push(rec);
         }
     }
 
     /// Produces `rec` as the running batch's next record.
     pub fn send_record(&mut self, rec: Record<'_>) {
         self.produce_next(rec);
-        if !self.transactional {
-            self.kept.push(owned(rec));
+        if let Delivery::AtLeastOnce { kept } = &mut self.delivery {
+            kept.push(owned(rec));
         }
     }
 
     fn produce_next(&mut self, rec: Record<'_>) {
-        if self.transactional && !self.in_txn && self.begin_failed.is_none() {
-            match self.producer.begin_transaction() {
-                Ok(()) => self.in_txn = true,
-                Err(e) => self.begin_failed = Some(e),
-            }
+        if let Delivery::ExactlyOnce(txn @ Txn::Idle) = &mut self.delivery {
+            *txn = match self.producer.begin_transaction() {
+                Ok(()) => Txn::Open,
+                Err(e) => Txn::BeginFailed(e),
+            };
         }
         let index = self.sent;
         self.sent += 1;
@@ -381,7 +381,10 @@ impl Sink {
 
     /// Produces the running batch's record `index` again (at-least-once).
     fn produce_kept(&mut self, index: usize) {
-        let Some(rec) = self.kept.get(index).cloned() else {
+        let Delivery::AtLeastOnce { kept } = &self.delivery else {
+            return;
+        };
+        let Some(rec) = kept.get(index).cloned() else {
             return;
         };
         rec.with_borrowed(|r| self.produce(index, r));
@@ -453,118 +456,6 @@ impl Sink {
             }
         }
     }
-}
-
-impl Sink {
-    /// Commits the running transaction with `offsets` as the group's consumed
-    /// positions (fenced by the group generation in `group`). Reports the
-    /// highest offset written to each partition of the changelog.
-    /// An abortable failure aborts it; only a fatal one (this process was
-    /// fenced by another with the same instance id) is an error.
-    pub fn commit_transaction(
-        &mut self,
-        offsets: &TopicPartitionList,
-        group: &ConsumerGroupMetadata,
-    ) -> Result<TxnOutcome, SinkError> {
-        if let Some(e) = self.begin_failed.take() {
-            return self.abort(e, "begin");
-        }
-        if !self.in_txn {
-            if offsets.count() == 0 {
-                return Ok(TxnOutcome::Committed(HashMap::new()));
-            }
-            if let Err(e) = self.producer.begin_transaction() {
-                return self.abort(e, "begin");
-            }
-            self.in_txn = true;
-        }
-        // A record refused before it reached the transaction is not in it:
-        // committing would drop it while the input offsets move past the
-        // input that made it.
-        if let Some(what) = self.refused() {
-            self.abort_transaction()?;
-            return Err(SinkError::Refused(what));
-        }
-        if offsets.count() > 0
-            && let Err(e) =
-                self.txn_call(|p| p.send_offsets_to_transaction(offsets, group, TXN_TIMEOUT))
-        {
-            return self.abort(e, "send offsets");
-        }
-        if let Err(e) = self.txn_call(|p| p.commit_transaction(TXN_TIMEOUT)) {
-            // Refused by the broker: doing the batch again would fail again.
-            if let Some(what) = self.refused() {
-                self.abort_transaction()?;
-                return Err(SinkError::Refused(what));
-            }
-            return self.abort(e, "commit");
-        }
-        self.in_txn = false;
-        // Every delivery report is out once the commit returned; take them
-        // as the producer's thread serves them.
-        let mut ends = HashMap::new();
-        let mut seen = 0;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while seen < self.sent && Instant::now() < deadline {
-            for (o, partition, offset) in take(&self.producer.context().acked) {
-                if self.index(o).is_none() {
-                    continue;
-                }
-                seen += 1;
-                if o & CHANGELOG_BIT != 0 {
-                    let e = ends.entry(partition).or_insert(offset);
-                    *e = (*e).max(offset);
-                }
-            }
-            if seen < self.sent {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-        take(&self.producer.context().failed);
-        if seen < self.sent {
-            // Committed, but some offsets are unknown: the restore position
-            // stays where it was and the next restore reads a little more.
-            tracing::warn!(
-                missing = self.sent - seen,
-                "delivery reports missing after a commit"
-            );
-            ends.clear();
-        }
-        self.clear_batch();
-        Ok(TxnOutcome::Committed(ends))
-    }
-
-    /// Retries a transactional call while librdkafka calls its error retriable.
-    fn txn_call(
-        &self,
-        f: impl Fn(&ThreadedProducer<Tracker>) -> Result<(), KafkaError>,
-    ) -> Result<(), KafkaError> {
-        let mut tries = 0;
-        loop {
-            match f(&self.producer) {
-                Err(KafkaError::Transaction(e)) if e.is_retriable() && tries < 10 => {
-                    tries += 1;
-                    tracing::debug!(error = %e, "retriable transaction error; again");
-                }
-                other => return other,
-            }
-        }
-    }
-
-    /// Aborts the running transaction, if any: nothing of it becomes visible.
-    pub fn abort_transaction(&mut self) -> Result<(), SinkError> {
-        self.begin_failed = None;
-        if self.in_txn {
-            self.txn_call(|p| p.abort_transaction(TXN_TIMEOUT))
-                .map_err(|source| SinkError::Transaction {
-                    what: "abort",
-                    source,
-                })?;
-            self.in_txn = false;
-        }
-        self.clear_batch();
-        Ok(())
-    }
 
     /// The first record of the running batch refused for good, described.
     fn refused(&self) -> Option<String> {
@@ -589,20 +480,10 @@ impl Sink {
         take(&ctx.failed);
         take(&ctx.refused);
         self.sent = 0;
-        self.kept.clear();
-        self.generation = (self.generation + 1) & GENERATION_MASK;
-    }
-
-    fn abort(&mut self, e: KafkaError, what: &'static str) -> Result<TxnOutcome, SinkError> {
-        let fatal = match &e {
-            KafkaError::Transaction(t) => t.is_fatal(),
-            _ => self.producer.client().fatal_error().is_some(),
-        };
-        if fatal {
-            return Err(SinkError::Transaction { what, source: e });
+        if let Delivery::AtLeastOnce { kept } = &mut self.delivery {
+            kept.clear();
         }
-        self.abort_transaction()?;
-        Ok(TxnOutcome::Aborted(format!("{what}: {e}")))
+        self.generation = (self.generation + 1) & GENERATION_MASK;
     }
 }
 
