@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building winback needs on Debian/Ubuntu (as root, or with
 # sudo): a C/C++ toolchain, libclang for RocksDB's bindings (bindgen), and the
-# libssl, libsasl2 and zlib headers librdkafka is built against. Installs only
-# what is missing; a no-op on a machine that has everything.
+# libssl and zlib headers librdkafka is built against; with --gssapi also
+# libsasl2 (the `gssapi` feature, Kerberos). Installs only what is missing; a
+# no-op on a machine that has everything.
 set -euo pipefail
-pkgs=(build-essential libclang-dev libssl-dev libsasl2-dev zlib1g-dev pkg-config)
+pkgs=(build-essential libclang-dev libssl-dev zlib1g-dev pkg-config)
+[ "${1:-}" = "--gssapi" ] && pkgs+=(libsasl2-dev)
 missing=()
 for pkg in "${pkgs[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
