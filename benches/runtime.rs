@@ -177,6 +177,8 @@ transitions = {tr:?}
 sends = {sends:?}
 dead_letters = {dlq:?}
 changelog = {changelog:?}
+[admin]
+listen = "127.0.0.1:0"
 [processing]
 {processing}
 "#,

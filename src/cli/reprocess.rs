@@ -313,9 +313,12 @@ fn process_partition(
             let topic = &cfg.inputs[t].topic;
             let ev = match b.record {
                 Ok(ev) => ev,
-                Err((reason, _, _)) => {
+                Err((rejected, _, _)) => {
                     summary.malformed += 1;
-                    eprintln!("{topic}[{p}] offset {}: skipped: {reason}", b.offset);
+                    eprintln!(
+                        "{topic}[{p}] offset {}: skipped: {}",
+                        b.offset, rejected.reason
+                    );
                     continue;
                 }
             };
@@ -391,7 +394,7 @@ fn process_partition(
                         )
                         .map(|()| ev)
                     })
-                    .map_err(|r| (r.0, Vec::new(), Vec::new()));
+                    .map_err(|r| (r, Vec::new(), Vec::new()));
                 if ends[t].is_some_and(|end| m.offset() + 1 >= end) {
                     done[t] = true;
                 }

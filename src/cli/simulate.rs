@@ -9,7 +9,7 @@ use std::sync::Arc;
 use chrono::Datelike;
 
 use super::{CliError, Format};
-use crate::domain::{Event, Folded, Timestamp, Transition, TransitionKind};
+use crate::domain::{Event, EventError, Folded, Timestamp, Transition, TransitionKind};
 use crate::sim::Simulator;
 use crate::wire;
 
@@ -42,6 +42,12 @@ pub struct Args {
     pub max_future_skew: String,
     #[arg(long, value_enum, default_value_t = Format::Json)]
     pub format: Format,
+    /// Simulate as `run` over this many input partitions: each contact's
+    /// events on the partition its id hashes to (Kafka's murmur2), each
+    /// partition with its own clock and its share of every coupon pool. The
+    /// same transitions then carry the codes `run` hands out.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub partitions: u32,
 }
 
 /// What a run over events did (`simulate`, `reprocess`), printed to stderr.
@@ -148,7 +154,14 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
         None => Box::new(BufWriter::new(std::io::stdout().lock())),
     };
 
-    let mut sim = Simulator::new(defs.clone());
+    let partitions = args.partitions as usize;
+    let mut sims: Vec<Simulator> = if partitions == 1 {
+        vec![Simulator::new(defs.clone())]
+    } else {
+        (0..partitions)
+            .map(|p| Simulator::for_partition(defs.clone(), p, partitions))
+            .collect()
+    };
     let mut summary = Summary::default();
     let mut batch: Vec<Transition> = Vec::new();
     let emit = |batch: &mut Vec<Transition>,
@@ -173,7 +186,7 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     let mut pending: Vec<Event> = Vec::with_capacity(BATCH);
     let mut linenos: Vec<usize> = Vec::with_capacity(BATCH);
     // Folds the pending events; false when `--strict` stops the run.
-    let flush = |sim: &mut Simulator,
+    let flush = |sims: &mut [Simulator],
                  pending: &mut Vec<Event>,
                  linenos: &mut Vec<usize>,
                  batch: &mut Vec<Transition>,
@@ -182,36 +195,51 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
      -> Result<bool, CliError> {
         let mut failed: Result<(), CliError> = Ok(());
         let mut stopped = false;
-        sim.feed_batch(pending, batch, |i, result, batch| {
-            let (ev, lineno) = (&pending[i], linenos[i]);
-            match result {
-                Ok(Folded::Applied) => summary.folded += 1,
-                Ok(Folded::Unrouted) => {
-                    summary.folded += 1;
-                    *summary.unrouted.entry(ev.name.clone()).or_default() += 1;
+        let mut each =
+            |i: usize, result: Result<Folded, EventError>, batch: &mut Vec<Transition>| {
+                let (ev, lineno) = (&pending[i], linenos[i]);
+                match result {
+                    Ok(Folded::Applied) => summary.folded += 1,
+                    Ok(Folded::Unrouted) => {
+                        summary.folded += 1;
+                        *summary.unrouted.entry(ev.name.clone()).or_default() += 1;
+                    }
+                    Ok(Folded::Duplicate) => {
+                        summary.duplicates += 1;
+                        eprintln!(
+                            "{name}:{lineno}: duplicate event_id {:?} for contact {:?}: ignored",
+                            ev.event_id, ev.contact_id
+                        );
+                    }
+                    Err(e) => {
+                        summary.malformed += 1;
+                        eprintln!("{name}:{lineno}: invalid event: {e}");
+                        stopped = args.strict;
+                    }
                 }
-                Ok(Folded::Duplicate) => {
-                    summary.duplicates += 1;
-                    eprintln!(
-                        "{name}:{lineno}: duplicate event_id {:?} for contact {:?}: ignored",
-                        ev.event_id, ev.contact_id
-                    );
+                failed = emit(batch, out, summary);
+                if failed.is_err() || stopped {
+                    if stopped {
+                        eprintln!("{name}:{lineno}: stopping (--strict)");
+                    }
+                    return ControlFlow::Break(());
                 }
-                Err(e) => {
-                    summary.malformed += 1;
-                    eprintln!("{name}:{lineno}: invalid event: {e}");
-                    stopped = args.strict;
+                ControlFlow::Continue(())
+            };
+        if let [sim] = sims {
+            sim.feed_batch(pending, batch, each);
+        } else {
+            // Each event to its partition, in file order: what `run` folds
+            // when the file is produced, keyed by contact, at once.
+            for (i, ev) in pending.iter().enumerate() {
+                let p =
+                    crate::source::partition_for_key(ev.contact_id.as_bytes(), sims.len() as u32);
+                let result = sims[p as usize].feed(ev, batch);
+                if each(i, result, batch).is_break() {
+                    break;
                 }
             }
-            failed = emit(batch, out, summary);
-            if failed.is_err() || stopped {
-                if stopped {
-                    eprintln!("{name}:{lineno}: stopping (--strict)");
-                }
-                return ControlFlow::Break(());
-            }
-            ControlFlow::Continue(())
-        });
+        }
         pending.clear();
         linenos.clear();
         failed.map(|()| !stopped)
@@ -242,7 +270,7 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
         let mut go_on = true;
         if at_end || bad.is_some() || pending.len() == BATCH {
             go_on = flush(
-                &mut sim,
+                &mut sims,
                 &mut pending,
                 &mut linenos,
                 &mut batch,
@@ -263,18 +291,21 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
             return Ok(ExitCode::from(1));
         }
     }
+    let clock = sims.iter().filter_map(Simulator::clock).max();
     if let Some(u) = until {
-        if sim.clock().is_some_and(|c| u < c) {
+        if clock.is_some_and(|c| u < c) {
             eprintln!(
                 "warning: --until {u} is before the clock ({}); the clock never goes back",
-                sim.clock().unwrap_or(u)
+                clock.unwrap_or(u)
             );
         }
-        sim.advance_to(u, &mut batch);
-        emit(&mut batch, &mut out, &mut summary)?;
+        for sim in &mut sims {
+            sim.advance_to(u, &mut batch);
+            emit(&mut batch, &mut out, &mut summary)?;
+        }
     }
     out.flush().map_err(write_err)?;
-    summary.late = sim.late_events();
-    summary.print(sim.clock());
+    summary.late = sims.iter().map(Simulator::late_events).sum();
+    summary.print(sims.iter().filter_map(Simulator::clock).max());
     Ok(ExitCode::SUCCESS)
 }

@@ -14,6 +14,8 @@ use crate::domain::time::{Duration, HOUR_MS, MINUTE_MS, SECOND_MS};
 
 pub const DEFAULT_GROUP_ID: &str = "winback";
 pub const DEFAULT_EMBEDDED_LISTEN: &str = "127.0.0.1:9092";
+/// The admin server (`/metrics`, `/healthz`, `/readyz`): local only by default.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
 pub const DEFAULT_PURCHASES_TOPIC: &str = "checkouts";
 pub const DEFAULT_SUBSCRIPTIONS_TOPIC: &str = "subscriptions";
 pub const DEFAULT_TRANSITIONS_TOPIC: &str = "winback.transitions";
@@ -73,6 +75,8 @@ struct RawEngine {
     #[serde(default)]
     processing: Option<Spanned<RawProcessing>>,
     #[serde(default)]
+    admin: Option<Spanned<RawAdmin>>,
+    #[serde(default)]
     kafka: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
 }
 
@@ -84,6 +88,12 @@ struct RawBroker {
     embedded_listen: Option<Spanned<String>>,
     embedded_partitions: Option<Spanned<i64>>,
     restore_from: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -265,6 +275,9 @@ pub struct EngineConfig {
     pub bootstrap_servers: String,
     pub group_id: String,
     pub embedded_listen: String,
+    /// Where `run` serves `/metrics`, `/healthz` and `/readyz`; `None` (an
+    /// empty `admin.listen`): not served.
+    pub admin_listen: Option<std::net::SocketAddr>,
     /// Partitions of each topic the embedded broker creates.
     pub embedded_partitions: i32,
     /// Default: `Start` with the embedded broker, else `Position`.
@@ -373,6 +386,26 @@ pub fn parse_engine(
         || PathBuf::from(DEFAULT_STATE_DIR),
         |s| resolve(s.get_ref()),
     );
+
+    let admin_listen = match raw.admin.as_ref().and_then(|a| a.get_ref().listen.as_ref()) {
+        None => DEFAULT_ADMIN_LISTEN.parse().ok(),
+        Some(l) if l.get_ref().trim().is_empty() => None,
+        Some(l) => match l.get_ref().trim().parse::<std::net::SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                diags.push(src.diag(
+                    Severity::Error,
+                    Some(l.span()),
+                    "admin.listen",
+                    format!(
+                        "{:?} is not an address such as \"127.0.0.1:9464\" (empty: no admin server)",
+                        l.get_ref()
+                    ),
+                ));
+                None
+            }
+        },
+    };
 
     let broker = raw.broker.as_ref().map(|b| b.get_ref());
     let mut bootstrap_servers = broker
@@ -822,6 +855,7 @@ pub fn parse_engine(
         state_dir,
         bootstrap_servers,
         embedded_listen,
+        admin_listen,
         embedded_partitions,
         restore_from,
         inputs,

@@ -21,10 +21,14 @@ impl Loop {
         if !changed && self.sink.pending() == 0 {
             return Ok(());
         }
-        match self.cfg.guarantee {
+        let started = Instant::now();
+        let done = match self.cfg.guarantee {
             Guarantee::AtLeastOnce => self.commit_acknowledged(),
             Guarantee::ExactlyOnce => self.commit_transaction(),
-        }
+        };
+        ::metrics::histogram!(super::metrics::COMMIT_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        done
     }
 
     /// At-least-once: waits for the batch's acknowledgements, then writes its
@@ -124,6 +128,7 @@ impl Loop {
             .events_written
             .fetch_add(std::mem::take(&mut self.batch_settled), Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.tally.record(&self.defs);
         Ok(())
     }
 
@@ -187,6 +192,7 @@ impl Loop {
         // Read and settled again by the batches to come.
         self.batch_settled = 0;
         self.out.clear();
+        self.tally.clear();
         let ids: Vec<u32> = self.parts.keys().copied().collect();
         for id in ids {
             self.forget_buffered(id);

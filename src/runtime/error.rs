@@ -13,6 +13,8 @@ pub enum RuntimeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Sink(#[from] SinkError),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
     #[error("Kafka: {what}: {source}")]
     Kafka { what: String, source: KafkaError },
     #[error(

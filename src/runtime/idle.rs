@@ -113,6 +113,7 @@ impl Loop {
             for t in self.out.drain(..) {
                 self.sink.send_transition(&self.defs, &self.cfg, &t);
                 self.stats.transitions.fetch_add(1, Ordering::Relaxed);
+                self.tally.transition(&t);
                 self.stats.timers_fired_idle.fetch_add(1, Ordering::Relaxed);
             }
         }

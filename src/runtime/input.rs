@@ -25,11 +25,11 @@ pub(super) fn dead_letter_record(
     key: Vec<u8>,
     value: Vec<u8>,
     at: (&str, i32, i64),
-    reason: &str,
+    rejected: &source::Rejected,
 ) -> OutRecord {
     let (topic, partition, offset) = at;
     let (key, value, truncated) = source::dead_letter_body(key, value);
-    let mut reason = reason.as_bytes().to_vec();
+    let mut reason = rejected.reason.as_bytes().to_vec();
     reason.truncate(4096);
     let mut headers = vec![
         (source::DLQ_TOPIC.into(), topic.as_bytes().to_vec()),
@@ -39,6 +39,7 @@ pub(super) fn dead_letter_record(
         ),
         (source::DLQ_OFFSET.into(), offset.to_string().into_bytes()),
         (source::DLQ_REASON.into(), reason),
+        (source::DLQ_KIND.into(), rejected.kind.as_bytes().to_vec()),
     ];
     if let Some(t) = truncated {
         headers.push((source::DLQ_TRUNCATED.into(), t.into_bytes()));
@@ -116,15 +117,15 @@ impl Loop {
                         return Ok(false);
                     }
                 }
-                Err((reason, key, value)) => {
+                Err((rejected, key, value)) => {
                     let rec = dead_letter_record(
                         &self.cfg.outputs.dead_letters,
                         key,
                         value,
                         (&topic, partition, b.offset),
-                        &reason,
+                        &rejected,
                     );
-                    self.dead_letter(rec, &topic, partition, b.offset, &reason);
+                    self.dead_letter(rec, &topic, partition, b.offset, &rejected);
                 }
             }
         }
@@ -241,10 +242,12 @@ impl Loop {
         for t in self.out.drain(..) {
             self.sink.send_transition(&self.defs, &self.cfg, &t);
             self.stats.transitions.fetch_add(1, Ordering::Relaxed);
+            self.tally.transition(&t);
         }
         match fed {
             Ok(Fed::Folded(_)) => {
                 self.stats.late_events.fetch_add(late, Ordering::Relaxed);
+                self.tally.late(p.partition as u32, late);
                 self.advance_position(&p.topic, p.partition, p.offset + 1);
                 Ok(true)
             }
@@ -253,16 +256,16 @@ impl Loop {
                 Ok(false)
             }
             Err(PartitionError::Event(e)) => {
-                let reason = e.to_string();
+                let rejected = source::Rejected::new(source::REJECT_REFUSED, e.to_string());
                 let value = crate::wire::json::encode_event(&p.event).into_bytes();
                 let rec = dead_letter_record(
                     &self.cfg.outputs.dead_letters,
                     p.event.contact_id.as_bytes().to_vec(),
                     value,
                     (&p.topic, p.partition, p.offset),
-                    &reason,
+                    &rejected,
                 );
-                self.dead_letter(rec, &p.topic, p.partition, p.offset, &reason);
+                self.dead_letter(rec, &p.topic, p.partition, p.offset, &rejected);
                 Ok(true)
             }
             Err(PartitionError::Store(e)) => Err(e.into()),
@@ -275,17 +278,19 @@ impl Loop {
         topic: &str,
         partition: i32,
         offset: i64,
-        reason: &str,
+        rejected: &source::Rejected,
     ) {
         tracing::warn!(
             topic,
             partition,
             offset,
-            reason,
+            kind = rejected.kind,
+            reason = rejected.reason,
             "input record sent to the dead-letter topic"
         );
         self.sink.send(rec);
         self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+        self.tally.dead_letter(rejected.kind);
         self.advance_position(topic, partition, offset + 1);
     }
 

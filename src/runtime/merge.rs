@@ -14,7 +14,7 @@ use crate::domain::Event;
 
 /// A record that cannot be folded: its reason, key and value (for the dead
 /// letter).
-pub type Refused = (String, Vec<u8>, Vec<u8>);
+pub type Refused = (crate::source::Rejected, Vec<u8>, Vec<u8>);
 
 /// One polled input record, decoded or refused.
 pub struct Buffered {
@@ -215,7 +215,18 @@ mod tests {
         m.push(0, 0, b(0, ev(5)));
         m.push(0, 1, b(0, ev(5)));
         assert_eq!(m.next(0, t0, Duration::ZERO, |_, _| End::Behind), Some(0));
-        m.push(3, 1, b(7, Err(("bad".into(), vec![], vec![]))));
+        m.push(
+            3,
+            1,
+            b(
+                7,
+                Err((
+                    crate::source::Rejected::new("malformed", "bad"),
+                    vec![],
+                    vec![],
+                )),
+            ),
+        );
         assert_eq!(
             m.next(3, t0, Duration::from_secs(9), |_, _| End::Behind),
             Some(1)

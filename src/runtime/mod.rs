@@ -30,6 +30,7 @@ mod error;
 mod idle;
 mod input;
 pub(crate) mod merge;
+mod metrics;
 pub mod partition;
 mod positions;
 mod rebalance;
@@ -53,6 +54,7 @@ use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 
+use crate::admin::{AdminServer, Health};
 use crate::config::engine::{EngineConfig, Guarantee};
 use crate::domain::{Definitions, Event, Timestamp, Transition};
 use crate::sink::Sink;
@@ -109,6 +111,24 @@ pub fn run(params: RunParams) -> Result<(), RuntimeError> {
         None => store.set_guarantee(cfg.guarantee.as_str())?,
     }
 
+    // The run's own recorder, only with a server to read it: metrics stay
+    // apart from any other run in the process (tests run several).
+    let health = Arc::new(Health::default());
+    let (recorder, _admin) = match cfg.admin_listen {
+        Some(addr) => {
+            let recorder = metrics::recorder();
+            let server = AdminServer::start(
+                addr,
+                recorder.handle(),
+                Arc::clone(&health),
+                Arc::clone(&store),
+            )?;
+            stats.admin_addr.set(server.addr).ok();
+            (Some(recorder), Some(server))
+        }
+        None => (None, None),
+    };
+
     let positions = Positions::default();
     let restorer = (cfg.guarantee == Guarantee::ExactlyOnce).then(|| Restorer {
         cfg: cfg.clone(),
@@ -123,6 +143,7 @@ pub fn run(params: RunParams) -> Result<(), RuntimeError> {
         held: Mutex::new(BTreeSet::new()),
         events: Mutex::new(Vec::new()),
         restorer,
+        health: Arc::clone(&health),
         offset_out_of_range: cfg.offset_out_of_range,
         defer_unassign: AtomicBool::new(true),
         unassign_due: AtomicBool::new(false),
@@ -192,12 +213,21 @@ pub fn run(params: RunParams) -> Result<(), RuntimeError> {
         merge_paused: BTreeSet::new(),
         quiet_since: HashMap::new(),
         transactions: 0,
+        tally: metrics::Tally::default(),
+        health,
         abort_every: std::env::var(ENV_ABORT_EVERY)
             .ok()
             .and_then(|v| v.parse().ok())
             .filter(|n| *n > 0),
     };
-    let result = rt.run();
+    let result = match &recorder {
+        Some(r) => ::metrics::with_local_recorder(r, || {
+            metrics::describe();
+            rt.run()
+        }),
+        None => rt.run(),
+    };
+    rt.health.stopping();
     // From here on a revocation lets go at once: nothing folds any more.
     rt.consumer
         .context()
@@ -255,6 +285,9 @@ struct Loop {
     quiet_since: HashMap<u32, Timestamp>,
     /// Transactions begun so far, and the fault injection's period.
     transactions: u64,
+    /// The running batch's counts for the metrics, recorded at its commit.
+    tally: metrics::Tally,
+    health: Arc<Health>,
     abort_every: Option<u64>,
 }
 
@@ -335,7 +368,12 @@ impl Loop {
                             .and_then(|ev| {
                                 crate::domain::engine::route_event(&self.defs, &ev)
                                     .map(|_| ev)
-                                    .map_err(|e| source::Rejected(e.to_string()))
+                                    .map_err(|e| {
+                                        source::Rejected::new(
+                                            source::REJECT_UNROUTABLE,
+                                            e.to_string(),
+                                        )
+                                    })
                             })
                             .and_then(|ev| {
                                 source::check_record(
@@ -349,7 +387,7 @@ impl Loop {
                             .inspect(|ev| self.note_partition(&ev.contact_id, m.partition()))
                             .map_err(|r| {
                                 (
-                                    r.0,
+                                    r,
                                     m.key().unwrap_or_default().to_vec(),
                                     m.payload().unwrap_or_default().to_vec(),
                                 )
@@ -404,6 +442,8 @@ impl Loop {
             }
             self.commit()?;
             self.stats.batch_ends.fetch_add(1, Ordering::Release);
+            self.health.batch_ended();
+            self.publish(started);
         }
         self.commit()?;
         Ok(())

@@ -17,6 +17,7 @@ use super::partition::Partition;
 use super::positions::Positions;
 use super::stats::RunStats;
 use super::{Loop, checks, restore};
+use crate::admin::Health;
 use crate::config::engine::{EngineConfig, Guarantee, OffsetOutOfRange};
 use crate::domain::Definitions;
 use crate::source;
@@ -58,6 +59,7 @@ pub(super) struct Ctx {
     pub(super) held: Mutex<BTreeSet<u32>>,
     pub(super) events: Mutex<Vec<Rebalanced>>,
     pub(super) restorer: Option<Restorer>,
+    pub(super) health: Arc<Health>,
     pub(super) offset_out_of_range: OffsetOutOfRange,
     /// While the loop runs, a revocation keeps the partitions assigned until
     /// the loop has committed what it folded of them.
@@ -80,6 +82,13 @@ impl Ctx {
         let Some(r) = &self.restorer else {
             return Ok(());
         };
+        self.health.restore_started();
+        let done = self.restore_with(r, partition);
+        self.health.restore_ended();
+        done
+    }
+
+    fn restore_with(&self, r: &Restorer, partition: u32) -> Result<(), RuntimeError> {
         let deadline = Instant::now() + RESTORE_CATCH_UP;
         loop {
             let done = restore::restore_partition(
@@ -91,8 +100,11 @@ impl Ctx {
                 &r.stop,
                 &mut |records, at, end| {
                     tracing::info!(partition, records, at, end, "restoring from the changelog");
+                    super::metrics::restore_remaining(partition, end - at);
                 },
-            )?;
+            );
+            super::metrics::restore_remaining(partition, 0);
+            let done = done?;
             r.stats
                 .restored_records
                 .fetch_add(done.records, Ordering::Relaxed);
@@ -416,6 +428,7 @@ impl Loop {
         if let Ok(mut held) = self.consumer.context().held.lock() {
             *held = self.parts.keys().copied().collect();
         }
+        self.health.assignment_changed(self.parts.keys().copied());
         self.unassign_if_due()
     }
 

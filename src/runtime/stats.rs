@@ -1,7 +1,8 @@
 //! The counters of a run, readable while it runs (the exit line, tests, benchmarks).
 
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 
 /// Counters of a run, readable while it runs.
 #[derive(Debug, Default)]
@@ -48,4 +49,6 @@ pub struct RunStats {
     /// Batches under way at a revocation, committed before the partitions
     /// were let go.
     pub revocation_commits: AtomicU64,
+    /// Where the admin server listens (`admin.listen`, a port 0 resolved).
+    pub admin_addr: OnceLock<SocketAddr>,
 }

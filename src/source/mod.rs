@@ -15,6 +15,10 @@ pub const DLQ_TOPIC: &str = "winback.dlq.topic";
 pub const DLQ_PARTITION: &str = "winback.dlq.partition";
 pub const DLQ_OFFSET: &str = "winback.dlq.offset";
 pub const DLQ_REASON: &str = "winback.dlq.reason";
+/// The rule the record broke, one word (`malformed`, `unroutable`,
+/// `wrong_key`, `future_timestamp`, `refused`): the `reason` label of
+/// `winback_dead_letters_total`.
+pub const DLQ_KIND: &str = "winback.dlq.kind";
 /// Set when the dead letter carries only a prefix of the original: the
 /// original's key and value sizes, as `key=N value=M` (bytes).
 pub const DLQ_TRUNCATED: &str = "winback.dlq.truncated";
@@ -118,24 +122,49 @@ impl rdkafka::ClientContext for Reader {
 
 impl rdkafka::consumer::ConsumerContext for Reader {}
 
-/// Why an input record cannot be folded.
+/// Why an input record cannot be folded: `kind` names the rule (a metrics
+/// label, one of the `REJECT_*` names), `reason` says what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejected(pub String);
+pub struct Rejected {
+    pub kind: &'static str,
+    pub reason: String,
+}
+
+/// Not an event: no value, not UTF-8, not decodable, or the wrong shape.
+pub const REJECT_MALFORMED: &str = "malformed";
+/// An event no loaded definition can take (e.g. an unknown list).
+pub const REJECT_UNROUTABLE: &str = "unroutable";
+/// No key, or a key that is not the event's `contact_id`.
+pub const REJECT_WRONG_KEY: &str = "wrong_key";
+/// Stamped too far after its record's timestamp.
+pub const REJECT_FUTURE: &str = "future_timestamp";
+/// Refused by the engine when folded.
+pub const REJECT_REFUSED: &str = "refused";
+
+impl Rejected {
+    pub fn new(kind: &'static str, reason: impl Into<String>) -> Rejected {
+        Rejected {
+            kind,
+            reason: reason.into(),
+        }
+    }
+}
 
 /// Decodes one record value as `format` and checks the event's shape.
 pub fn decode(format: InputFormat, payload: Option<&[u8]>) -> Result<Event, Rejected> {
-    let bytes = payload.ok_or_else(|| Rejected("the record has no value".into()))?;
+    let malformed = |reason: String| Rejected::new(REJECT_MALFORMED, reason);
+    let bytes = payload.ok_or_else(|| malformed("the record has no value".into()))?;
     let ev = match format {
         InputFormat::Json => {
             let text = std::str::from_utf8(bytes)
-                .map_err(|e| Rejected(format!("the value is not UTF-8: {e}")))?;
-            wire::json::decode_event(text.trim_end()).map_err(|e| Rejected(e.to_string()))?
+                .map_err(|e| malformed(format!("the value is not UTF-8: {e}")))?;
+            wire::json::decode_event(text.trim_end()).map_err(|e| malformed(e.to_string()))?
         }
         InputFormat::Protobuf => {
-            wire::proto::decode_event(bytes).map_err(|e| Rejected(e.to_string()))?
+            wire::proto::decode_event(bytes).map_err(|e| malformed(e.to_string()))?
         }
     };
-    ev.check_shape().map_err(|e| Rejected(e.to_string()))?;
+    ev.check_shape().map_err(|e| malformed(e.to_string()))?;
     Ok(ev)
 }
 
@@ -154,28 +183,35 @@ pub fn check_record(
 ) -> Result<(), Rejected> {
     match key {
         None => {
-            return Err(Rejected(
-                "the record has no key: input records must be keyed by their contact_id".into(),
+            return Err(Rejected::new(
+                REJECT_WRONG_KEY,
+                "the record has no key: input records must be keyed by their contact_id",
             ));
         }
         Some(k) if k != ev.contact_id.as_bytes() => {
-            return Err(Rejected(format!(
-                "the record's key {:?} is not its contact_id {:?}: the contact's events must share one key, or its state splits across partitions",
-                String::from_utf8_lossy(&k[..k.len().min(64)]),
-                ev.contact_id
-            )));
+            return Err(Rejected::new(
+                REJECT_WRONG_KEY,
+                format!(
+                    "the record's key {:?} is not its contact_id {:?}: the contact's events must share one key, or its state splits across partitions",
+                    String::from_utf8_lossy(&k[..k.len().min(64)]),
+                    ev.contact_id
+                ),
+            ));
         }
         Some(_) => {}
     }
     if let Some(r) = record_ms
         && ev.occurred_at.0 > r.saturating_add(max_future_skew.0)
     {
-        return Err(Rejected(format!(
-            "occurred_at {} is more than {} (processing.max_future_skew) after the record's timestamp {}",
-            ev.occurred_at,
-            max_future_skew,
-            Timestamp(r)
-        )));
+        return Err(Rejected::new(
+            REJECT_FUTURE,
+            format!(
+                "occurred_at {} is more than {} (processing.max_future_skew) after the record's timestamp {}",
+                ev.occurred_at,
+                max_future_skew,
+                Timestamp(r)
+            ),
+        ));
     }
     Ok(())
 }
@@ -232,13 +268,19 @@ mod tests {
         assert!(check_record(&ev, Some(b"c1"), Some(at + 1_000_000_000), hour).is_ok());
         assert!(check_record(&ev, Some(b"c1"), Some(at - hour.0), hour).is_ok());
         let ahead = check_record(&ev, Some(b"c1"), Some(at - hour.0 - 1), hour).unwrap_err();
-        assert!(ahead.0.contains("max_future_skew"), "{}", ahead.0);
+        assert!(ahead.reason.contains("max_future_skew"), "{}", ahead.reason);
+        assert_eq!(ahead.kind, REJECT_FUTURE);
         let other = check_record(&ev, Some(b"c2"), Some(at), hour).unwrap_err();
-        assert!(other.0.contains("is not its contact_id"), "{}", other.0);
+        assert!(
+            other.reason.contains("is not its contact_id"),
+            "{}",
+            other.reason
+        );
+        assert_eq!(other.kind, REJECT_WRONG_KEY);
         assert!(
             check_record(&ev, None, Some(at), hour)
                 .unwrap_err()
-                .0
+                .reason
                 .contains("no key")
         );
     }
@@ -252,13 +294,13 @@ mod tests {
         assert_eq!(decode(InputFormat::Protobuf, Some(&pb)).unwrap(), ev);
 
         assert_eq!(
-            decode(InputFormat::Json, None).unwrap_err().0,
-            "the record has no value"
+            decode(InputFormat::Json, None).unwrap_err(),
+            Rejected::new(REJECT_MALFORMED, "the record has no value")
         );
         assert!(
             decode(InputFormat::Json, Some(b"\xff"))
                 .unwrap_err()
-                .0
+                .reason
                 .contains("UTF-8")
         );
         assert!(decode(InputFormat::Json, Some(b"{\"name\":1}")).is_err());

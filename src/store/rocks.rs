@@ -595,6 +595,28 @@ impl Store {
         Ok((out, until))
     }
 
+    /// How many waits the partition has pending (as written): a key-only
+    /// scan, for the admin server's gauge, not for the hot path.
+    pub fn count_timers(&self, partition: u32) -> Result<u64, StoreError> {
+        let mut ro = ReadOptions::default();
+        if let Some(next) = partition.checked_add(1) {
+            ro.set_iterate_upper_bound(next.to_be_bytes().to_vec());
+        }
+        let start = partition.to_be_bytes();
+        let mut iter = self.db.raw_iterator_cf_opt(self.cf(CF_TIMERS), ro);
+        iter.seek(start);
+        let mut n = 0;
+        while iter.valid() {
+            match iter.key() {
+                Some(k) if k.starts_with(&start) => n += 1,
+                _ => break,
+            }
+            iter.next();
+        }
+        iter.status().map_err(|e| self.err("count timers", e))?;
+        Ok(n)
+    }
+
     /// Writes the memtables out (for measuring the on-disk size).
     pub fn flush(&self) -> Result<(), StoreError> {
         for name in FAMILIES {

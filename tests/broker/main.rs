@@ -8,6 +8,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod admin;
 mod crash;
 mod delivery;
 mod exactly_once;

@@ -147,6 +147,8 @@ transitions = {transitions:?}
 sends = {sends:?}
 dead_letters = {dlq:?}
 changelog = {changelog:?}
+[admin]
+listen = "127.0.0.1:0"
 [processing]
 commit_interval_ms = 200
 {extra}
@@ -750,6 +752,38 @@ pub fn produce_partitioned_live(
     }
 }
 
+/// `simulate` per partition over `produce_partitioned` input: each
+/// partition's simulator, with its share of the coupon pools, after folding
+/// its events (and moving its clock to `until`), and the transitions it made.
+pub fn simulators_partitioned(
+    defs: &Arc<Definitions>,
+    lines: &[String],
+    until: Option<Timestamp>,
+    partitions: i32,
+) -> Vec<(winback::sim::Simulator, Vec<winback::domain::Transition>)> {
+    (0..partitions)
+        .map(|p| {
+            let mut sim = winback::sim::Simulator::for_partition(
+                Arc::clone(defs),
+                p as usize,
+                partitions as usize,
+            );
+            let mut got = Vec::new();
+            for l in lines {
+                if let Ok(ev) = winback::wire::json::decode_event(l)
+                    && partition_of(&ev.contact_id, partitions) == p
+                {
+                    let _ = sim.feed(&ev, &mut got);
+                }
+            }
+            if let Some(t) = until {
+                sim.advance_to(t, &mut got);
+            }
+            (sim, got)
+        })
+        .collect()
+}
+
 /// The oracle for `produce_partitioned` input: `simulate` per partition,
 /// each with its share of the coupon pools.
 pub fn simulate_partitioned(
@@ -758,28 +792,11 @@ pub fn simulate_partitioned(
     until: Timestamp,
     partitions: i32,
 ) -> Vec<String> {
-    let mut out = Vec::new();
-    for p in 0..partitions {
-        let mut sim = winback::sim::Simulator::for_partition(
-            Arc::clone(defs),
-            p as usize,
-            partitions as usize,
-        );
-        let mut got = Vec::new();
-        for l in lines {
-            if let Ok(ev) = winback::wire::json::decode_event(l)
-                && partition_of(&ev.contact_id, partitions) == p
-            {
-                let _ = sim.feed(&ev, &mut got);
-            }
-        }
-        sim.advance_to(until, &mut got);
-        out.extend(
-            got.iter()
-                .map(|t| winback::wire::json::encode_transition(defs, t)),
-        );
-    }
-    out
+    simulators_partitioned(defs, lines, Some(until), partitions)
+        .iter()
+        .flat_map(|(_, got)| got.iter())
+        .map(|t| winback::wire::json::encode_transition(defs, t))
+        .collect()
 }
 
 /// `simulate` over the same lines, to `until`: the oracle.

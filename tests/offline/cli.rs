@@ -370,11 +370,12 @@ fn run_with_the_embedded_broker_produce_tail_and_a_clean_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let port = free_port();
+    let admin_port = free_port();
     let cfg = write(
         dir.path(),
         "engine.toml",
         &format!(
-            "conversations = [{:?}]\nstate_dir = \"state\"\n[broker]\nembedded_listen = \"127.0.0.1:{port}\"\nembedded_partitions = 2\n[processing]\ncommit_interval_ms = 200\n",
+            "conversations = [{:?}]\nstate_dir = \"state\"\n[broker]\nembedded_listen = \"127.0.0.1:{port}\"\nembedded_partitions = 2\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[processing]\ncommit_interval_ms = 200\n",
             root.join("config/winback-90d.toml").display().to_string()
         ),
     );
@@ -452,6 +453,40 @@ fn run_with_the_embedded_broker_produce_tail_and_a_clean_sigterm() {
     ]);
     assert_eq!(text(&o.stdout).lines().count(), 1);
 
+    // The admin server: ready, and the send counted once it is committed.
+    let admin: std::net::SocketAddr = ([127, 0, 0, 1], admin_port).into();
+    assert_eq!(
+        crate::common::admin::get(admin, "/readyz"),
+        (200, "ready\n".to_string())
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, page) = crate::common::admin::get(admin, "/metrics");
+        assert_eq!(status, 200);
+        let sends = crate::common::admin::value(
+            &page,
+            "winback_transitions_total",
+            &[("conversation", "Winback"), ("type", "send")],
+        );
+        if sends == Some(1.0) {
+            assert_eq!(
+                crate::common::admin::value(
+                    &page,
+                    "winback_dead_letters_total",
+                    &[("reason", "malformed")]
+                ),
+                None,
+                "produce refused the malformed line: nothing reached the engine"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "send never counted: {page}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
     // SIGTERM: finish the batch, write, exit 0.
     let pid = run.id().to_string();
     Command::new("kill")
@@ -466,4 +501,65 @@ fn run_with_the_embedded_broker_produce_tail_and_a_clean_sigterm() {
         "{err}"
     );
     assert!(dir.path().join("state/rocksdb").is_dir());
+}
+
+/// `simulate --partitions 4` makes what `run` makes over 4 partitions (the
+/// kit's oracle of the live tests): the same transitions as without it but
+/// for the coupon codes, each partition drawing from its share of the pool.
+#[test]
+fn simulate_over_partitions_draws_codes_as_run_does() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let events = root.join("examples/events.jsonl");
+    let until = "2027-01-01T00:00:00Z";
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "simulate",
+            "--config",
+            "config/winback-90d.toml",
+            "config/winback-filter-coupon.toml",
+            "--events",
+            events.to_str().unwrap(),
+            "--until",
+            until,
+        ];
+        args.extend_from_slice(extra);
+        let o = winback(&args);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let mut lines: Vec<String> = text(&o.stdout).lines().map(str::to_string).collect();
+        lines.sort();
+        lines
+    };
+    let defs = crate::common::definitions(&crate::common::SEEDS);
+    let lines: Vec<String> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect();
+    let until = winback::domain::Timestamp::parse_rfc3339(until).unwrap();
+    let mut want = crate::common::kafka::simulate_partitioned(&defs, &lines, until, 4);
+    want.sort();
+    let split = run(&["--partitions", "4"]);
+    assert_eq!(split, want);
+    let whole = run(&[]);
+    assert_eq!(run(&["--partitions", "1"]), whole);
+    // Only the codes differ: same transitions, same instants.
+    let without_codes = |ls: &[String]| -> Vec<String> {
+        let mut v: Vec<String> = ls
+            .iter()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                for key in ["code", "fields"] {
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove(key);
+                    }
+                }
+                v.to_string()
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(without_codes(&split), without_codes(&whole));
+    assert_ne!(split, whole, "the pools' shares give other codes");
 }

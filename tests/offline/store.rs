@@ -142,6 +142,10 @@ fn check(store: &Store, defs: &Definitions, m: &Model) -> Result<(), TestCaseErr
             .timers_before(defs, p, Timestamp(i64::MAX))
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(&got, &want);
+        let counted = store
+            .count_timers(p)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(counted, want.len() as u64);
         // A horizon cuts the scan at the first later expiry.
         let cut = Timestamp(0);
         let got = store

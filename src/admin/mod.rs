@@ -1,0 +1,198 @@
+//! The admin server of `winback run` (axum, on its own thread): `/metrics` in
+//! the Prometheus text format, `/healthz` (the process serves) and `/readyz`
+//! (every assigned partition restored and the loop fetching). Nothing here
+//! touches the engine: the loop records metrics and readiness, the server
+//! reads them.
+
+mod health;
+
+pub use health::Health;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::oneshot;
+
+use crate::store::rocks::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(
+        "admin server: cannot listen on {addr}: {source} (set admin.listen to a free address, or empty to serve nothing)"
+    )]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("admin server: {what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// What the handlers read.
+struct Shared {
+    metrics: PrometheusHandle,
+    health: Arc<Health>,
+    store: Arc<Store>,
+    /// The pending-wait counts, scanned at most every [`WAITS_EVERY`].
+    waits: tokio::sync::Mutex<Option<WaitCounts>>,
+}
+
+/// When the pending waits were counted, and per partition how many.
+type WaitCounts = (Instant, Vec<(u32, u64)>);
+
+/// A scrape counts the pending waits by a key scan of the store; scrapes
+/// closer together than this reuse the last count.
+const WAITS_EVERY: Duration = Duration::from_secs(10);
+
+/// The running server; dropping it stops it.
+pub struct AdminServer {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AdminServer {
+    /// Binds `addr` now (so that a taken port is an error at start) and
+    /// serves on a thread of its own.
+    pub fn start(
+        addr: SocketAddr,
+        metrics: PrometheusHandle,
+        health: Arc<Health>,
+        store: Arc<Store>,
+    ) -> Result<AdminServer, AdminError> {
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|source| AdminError::Bind { addr, source })?;
+        let local = listener.local_addr().map_err(|source| AdminError::Io {
+            what: "local address",
+            source,
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| AdminError::Io {
+                what: "non-blocking socket",
+                source,
+            })?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|source| AdminError::Io {
+                what: "runtime",
+                source,
+            })?;
+        let shared = Arc::new(Shared {
+            metrics,
+            health,
+            store,
+            waits: tokio::sync::Mutex::new(None),
+        });
+        let app = Router::new()
+            .route("/metrics", get(metrics_page))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(ready))
+            .with_state(shared);
+        let (tx, rx) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("winback-admin".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!(error = %e, "admin server: socket");
+                            return;
+                        }
+                    };
+                    let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+                        rx.await.ok();
+                    });
+                    if let Err(e) = serve.await {
+                        tracing::error!(error = %e, "admin server stopped");
+                    }
+                });
+            })
+            .map_err(|source| AdminError::Io {
+                what: "thread",
+                source,
+            })?;
+        tracing::info!(addr = %local, "admin server: /metrics, /healthz, /readyz");
+        Ok(AdminServer {
+            addr: local,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            tx.send(()).ok();
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().ok();
+        }
+    }
+}
+
+async fn ready(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    match s.health.not_ready() {
+        None => (StatusCode::OK, "ready\n".to_string()),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
+    }
+}
+
+async fn metrics_page(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    let waits = pending_waits(&s).await;
+    s.metrics.run_upkeep();
+    let mut body = s.metrics.render();
+    // Counted here, from the store: the loop keeps no count of its own.
+    body.push_str(
+        "# HELP winback_pending_waits Waits pending in the partition, as last written (counted at most every 10 s).\n\
+         # TYPE winback_pending_waits gauge\n",
+    );
+    for (p, n) in waits {
+        body.push_str(&format!("winback_pending_waits{{partition=\"{p}\"}} {n}\n"));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
+async fn pending_waits(s: &Arc<Shared>) -> Vec<(u32, u64)> {
+    let mut cached = s.waits.lock().await;
+    if let Some((at, counts)) = cached.as_ref()
+        && at.elapsed() < WAITS_EVERY
+    {
+        return counts.clone();
+    }
+    let parts = s.health.partitions();
+    let store = Arc::clone(&s.store);
+    let counts = tokio::task::spawn_blocking(move || {
+        parts
+            .into_iter()
+            .filter_map(|p| match store.count_timers(p) {
+                Ok(n) => Some((p, n)),
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %e, "admin server: counting waits");
+                    None
+                }
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    *cached = Some((Instant::now(), counts.clone()));
+    counts
+}

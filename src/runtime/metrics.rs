@@ -1,0 +1,231 @@
+//! What `run` records for the admin server's `/metrics` (README, "Metrics"):
+//! every name in one place. Recorded into the run's own Prometheus recorder
+//! (installed for the loop's thread only, so two runs in one process keep
+//! apart). Counts of what a batch made are recorded when the batch is
+//! committed, so an aborted transaction is never counted twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
+use metrics_util::MetricKindMask;
+use rdkafka::consumer::Consumer;
+
+use super::stats::RunStats;
+use crate::domain::definition::ConvIdx;
+use crate::domain::{Definitions, Transition};
+
+pub(super) const TRANSITIONS: &str = "winback_transitions_total";
+pub(super) const DEAD_LETTERS: &str = "winback_dead_letters_total";
+pub(super) const LATE_EVENTS: &str = "winback_late_events_total";
+pub(super) const INPUT_RECORDS: &str = "winback_input_records_total";
+pub(super) const BATCHES: &str = "winback_batches_total";
+pub(super) const ABORTED: &str = "winback_transactions_aborted_total";
+pub(super) const REDELIVERED: &str = "winback_redelivered_records_total";
+pub(super) const MISROUTED: &str = "winback_misrouted_records_total";
+pub(super) const REVOCATIONS: &str = "winback_revocations_total";
+pub(super) const RESTORED: &str = "winback_restored_records_total";
+pub(super) const CONSUMER_LAG: &str = "winback_consumer_lag_records";
+pub(super) const CLOCK: &str = "winback_partition_clock_seconds";
+pub(super) const CLOCK_BEHIND: &str = "winback_partition_clock_behind_wall_seconds";
+pub(super) const RESTORE_REMAINING: &str = "winback_restore_remaining_records";
+pub(super) const BATCH_SECONDS: &str = "winback_batch_duration_seconds";
+pub(super) const COMMIT_SECONDS: &str = "winback_commit_duration_seconds";
+
+/// The run's recorder: histograms with buckets from 1 ms to 1 min; a
+/// partition's gauges disappear 5 minutes after the partition left.
+pub(super) fn recorder() -> PrometheusRecorder {
+    const BUCKETS: [f64; 12] = [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 60.0,
+    ];
+    let builder = PrometheusBuilder::new()
+        .idle_timeout(MetricKindMask::GAUGE, Some(Duration::from_secs(300)));
+    match builder.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS) {
+        Ok(b) => b.build_recorder(),
+        // Only an empty bucket list is refused.
+        Err(e) => unreachable!("fixed buckets refused: {e}"),
+    }
+}
+
+/// Descriptions, for the `# HELP` lines (call under the run's recorder).
+pub(super) fn describe() {
+    describe_counter!(
+        TRANSITIONS,
+        "Transitions committed, by conversation and type (send, suppressed, entered, ...)"
+    );
+    describe_counter!(
+        DEAD_LETTERS,
+        "Input records sent to the dead-letter topic, by reason (malformed, unroutable, wrong_key, future_timestamp, refused)"
+    );
+    describe_counter!(
+        LATE_EVENTS,
+        "Events folded with an occurred_at before their partition's clock, by partition"
+    );
+    describe_counter!(
+        INPUT_RECORDS,
+        "Input records folded or dead-lettered and committed"
+    );
+    describe_counter!(BATCHES, "Batches committed");
+    describe_counter!(
+        ABORTED,
+        "Transactions aborted (their batches processed again)"
+    );
+    describe_counter!(
+        REDELIVERED,
+        "Output records produced again after a failed delivery"
+    );
+    describe_counter!(
+        MISROUTED,
+        "Input records on another partition than their key hashes to"
+    );
+    describe_counter!(REVOCATIONS, "Partition revocations handled");
+    describe_counter!(RESTORED, "Changelog records read by restores");
+    describe_gauge!(
+        CONSUMER_LAG,
+        "Input records not yet folded, by topic and partition (the end librdkafka last fetched less the position)"
+    );
+    describe_gauge!(
+        CLOCK,
+        Unit::Seconds,
+        "The partition's event-time clock, Unix seconds"
+    );
+    describe_gauge!(
+        CLOCK_BEHIND,
+        Unit::Seconds,
+        "The wall clock less the partition's clock"
+    );
+    describe_gauge!(
+        RESTORE_REMAINING,
+        "Changelog records a running restore has still to read, by partition"
+    );
+    describe_histogram!(
+        BATCH_SECONDS,
+        Unit::Seconds,
+        "A batch from its first poll to its commit"
+    );
+    describe_histogram!(
+        COMMIT_SECONDS,
+        Unit::Seconds,
+        "A batch's commit: acknowledgements or the transaction, and the RocksDB write"
+    );
+}
+
+/// The running batch's counts, recorded when it commits.
+#[derive(Debug, Default)]
+pub(super) struct Tally {
+    transitions: HashMap<(ConvIdx, &'static str), u64>,
+    dead_letters: HashMap<&'static str, u64>,
+    late: BTreeMap<u32, u64>,
+}
+
+impl Tally {
+    pub(super) fn transition(&mut self, t: &Transition) {
+        *self
+            .transitions
+            .entry((t.conversation, t.kind.type_name()))
+            .or_default() += 1;
+    }
+
+    pub(super) fn dead_letter(&mut self, kind: &'static str) {
+        *self.dead_letters.entry(kind).or_default() += 1;
+    }
+
+    pub(super) fn late(&mut self, partition: u32, n: u64) {
+        if n > 0 {
+            *self.late.entry(partition).or_default() += n;
+        }
+    }
+
+    /// The batch committed: its counts become the metrics'.
+    pub(super) fn record(&mut self, defs: &Definitions) {
+        for ((conv, kind), n) in self.transitions.drain() {
+            let name = defs.conversations[conv as usize].name.to_string();
+            counter!(TRANSITIONS, "conversation" => name, "type" => kind).increment(n);
+        }
+        for (kind, n) in self.dead_letters.drain() {
+            counter!(DEAD_LETTERS, "reason" => kind).increment(n);
+        }
+        for (p, n) in std::mem::take(&mut self.late) {
+            counter!(LATE_EVENTS, "partition" => p.to_string()).increment(n);
+        }
+    }
+
+    /// The batch was undone: it is done again and counted then.
+    pub(super) fn clear(&mut self) {
+        self.transitions.clear();
+        self.dead_letters.clear();
+        self.late.clear();
+    }
+}
+
+/// The run's counters, as [`RunStats`] holds them.
+pub(super) fn record_stats(stats: &RunStats) {
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    counter!(INPUT_RECORDS).absolute(load(&stats.events_written));
+    counter!(BATCHES).absolute(load(&stats.batches));
+    counter!(ABORTED).absolute(load(&stats.aborted));
+    counter!(REDELIVERED).absolute(load(&stats.redelivered));
+    counter!(MISROUTED).absolute(load(&stats.misrouted));
+    counter!(REVOCATIONS).absolute(load(&stats.revocations));
+    counter!(RESTORED).absolute(load(&stats.restored_records));
+}
+
+pub(super) fn partition_clock(partition: u32, clock_ms: i64, wall_ms: i64) {
+    let p = partition.to_string();
+    gauge!(CLOCK, "partition" => p.clone()).set(clock_ms as f64 / 1000.0);
+    gauge!(CLOCK_BEHIND, "partition" => p).set(wall_ms.saturating_sub(clock_ms) as f64 / 1000.0);
+}
+
+pub(super) fn consumer_lag(topic: &str, partition: u32, lag: i64) {
+    gauge!(CONSUMER_LAG, "topic" => topic.to_string(), "partition" => partition.to_string())
+        .set(lag.max(0) as f64);
+}
+
+pub(super) fn restore_remaining(partition: u32, remaining: i64) {
+    gauge!(RESTORE_REMAINING, "partition" => partition.to_string()).set(remaining.max(0) as f64);
+}
+
+impl super::Loop {
+    /// At each batch's end: the batch's duration, the run's counters, and each
+    /// partition held's clock and lag.
+    pub(super) fn publish(&self, started: std::time::Instant) {
+        metrics::histogram!(BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+        record_stats(&self.stats);
+        let wall = self.clock.now();
+        let fetched = self.consumer.position().ok();
+        for (&id, part) in &self.parts {
+            if let Some(c) = part.clock() {
+                partition_clock(id, c.0, wall.0);
+            }
+            for input in &self.cfg.inputs {
+                let Some(end) = super::idle::cached_end(&self.consumer, &input.topic, id as i32)
+                else {
+                    continue;
+                };
+                // With nothing waiting in the merge, the consumer's own
+                // position counts: it steps over transaction markers, which
+                // no folded offset ever passes.
+                let input_idx = self.cfg.inputs.iter().position(|i| i.topic == input.topic);
+                let buffered = input_idx.is_some_and(|t| self.merge.len(id, t) > 0);
+                let stepped = fetched
+                    .as_ref()
+                    .and_then(|f| f.find_partition(&input.topic, id as i32))
+                    .and_then(|e| match e.offset() {
+                        rdkafka::Offset::Offset(o) => Some(o),
+                        _ => None,
+                    });
+                let folded = self.position(id, &input.topic).ok().flatten();
+                let pos = if buffered {
+                    folded
+                } else {
+                    folded.max(stepped)
+                };
+                if let Some(pos) = pos {
+                    consumer_lag(&input.topic, id, end - pos);
+                }
+            }
+        }
+    }
+}
