@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// Written by the run loop (and its restores), read by the admin server.
 #[derive(Debug, Default)]
@@ -17,6 +17,8 @@ pub struct Health {
     batches_since_assignment: AtomicU64,
     stopping: AtomicBool,
     partitions: Mutex<BTreeSet<u32>>,
+    /// The input topics' partition count, once checked (0 before).
+    input_partitions: AtomicU32,
 }
 
 impl Health {
@@ -59,6 +61,15 @@ impl Health {
 
     pub fn stopping(&self) {
         self.stopping.store(true, Ordering::Release);
+    }
+
+    pub fn set_input_partitions(&self, n: u32) {
+        self.input_partitions.store(n, Ordering::Release);
+    }
+
+    /// The input topics' partition count, once `run` has checked it.
+    pub fn input_partitions(&self) -> Option<u32> {
+        Some(self.input_partitions.load(Ordering::Acquire)).filter(|n| *n > 0)
     }
 
     /// The partitions held, as of the last assignment change.

@@ -4,6 +4,7 @@
 //! touches the engine: the loop records metrics and readiness, the server
 //! reads them.
 
+pub mod contact;
 mod health;
 
 pub use health::Health;
@@ -13,13 +14,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::oneshot;
 
+use crate::domain::Definitions;
 use crate::store::rocks::Store;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,7 @@ struct Shared {
     metrics: PrometheusHandle,
     health: Arc<Health>,
     store: Arc<Store>,
+    defs: Arc<Definitions>,
     /// The pending-wait counts, scanned at most every [`WAITS_EVERY`].
     waits: tokio::sync::Mutex<Option<WaitCounts>>,
 }
@@ -69,6 +72,7 @@ impl AdminServer {
         metrics: PrometheusHandle,
         health: Arc<Health>,
         store: Arc<Store>,
+        defs: Arc<Definitions>,
     ) -> Result<AdminServer, AdminError> {
         let listener = std::net::TcpListener::bind(addr)
             .map_err(|source| AdminError::Bind { addr, source })?;
@@ -94,12 +98,14 @@ impl AdminServer {
             metrics,
             health,
             store,
+            defs,
             waits: tokio::sync::Mutex::new(None),
         });
         let app = Router::new()
             .route("/metrics", get(metrics_page))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(ready))
+            .route("/contacts/{id}", get(contact_page))
             .with_state(shared);
         let (tx, rx) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -125,7 +131,10 @@ impl AdminServer {
                 what: "thread",
                 source,
             })?;
-        tracing::info!(addr = %local, "admin server: /metrics, /healthz, /readyz");
+        tracing::info!(
+            addr = %local,
+            "admin server: /metrics, /healthz, /readyz, /contacts/ID"
+        );
         Ok(AdminServer {
             addr: local,
             shutdown: Some(tx),
@@ -151,6 +160,42 @@ async fn ready(State(s): State<Arc<Shared>>) -> impl IntoResponse {
         Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {why}\n"),
+        ),
+    }
+}
+
+/// `GET /contacts/{id}`: the contact explained ([`contact::view`]) as JSON,
+/// 404 when the store knows nothing of it.
+async fn contact_page(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> impl IntoResponse {
+    let json = [(header::CONTENT_TYPE, "application/json")];
+    let Some(partitions) = s.health.input_partitions() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json,
+            "{\"error\":\"starting: the input partition count is not known yet\"}\n".to_string(),
+        );
+    };
+    let shared = Arc::clone(&s);
+    let found = tokio::task::spawn_blocking(move || {
+        contact::view(&shared.store, &shared.defs, partitions, &id)
+    })
+    .await;
+    match found {
+        Ok(Ok(Some(v))) => (StatusCode::OK, json, format!("{v:#}\n")),
+        Ok(Ok(None)) => (
+            StatusCode::NOT_FOUND,
+            json,
+            "{\"error\":\"no such contact in this process's partitions\"}\n".to_string(),
+        ),
+        Ok(Err(e)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json,
+            format!("{}\n", serde_json::json!({ "error": e.to_string() })),
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json,
+            format!("{}\n", serde_json::json!({ "error": e.to_string() })),
         ),
     }
 }

@@ -1,5 +1,6 @@
 //! The command line: parse and validate first, act after.
 
+mod inspect;
 mod produce;
 mod reprocess;
 mod run;
@@ -85,6 +86,8 @@ enum Command {
     Reprocess(reprocess::Args),
     /// Rebuild the local state from the changelog topic (exactly-once mode).
     Rebuild(state::RebuildArgs),
+    /// Explain one contact from the local store (also while `run` holds it).
+    Inspect(inspect::Args),
     /// Inspect the local state.
     #[command(subcommand)]
     State(StateCommand),
@@ -110,6 +113,7 @@ pub fn main() -> Result<ExitCode, CliError> {
         Command::Tail(args) => tail::run(&args),
         Command::Reprocess(args) => reprocess::run(&args),
         Command::Rebuild(args) => state::rebuild(&args),
+        Command::Inspect(args) => inspect::run(&args),
         Command::State(StateCommand::Digest(args)) => state::digest(&args),
     }
 }

@@ -122,6 +122,7 @@ pub fn run(params: RunParams) -> Result<(), RuntimeError> {
                 recorder.handle(),
                 Arc::clone(&health),
                 Arc::clone(&store),
+                Arc::clone(&defs),
             )?;
             stats.admin_addr.set(server.addr).ok();
             (Some(recorder), Some(server))
@@ -153,6 +154,7 @@ pub fn run(params: RunParams) -> Result<(), RuntimeError> {
         .map_err(kafka("create the consumer"))?;
 
     let partitions = checks::input_partitions(&consumer, &cfg, &checks::run_outputs(&cfg))?;
+    health.set_input_partitions(partitions);
     match store.partitions()? {
         Some(stored) if stored != partitions => {
             return Err(RuntimeError::PartitionsChanged {

@@ -64,6 +64,9 @@ pub struct Partition {
     positions: BTreeMap<String, i64>,
     /// The clock as last written.
     written_clock: Option<Timestamp>,
+    /// The running batch's transitions per contact, encoded, for the
+    /// contacts' histories (`inspect`).
+    history: FastMap<Arc<str>, Vec<Vec<u8>>>,
 }
 
 /// The running batch's contacts and the near waits; the rest is in the store.
@@ -124,6 +127,7 @@ impl Partition {
             offsets: BTreeMap::new(),
             positions: store.offsets_of(id)?.into_iter().collect(),
             written_clock: clock,
+            history: FastMap::default(),
         })
     }
 
@@ -246,6 +250,25 @@ impl Partition {
                     unreachable!("moving the clock folds no event: {e}")
                 }
             })
+    }
+
+    /// Keeps a transition of the running batch (encoded as the transitions
+    /// topic carries it) for its contact's history.
+    pub fn note_history(&mut self, contact: &Arc<str>, encoded: &[u8]) {
+        self.history
+            .entry(Arc::clone(contact))
+            .or_default()
+            .push(encoded.to_vec());
+    }
+
+    /// Adds the running batch's transitions to the contacts' histories in
+    /// `batch` (after [`Partition::write`], into the same batch).
+    pub fn write_history(&mut self, batch: &mut Batch<'_>) -> Result<(), StoreError> {
+        batch.switch_partition(self.id);
+        for (contact, transitions) in self.history.drain() {
+            batch.append_history(&contact, &transitions)?;
+        }
+        Ok(())
     }
 
     /// Whether the running batch changed anything.

@@ -327,6 +327,11 @@ impl Sink {
         self.buf = buf;
     }
 
+    /// The last transition [`Sink::send_transition`] produced, as encoded.
+    pub fn last_transition(&self) -> &[u8] {
+        &self.buf
+    }
+
     fn produce(&mut self, index: usize, rec: Record<'_>) {
         let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
         for (k, v) in rec.headers {

@@ -18,6 +18,11 @@
 //! | `meta` | `partitions` (no partition) | the input topics' partition count, u32 |
 //! | `meta` | `pool/` ‖ pool name (no partition) | the pool's codes as first loaded, one per line |
 //! | `meta` | `guarantee` (no partition) | `exactly_once` or `at_least_once`, as first run |
+//! | `history` | partition u32 ‖ contact id | `winback.v1.TransitionHistoryRecord`: the contact's last [`HISTORY_LEN`] transitions, for `inspect` |
+//!
+//! The history is this store's own: not in the changelog, so a restored or
+//! rebuilt partition starts its contacts' histories afresh, and not in the
+//! digest, which compares what a rebuild reproduces.
 //!
 //! Expiries are milliseconds with the sign bit flipped, so byte order is time
 //! order and a prefix scan walks a partition's timers from the earliest. The
@@ -39,7 +44,19 @@ pub const CF_TIMERS: &str = "timers";
 pub const CF_OFFSETS: &str = "offsets";
 pub const CF_COUPONS: &str = "coupons";
 pub const CF_META: &str = "meta";
+pub const CF_HISTORY: &str = "history";
+/// The state a changelog restore or a rebuild reproduces (the digest's).
 const FAMILIES: [&str; 5] = [CF_CONTACTS, CF_TIMERS, CF_OFFSETS, CF_COUPONS, CF_META];
+const ALL_FAMILIES: [&str; 6] = [
+    CF_CONTACTS,
+    CF_TIMERS,
+    CF_OFFSETS,
+    CF_COUPONS,
+    CF_META,
+    CF_HISTORY,
+];
+/// Transitions kept per contact for `inspect`.
+pub const HISTORY_LEN: usize = 20;
 const SCHEMA_KEY: &[u8] = b"schema_version";
 const CLOCK_SUFFIX: &[u8] = b"clock";
 const CHANGELOG_SUFFIX: &[u8] = b"changelog";
@@ -67,6 +84,8 @@ pub enum StoreError {
     },
     #[error("store at {path} has schema version {found}; this build uses version {SCHEMA_VERSION}")]
     Version { path: PathBuf, found: u32 },
+    #[error("store at {path}: {reason}")]
+    Unreadable { path: PathBuf, reason: String },
     #[error("store at {path}: malformed {what} record")]
     Corrupt { path: PathBuf, what: &'static str },
 }
@@ -207,6 +226,35 @@ impl Batch<'_> {
             .put_cf(cf, prefixed(self.partition, &[pool.as_bytes()]), v);
     }
 
+    /// Appends the batch's `transitions` of `contact` (encoded
+    /// `winback.v1.Transition`s, in order) to its history, keeping the last
+    /// [`HISTORY_LEN`].
+    pub fn append_history(
+        &mut self,
+        contact: &str,
+        transitions: &[Vec<u8>],
+    ) -> Result<(), StoreError> {
+        let mut all = self.store.history(self.partition, contact)?;
+        all.extend(transitions.iter().cloned());
+        let drop = all.len().saturating_sub(HISTORY_LEN);
+        all.drain(..drop);
+        let rec = crate::pb::TransitionHistoryRecord { transitions: all };
+        let cf = self.store.cf(CF_HISTORY);
+        self.wb.put_cf(
+            cf,
+            prefixed(self.partition, &[contact.as_bytes()]),
+            prost::Message::encode_to_vec(&rec),
+        );
+        Ok(())
+    }
+
+    /// Removes a contact's history.
+    pub fn delete_history(&mut self, contact: &str) {
+        let cf = self.store.cf(CF_HISTORY);
+        self.wb
+            .delete_cf(cf, prefixed(self.partition, &[contact.as_bytes()]));
+    }
+
     pub fn len(&self) -> usize {
         self.wb.len()
     }
@@ -240,7 +288,7 @@ impl Store {
         // be 640 MB. Millions of pending waits must cost disk, not RAM.
         opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
         let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE);
-        let families = FAMILIES.iter().map(|n| {
+        let families = ALL_FAMILIES.iter().map(|n| {
             let mut o = Options::default();
             o.set_write_buffer_size(MEMTABLE_BUDGET / 4);
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
@@ -294,6 +342,53 @@ impl Store {
             }
         }
         Ok(store)
+    }
+
+    /// Opens the store for reading only, also while `winback run` holds it
+    /// (RocksDB's read-only mode takes no lock): what was written when it
+    /// opened, nothing later.
+    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        let opts = Options::default();
+        let unreadable = |reason: String| StoreError::Unreadable {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let names =
+            DB::list_cf(&opts, path).map_err(|e| unreadable(format!("no store here ({e})")))?;
+        if let Some(missing) = ALL_FAMILIES.iter().find(|f| !names.iter().any(|n| n == *f)) {
+            return Err(unreadable(format!(
+                "no {missing:?} column family: written by an older winback (run it once with this version)"
+            )));
+        }
+        let db = DB::open_cf_for_read_only(&opts, path, ALL_FAMILIES, false).map_err(|source| {
+            StoreError::Rocks {
+                path: path.to_path_buf(),
+                op: "open read-only",
+                source,
+            }
+        })?;
+        let store = Store {
+            db,
+            path: path.to_path_buf(),
+        };
+        let found = store
+            .db
+            .get_cf(store.cf(CF_META), SCHEMA_KEY)
+            .map_err(|e| store.err("read schema version", e))?
+            .map(|v| {
+                v.as_slice()
+                    .try_into()
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| store.corrupt("schema version"))
+            })
+            .transpose()?;
+        match found {
+            Some(v) if v != SCHEMA_VERSION => Err(StoreError::Version {
+                path: path.to_path_buf(),
+                found: v,
+            }),
+            _ => Ok(store),
+        }
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -595,6 +690,24 @@ impl Store {
         Ok((out, until))
     }
 
+    /// A contact's last transitions as written (encoded
+    /// `winback.v1.Transition`s, oldest first); empty when none.
+    pub fn history(&self, partition: u32, contact: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        let v = self
+            .db
+            .get_pinned_cf(
+                self.cf(CF_HISTORY),
+                prefixed(partition, &[contact.as_bytes()]),
+            )
+            .map_err(|e| self.err("read history", e))?;
+        match v {
+            None => Ok(Vec::new()),
+            Some(v) => <crate::pb::TransitionHistoryRecord as prost::Message>::decode(v.as_ref())
+                .map(|r| r.transitions)
+                .map_err(|_| self.corrupt("history")),
+        }
+    }
+
     /// How many waits the partition has pending (as written): a key-only
     /// scan, for the admin server's gauge, not for the hot path.
     pub fn count_timers(&self, partition: u32) -> Result<u64, StoreError> {
@@ -715,7 +828,7 @@ impl Store {
     pub fn drop_partition(&self, partition: u32) -> Result<(), StoreError> {
         let from = partition.to_be_bytes();
         let mut wb = WriteBatch::default();
-        for name in FAMILIES {
+        for name in ALL_FAMILIES {
             let cf = self.cf(name);
             if let Some(next) = partition.checked_add(1) {
                 wb.delete_range_cf(cf, from, next.to_be_bytes());

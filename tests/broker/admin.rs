@@ -229,3 +229,131 @@ fn readyz_turns_ready_only_after_the_restore() {
     }
     run.stop();
 }
+
+/// The contacts of the README example explained, by `GET /contacts/{id}`
+/// and by `winback inspect` reading the store while `run` holds it: each
+/// conversation's entries at the step and with the expiry `simulate`'s state
+/// has, and the last transitions equal to the golden file's for that contact
+/// (one partition: the whole pool, the golden file's codes), before and after
+/// the wall clock fires the waits.
+#[test]
+fn contacts_are_explained_as_the_golden_file_expects() {
+    let defs = definitions(&SEEDS);
+    let topics = Topics::fresh();
+    topics.create(1);
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lines: Vec<String> = std::fs::read_to_string(root.join("examples/events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let golden: Vec<serde_json::Value> =
+        std::fs::read_to_string(root.join("tests/golden/examples.transitions.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    kafka::produce_partitioned(&topics.input, &lines, 1);
+    let cfg = topics.config(dir.path(), &SEEDS, "");
+    let config_file = dir.path().join("winback.toml");
+    std::fs::write(
+        &config_file,
+        topics.config_text(&kafka::brokers(), dir.path(), &SEEDS, ""),
+    )
+    .unwrap();
+    let run = Running::start(cfg, defs.clone(), STILL);
+    let addr = admin_addr(&run);
+    run.wait_events(lines.len() as u64, T);
+
+    let mut sim = winback::sim::Simulator::new(Arc::clone(&defs));
+    let mut folded = Vec::new();
+    for l in &lines {
+        let _ = sim.feed(&winback::wire::json::decode_event(l).unwrap(), &mut folded);
+    }
+    let check = |sim: &winback::sim::Simulator, made: usize| {
+        for (contact, st) in sim.states() {
+            let (status, body) = admin::get(addr, &format!("/contacts/{contact}"));
+            assert_eq!(status, 200, "{body}");
+            let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+            // Every entry under way, at the simulator's step and expiry.
+            for cs in &st.conversations {
+                let conv = &defs.conversations[cs.conversation as usize];
+                let shown = view["conversations"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|c| c["conversation"] == *conv.name)
+                    .unwrap_or_else(|| panic!("{contact}: no {} in {view:#}", conv.name));
+                assert_eq!(shown["entries_started"], cs.entries_started, "{contact}");
+                let active = shown["active"].as_array().unwrap();
+                assert_eq!(active.len(), cs.active.len(), "{contact}: {view:#}");
+                for (e, v) in cs.active.iter().zip(active) {
+                    assert_eq!(v["entry"], e.seq);
+                    assert_eq!(v["step"], *conv.steps[e.step as usize].id);
+                    let until = e.waiting_until.get().map(|t| t.to_string());
+                    assert_eq!(v["waiting_until"].as_str(), until.as_deref(), "{contact}");
+                }
+            }
+            // The last transitions: the golden file's for this contact, so far.
+            let mine: Vec<&serde_json::Value> = golden[..made]
+                .iter()
+                .filter(|t| t["contact_id"] == contact)
+                .collect();
+            let want = &mine[mine
+                .len()
+                .saturating_sub(winback::store::rocks::HISTORY_LEN)..];
+            let got: Vec<&serde_json::Value> = view["recent_transitions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .collect();
+            assert_eq!(got, want, "{contact}");
+            // `inspect` reads the same from the store `run` holds.
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_winback"))
+                .args(["inspect", "--config"])
+                .arg(&config_file)
+                .args([contact, "--format", "json"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let inspected: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(inspected, view, "{contact}");
+        }
+    };
+    // The golden file lists the transitions in the order simulate made them:
+    // those made while folding come first.
+    assert_eq!(
+        folded
+            .iter()
+            .map(|t| winback::wire::json::encode_transition(&defs, t))
+            .map(|l| serde_json::from_str::<serde_json::Value>(&l).unwrap())
+            .collect::<Vec<_>>(),
+        golden[..folded.len()]
+    );
+    check(&sim, folded.len());
+
+    let until = Timestamp::parse_rfc3339("2027-01-01T00:00:00Z").unwrap();
+    sim.advance_to(until, &mut Vec::new());
+    run.advance_wall(until);
+    let sends = golden.iter().filter(|t| t["type"] == "send").count();
+    assert_eq!(kafka::read(&topics.sends, sends, T).len(), sends);
+    // The batch that produced the last send is committed once it is read.
+    std::thread::sleep(Duration::from_secs(1));
+    check(&sim, golden.len());
+
+    assert_eq!(admin::get(addr, "/contacts/nobody").0, 404);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_winback"))
+        .args(["inspect", "--config"])
+        .arg(&config_file)
+        .arg("nobody")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no contact \"nobody\""));
+    run.stop();
+}

@@ -262,7 +262,9 @@ fn a_store_of_another_schema_version_is_refused() {
         let db = rocksdb::DB::open_cf(
             &opts,
             dir.path(),
-            ["contacts", "timers", "offsets", "coupons", "meta"],
+            [
+                "contacts", "timers", "offsets", "coupons", "meta", "history",
+            ],
         )
         .expect("raw open");
         let meta = db.cf_handle("meta").expect("meta");
@@ -274,4 +276,57 @@ fn a_store_of_another_schema_version_is_refused() {
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("a store of schema version 99 was opened"),
     }
+}
+
+/// A contact's history keeps its last `HISTORY_LEN` transitions across
+/// batches, is dropped with its partition and deleted on its own; a
+/// read-only store reads it while another holds the store open.
+#[test]
+fn history_keeps_the_last_transitions_and_reads_while_the_store_is_held() {
+    use winback::store::rocks::HISTORY_LEN;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let defs = defs();
+    let store = Store::open(dir.path()).expect("open");
+    let t = |i: usize| format!("t{i}").into_bytes();
+    let mut next = 0;
+    for batch_len in [3, 1, HISTORY_LEN, 7] {
+        let mut b = store.batch(&defs, 2);
+        let fresh: Vec<Vec<u8>> = (next..next + batch_len).map(t).collect();
+        b.append_history("ann", &fresh).expect("append");
+        b.append_history("bob", &fresh[..1]).expect("append");
+        b.commit().expect("commit");
+        next += batch_len;
+        let want: Vec<Vec<u8>> = (next.saturating_sub(HISTORY_LEN)..next).map(t).collect();
+        assert_eq!(store.history(2, "ann").expect("read"), want);
+    }
+    assert_eq!(store.history(2, "bob").expect("read").len(), 4);
+    assert!(store.history(1, "ann").expect("read").is_empty());
+
+    // Read-only, while this store holds the lock.
+    let reader = Store::open_read_only(dir.path()).expect("read-only open");
+    assert_eq!(
+        reader.history(2, "ann").expect("read"),
+        store.history(2, "ann").expect("read")
+    );
+    assert!(
+        Store::open(dir.path()).is_err(),
+        "a second writer is refused"
+    );
+
+    let mut b = store.batch(&defs, 2);
+    b.delete_history("bob");
+    b.commit().expect("commit");
+    assert!(store.history(2, "bob").expect("read").is_empty());
+    store.drop_partition(2).expect("drop");
+    assert!(store.history(2, "ann").expect("read").is_empty());
+    // The digest leaves the history out: a rebuild does not reproduce it.
+    let fresh = tempfile::tempdir().expect("tempdir");
+    let other = Store::open(fresh.path()).expect("open");
+    let mut b = store.batch(&defs, 3);
+    b.append_history("cyd", &[t(0)]).expect("append");
+    b.commit().expect("commit");
+    assert_eq!(
+        store.digest(3).expect("digest"),
+        other.digest(3).expect("digest")
+    );
 }
