@@ -1,5 +1,6 @@
 //! The command line: parse and validate first, act after.
 
+mod forget;
 mod inspect;
 mod produce;
 mod reprocess;
@@ -88,6 +89,8 @@ enum Command {
     Rebuild(state::RebuildArgs),
     /// Explain one contact from the local store (also while `run` holds it).
     Inspect(inspect::Args),
+    /// Erase a contact (a privacy request): publish a `forget` event for it.
+    Forget(forget::Args),
     /// Inspect the local state.
     #[command(subcommand)]
     State(StateCommand),
@@ -114,6 +117,7 @@ pub fn main() -> Result<ExitCode, CliError> {
         Command::Reprocess(args) => reprocess::run(&args),
         Command::Rebuild(args) => state::rebuild(&args),
         Command::Inspect(args) => inspect::run(&args),
+        Command::Forget(args) => forget::run(&args),
         Command::State(StateCommand::Digest(args)) => state::digest(&args),
     }
 }

@@ -12,7 +12,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 use super::CliError;
-use crate::config::engine::InputFormat;
+use crate::config::engine::{EngineConfig, InputFormat};
+use crate::domain::Event;
 use crate::wire;
 
 #[derive(Debug, clap::Args)]
@@ -86,27 +87,34 @@ fn wait_for_topic(
     }
 }
 
-pub fn run(args: &Args) -> Result<ExitCode, CliError> {
-    let Some(cfg) = super::load_engine(&args.config) else {
-        return Ok(ExitCode::from(1));
-    };
-    let topic = args
-        .topic
-        .clone()
-        .unwrap_or_else(|| cfg.inputs[0].topic.clone());
-    let Some(format) = cfg.input_format(&topic) else {
-        eprintln!(
-            "{topic:?} is not an input topic of {}",
-            args.config.display()
-        );
-        return Ok(ExitCode::from(1));
-    };
-    let file = std::fs::File::open(&args.events).map_err(|source| CliError::Read {
-        path: args.events.clone(),
-        source,
-    })?;
-    let bootstrap = super::run::client_bootstrap(&cfg);
-    let mut conf = crate::source::client_config(&cfg, &bootstrap);
+/// The input topic named (default: the config's first) and its format;
+/// `None`, reported, for a topic the config does not read.
+pub(super) fn input_topic(
+    cfg: &EngineConfig,
+    topic: Option<&str>,
+    config: &std::path::Path,
+) -> Option<(String, InputFormat)> {
+    let topic = topic.map_or_else(|| cfg.inputs[0].topic.clone(), str::to_string);
+    match cfg.input_format(&topic) {
+        Some(format) => Some((topic, format)),
+        None => {
+            eprintln!("{topic:?} is not an input topic of {}", config.display());
+            None
+        }
+    }
+}
+
+/// Publishes `events` to the input topic `topic` in its `format`, keyed by
+/// contact id, idempotently, and waits for every acknowledgement. Returns
+/// how many were sent and the brokers' address.
+pub(super) fn publish(
+    cfg: &EngineConfig,
+    topic: &str,
+    format: InputFormat,
+    events: impl Iterator<Item = Result<Event, CliError>>,
+) -> Result<(u64, String), CliError> {
+    let bootstrap = super::run::client_bootstrap(cfg);
+    let mut conf = crate::source::client_config(cfg, &bootstrap);
     conf.set("enable.idempotence", "true");
     // Kafka's Java producer's rule, which winback checks records against
     // (README, "Input"); librdkafka's default hashes keys another way.
@@ -121,26 +129,18 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     // would then refuse). The producer's own metadata requests may still ask
     // the broker to create it (noida-db does), so it starts only once the
     // topic is there.
-    wait_for_topic(&cfg, &bootstrap, &topic)?;
+    wait_for_topic(cfg, &bootstrap, topic)?;
     let producer: BaseProducer<Refused> = conf
         .create_with_context(Refused::default())
         .map_err(|e| CliError::Kafka(e.to_string()))?;
-    let (mut sent, mut bad) = (0u64, 0u64);
-    for line in super::event_lines(file, &args.events) {
-        let (lineno, line) = line?;
-        let ev = match wire::json::decode_event(&line) {
-            Ok(ev) => ev,
-            Err(e) => {
-                eprintln!("{}:{lineno}: {e} (not sent)", args.events.display());
-                bad += 1;
-                continue;
-            }
-        };
+    let mut sent = 0u64;
+    for ev in events {
+        let ev = ev?;
         let value = match format {
             InputFormat::Json => wire::json::encode_event(&ev).into_bytes(),
             InputFormat::Protobuf => wire::proto::event_to_pb(&ev).encode_to_vec(),
         };
-        let mut rec = BaseRecord::to(&topic)
+        let mut rec = BaseRecord::to(topic)
             .key(ev.contact_id.as_bytes())
             .payload(&value);
         loop {
@@ -175,6 +175,36 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
             c.1.as_deref().unwrap_or("no reason given")
         )));
     }
+    Ok((sent, bootstrap))
+}
+
+pub fn run(args: &Args) -> Result<ExitCode, CliError> {
+    let Some(cfg) = super::load_engine(&args.config) else {
+        return Ok(ExitCode::from(1));
+    };
+    let Some((topic, format)) = input_topic(&cfg, args.topic.as_deref(), &args.config) else {
+        return Ok(ExitCode::from(1));
+    };
+    let file = std::fs::File::open(&args.events).map_err(|source| CliError::Read {
+        path: args.events.clone(),
+        source,
+    })?;
+    let mut bad = 0u64;
+    let events = super::event_lines(file, &args.events).filter_map(|line| {
+        let (lineno, line) = match line {
+            Ok(l) => l,
+            Err(e) => return Some(Err(e)),
+        };
+        match wire::json::decode_event(&line) {
+            Ok(ev) => Some(Ok(ev)),
+            Err(e) => {
+                eprintln!("{}:{lineno}: {e} (not sent)", args.events.display());
+                bad += 1;
+                None
+            }
+        }
+    });
+    let (sent, bootstrap) = publish(&cfg, &topic, format, events)?;
     eprintln!(
         "produced {sent} event(s) to {topic} on {bootstrap}; {bad} malformed line(s) not sent"
     );

@@ -325,6 +325,10 @@ fn process_partition(
             let fed = part.feed(store, &ev, &mut out, &mut unlimited);
             match fed {
                 Ok(Fed::Folded(Folded::Applied)) => summary.folded += 1,
+                Ok(Fed::Folded(Folded::Forgotten)) => {
+                    summary.folded += 1;
+                    summary.forgotten += 1;
+                }
                 Ok(Fed::Folded(Folded::Unrouted)) => {
                     summary.folded += 1;
                     *summary.unrouted.entry(ev.name.clone()).or_default() += 1;

@@ -56,6 +56,8 @@ pub(super) struct Summary {
     pub lines: u64,
     pub folded: u64,
     pub duplicates: u64,
+    /// Forget events folded (contacts erased).
+    pub forgotten: u64,
     pub malformed: u64,
     /// Folded with an `occurred_at` before the clock.
     pub late: u64,
@@ -83,6 +85,9 @@ impl Summary {
             self.lines, self.folded, self.duplicates, self.malformed
         );
         eprintln!("late events (before the clock when folded): {}", self.late);
+        if self.forgotten > 0 {
+            eprintln!("contacts forgotten (forget events): {}", self.forgotten);
+        }
         if !self.unrouted.is_empty() {
             let names: Vec<String> = self
                 .unrouted
@@ -200,6 +205,10 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
                 let (ev, lineno) = (&pending[i], linenos[i]);
                 match result {
                     Ok(Folded::Applied) => summary.folded += 1,
+                    Ok(Folded::Forgotten) => {
+                        summary.folded += 1;
+                        summary.forgotten += 1;
+                    }
                     Ok(Folded::Unrouted) => {
                         summary.folded += 1;
                         *summary.unrouted.entry(ev.name.clone()).or_default() += 1;

@@ -25,6 +25,9 @@ pub const DEFAULT_RANK: u32 = 1;
 pub const DEFAULT_MAX_PARALLEL_ENTRIES: u32 = 16;
 pub const DEFAULT_PURCHASE_EVENTS: &[&str] = &["checkout"];
 pub const DEFAULT_SUBSCRIBE_EVENTS: &[&str] = &["subscribe"];
+use crate::domain::definition::FORGET_EVENT;
+const RESERVED_FORGET: &str =
+    "\"forget\" is reserved: that event erases the contact (README, \"Forgetting a contact\")";
 pub const DEFAULT_UNSUBSCRIBE_EVENTS: &[&str] = &["unsubscribe"];
 
 /// Definitions that passed validation, with the warnings found on the way.
@@ -472,6 +475,14 @@ fn compile_conversation(
                     "event names must not be empty",
                 ));
             }
+            if v.get_ref().iter().any(|n| n.trim() == FORGET_EVENT) {
+                diags.push(src.diag(
+                    Severity::Error,
+                    Some(v.span()),
+                    format!("conversation.{field}"),
+                    RESERVED_FORGET,
+                ));
+            }
         }
     }
     if threads.is_empty() {
@@ -532,6 +543,15 @@ fn compile_conversation(
                     Some(ev.span()),
                     format!("thread[{ti}].events"),
                     "name at least one event, none empty (or set no_events_required = true)",
+                ));
+                vec![]
+            }
+            (Some(ev), false) if ev.get_ref().iter().any(|e| e.trim() == FORGET_EVENT) => {
+                diags.push(src.diag(
+                    Severity::Error,
+                    Some(ev.span()),
+                    format!("thread[{ti}].events"),
+                    RESERVED_FORGET,
                 ));
                 vec![]
             }

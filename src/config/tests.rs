@@ -235,3 +235,28 @@ fn two_pools_that_share_a_code_are_rejected() {
         "{m:?}"
     );
 }
+
+#[test]
+fn the_forget_event_name_is_reserved() {
+    let text = GOOD.replace(
+        r#"events = ["checkout"]"#,
+        r#"events = ["checkout", "forget"]"#,
+    );
+    let m = messages(load(&text));
+    assert!(
+        m.iter()
+            .any(|m| m.contains("thread[1].events") && m.contains("\"forget\" is reserved")),
+        "{m:?}"
+    );
+    let text = GOOD.replace(
+        "allow_unlimited_entries = true",
+        "allow_unlimited_entries = true\npurchase_events = [\"checkout\", \"forget\"]",
+    );
+    let m = messages(load(&text));
+    assert!(
+        m.iter().any(|m| m.starts_with("conv.toml:6:")
+            && m.contains("conversation.purchase_events")
+            && m.contains("\"forget\" is reserved")),
+        "{m:?}"
+    );
+}

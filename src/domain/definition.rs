@@ -49,9 +49,16 @@ pub struct Route {
     pub purchase: bool,
     /// `Some(true)` subscribe, `Some(false)` unsubscribe.
     pub subscription: Option<bool>,
+    /// The reserved event [`FORGET_EVENT`]: the contact is erased.
+    pub forget: bool,
     /// The thread each conversation enters on this event (at most one each).
     pub triggers: Vec<(ConvIdx, ThreadIdx)>,
 }
+
+/// The event that erases a contact (a privacy request): its state, waits and
+/// history go, one `forgotten` transition per conversation it was in says so.
+/// Reserved: no definition may use the name for anything else.
+pub const FORGET_EVENT: &str = "forget";
 
 impl Definitions {
     pub fn new(
@@ -68,6 +75,7 @@ impl Definitions {
                 ..Route::default()
             })
         }
+        route(&mut routes, FORGET_EVENT).forget = true;
         for n in &purchase_events {
             route(&mut routes, n).purchase = true;
         }

@@ -83,6 +83,10 @@ pub trait Holdings {
     /// A wait set earlier is void. It may stay and fire: the engine ignores
     /// a wait that matches no waiting entry.
     fn cancel_wait(&mut self, at: Timestamp, w: Wait<Self::Contact>);
+
+    /// The contact was forgotten: its state is empty now (its waits were
+    /// cancelled first). A store deletes it rather than keep an empty state.
+    fn forget(&mut self, _c: &Self::Contact) {}
 }
 
 /// What feeding one event did.
@@ -175,12 +179,18 @@ impl<C: Clone> Driver<C> {
                 return (Err(e), false);
             }
             let folded = engine.on_routed_event(id, st, ev, route, pools, fx);
-            (Ok(folded), folded == Folded::Applied)
+            (
+                Ok(folded),
+                matches!(folded, Folded::Applied | Folded::Forgotten),
+            )
         });
         std::mem::swap(&mut fx.transitions, out);
         let folded = folded??;
         self.late += u64::from(late);
         self.apply_timers(h, &contact);
+        if folded == Folded::Forgotten {
+            h.forget(&contact);
+        }
         // A late event's wait may be over already: it fires at the clock.
         if let Some(now) = self.clock {
             let mut unlimited = usize::MAX;

@@ -64,6 +64,9 @@ pub enum Folded {
     Duplicate,
     /// No purchase, subscription or trigger uses the event's name: nothing changed.
     Unrouted,
+    /// A [`FORGET_EVENT`](super::definition::FORGET_EVENT): the contact's
+    /// state is cleared; its holder deletes it.
+    Forgotten,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +116,9 @@ impl Engine {
         pools: &mut CouponPools,
         fx: &mut Effects,
     ) -> Folded {
+        if route.forget {
+            return self.forget(contact, st, ev.occurred_at, fx);
+        }
         if !st.remember_event(&ev.event_id) {
             return Folded::Duplicate;
         }
@@ -138,6 +144,48 @@ impl Engine {
             run.trigger(thread, ev, route.idx, &mut event_id);
         }
         Folded::Applied
+    }
+
+    /// Erases the contact: every wait cancelled, one `forgotten` transition
+    /// per conversation it has state in (at `at`, numbered after its last
+    /// entry), then the state cleared. Nothing of it stays to recognise a
+    /// repeated forget event by: applied again, it finds an empty state and
+    /// makes nothing.
+    fn forget(
+        &self,
+        contact: &Arc<str>,
+        st: &mut ContactState,
+        at: Timestamp,
+        fx: &mut Effects,
+    ) -> Folded {
+        for cs in &st.conversations {
+            for e in &cs.active {
+                if let Some(w) = e.waiting_until.get() {
+                    fx.timers.push(TimerChange::Cancel {
+                        conversation: cs.conversation,
+                        entry: e.seq,
+                        at: w,
+                    });
+                }
+            }
+            if cs.entries_started == 0 {
+                continue;
+            }
+            let last = cs.active.iter().max_by_key(|e| e.seq);
+            fx.transitions.push(Transition {
+                // After every transition the entry can make (their ids stay unique).
+                seq: u32::MAX,
+                conversation: cs.conversation,
+                contact: Arc::clone(contact),
+                at,
+                entry: cs.entries_started,
+                thread: last.map_or(0, |e| e.thread),
+                step: last.map(|e| e.step),
+                kind: TransitionKind::Forgotten,
+            });
+        }
+        *st = ContactState::default();
+        Folded::Forgotten
     }
 
     /// Fires the wait of `entry` that expires at `expires_at`, at instant `now`

@@ -64,6 +64,9 @@ pub enum TransitionKind {
     Suppressed {
         reason: SuppressReason,
     },
+    /// The contact was erased by a forget event (a privacy request): its
+    /// state, waits and history are gone; readers should delete theirs.
+    Forgotten,
 }
 
 impl Transition {
@@ -87,6 +90,7 @@ impl TransitionKind {
             TransitionKind::CouponPoolLow { .. } => "coupon_pool_low",
             TransitionKind::Send { .. } => "send",
             TransitionKind::Suppressed { .. } => "suppressed",
+            TransitionKind::Forgotten => "forgotten",
         }
     }
 }

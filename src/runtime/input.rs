@@ -14,6 +14,7 @@ use super::idle::cached_end;
 use super::merge::End;
 use super::partition::{Fed, PartitionError};
 use super::{Loop, MERGE_BUFFER, PausedEvent};
+use crate::domain::Folded;
 use crate::sink::OutRecord;
 use crate::source;
 
@@ -47,7 +48,7 @@ pub(super) fn dead_letter_record(
     OutRecord {
         topic: dead_letters.to_string(),
         key,
-        value,
+        value: Some(value),
         headers,
         partition: None,
     }
@@ -244,6 +245,9 @@ impl Loop {
             part.note_history(&t.contact, self.sink.last_transition());
             self.stats.transitions.fetch_add(1, Ordering::Relaxed);
             self.tally.transition(&t);
+        }
+        if let Ok(Fed::Folded(Folded::Forgotten)) = fed {
+            part.forget_history(&p.event.contact_id);
         }
         match fed {
             Ok(Fed::Folded(_)) => {

@@ -67,6 +67,9 @@ pub struct Partition {
     /// The running batch's transitions per contact, encoded, for the
     /// contacts' histories (`inspect`).
     history: FastMap<Arc<str>, Vec<Vec<u8>>>,
+    /// The contacts the batch [`Partition::write`] wrote forgot, for
+    /// [`Partition::write_history`].
+    forgotten_written: BTreeSet<Arc<str>>,
 }
 
 /// The running batch's contacts and the near waits; the rest is in the store.
@@ -79,6 +82,9 @@ struct Held {
     // The running batch, written by `write`: contacts read, and whether the
     // batch changed them (only those are written).
     dirty: FastMap<Arc<str>, (ContactState, bool)>,
+    /// Contacts forgotten in the running batch: deleted, not written, unless
+    /// an event after the forget made them anew.
+    forgotten: BTreeSet<Arc<str>>,
     far: BTreeSet<(Timestamp, TimerKey)>,
     timer_ops: Vec<(bool, StoredTimer)>,
 }
@@ -120,6 +126,7 @@ impl Partition {
                 wheel: Wheel::new(),
                 horizon: Timestamp(i64::MIN),
                 dirty: FastMap::default(),
+                forgotten: BTreeSet::new(),
                 far: BTreeSet::new(),
                 timer_ops: Vec::new(),
             },
@@ -128,6 +135,7 @@ impl Partition {
             positions: store.offsets_of(id)?.into_iter().collect(),
             written_clock: clock,
             history: FastMap::default(),
+            forgotten_written: BTreeSet::new(),
         })
     }
 
@@ -160,12 +168,17 @@ impl Partition {
     /// The changelog records of the running batch: each changed contact's
     /// state, then the partition's own record (clock, every input offset,
     /// coupon shares), last. Call before [`Partition::write`].
-    pub fn changelog(&mut self, mut each: impl FnMut(&[u8], &[u8], bool)) {
+    pub fn changelog(&mut self, mut each: impl FnMut(&[u8], Option<&[u8]>, bool)) {
         let defs = Arc::clone(self.driver.definitions());
         for (id, (st, changed)) in &self.held.dirty {
             if *changed {
+                if self.held.erases(id, st) {
+                    // A tombstone: compaction removes the contact's records.
+                    each(id.as_bytes(), None, false);
+                    continue;
+                }
                 let bytes = crate::store::codec::encode(&defs, st);
-                each(id.as_bytes(), &bytes, false);
+                each(id.as_bytes(), Some(&bytes), false);
                 // Encoded once: `write` stores the same bytes.
                 self.encoded.insert(Arc::clone(id), bytes);
             }
@@ -202,7 +215,7 @@ impl Partition {
         };
         each(
             crate::store::changelog::PARTITION_KEY,
-            &encode_partition(&st),
+            Some(&encode_partition(&st)),
             true,
         );
     }
@@ -261,12 +274,27 @@ impl Partition {
             .push(encoded.to_vec());
     }
 
+    /// The contact was just forgotten: what the batch kept for its history
+    /// goes too (the feed that forgot it made its `forgotten` transitions,
+    /// which are not kept either).
+    pub fn forget_history(&mut self, contact: &str) {
+        self.history.remove(contact);
+    }
+
     /// Adds the running batch's transitions to the contacts' histories in
-    /// `batch` (after [`Partition::write`], into the same batch).
+    /// `batch` (after [`Partition::write`], into the same batch); a
+    /// forgotten contact's stored history is deleted, and only what came
+    /// after the forget is kept.
     pub fn write_history(&mut self, batch: &mut Batch<'_>) -> Result<(), StoreError> {
         batch.switch_partition(self.id);
+        let forgotten = std::mem::take(&mut self.forgotten_written);
+        for contact in &forgotten {
+            if !self.history.contains_key(contact) {
+                batch.delete_history(contact);
+            }
+        }
         for (contact, transitions) in self.history.drain() {
-            batch.append_history(&contact, &transitions)?;
+            batch.append_history(&contact, &transitions, forgotten.contains(&contact))?;
         }
         Ok(())
     }
@@ -274,6 +302,7 @@ impl Partition {
     /// Whether the running batch changed anything.
     pub fn has_changes(&self) -> bool {
         !self.held.dirty.is_empty()
+            || !self.held.forgotten.is_empty()
             || !self.held.timer_ops.is_empty()
             || !self.offsets.is_empty()
             || self.driver.clock() != self.written_clock
@@ -283,8 +312,12 @@ impl Partition {
     /// Written changes are forgotten here: commit `batch` before feeding more.
     pub fn write(&mut self, batch: &mut Batch<'_>) {
         batch.switch_partition(self.id);
-        for (id, (st, changed)) in self.held.dirty.drain() {
+        for (id, (st, changed)) in std::mem::take(&mut self.held.dirty) {
             if changed {
+                if self.held.erases(&id, &st) {
+                    batch.delete_contact(&id);
+                    continue;
+                }
                 match self.encoded.remove(&id) {
                     Some(bytes) => batch.put_contact_encoded(&id, &bytes),
                     None => batch.put_contact(&id, &st),
@@ -292,6 +325,7 @@ impl Partition {
             }
         }
         self.encoded.clear();
+        self.forgotten_written = std::mem::take(&mut self.held.forgotten);
         for (set, t) in self.held.timer_ops.drain(..) {
             if set {
                 batch.set_timer(&t);
@@ -323,6 +357,14 @@ impl Partition {
         }
         // Written waits are on disk now; the next load finds them there.
         self.held.far.clear();
+    }
+}
+
+impl Held {
+    /// Whether writing `st` for `id` means deleting the contact: forgotten in
+    /// this batch, and nothing came for it since.
+    fn erases(&self, id: &Arc<str>, st: &ContactState) -> bool {
+        self.forgotten.contains(id) && *st == ContactState::default()
     }
 }
 
@@ -408,6 +450,10 @@ impl Holdings for Stored<'_> {
     fn cancel_wait(&mut self, at: Timestamp, w: TimerKey) {
         self.held.timer_ops.push((false, stored_timer(at, &w)));
         self.held.far.remove(&(at, w));
+    }
+
+    fn forget(&mut self, c: &Arc<str>) {
+        self.held.forgotten.insert(Arc::clone(c));
     }
 }
 

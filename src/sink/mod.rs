@@ -75,7 +75,8 @@ const INDEX_MASK: usize = CHANGELOG_BIT - 1;
 pub struct Record<'a> {
     pub topic: &'a str,
     pub key: &'a [u8],
-    pub value: &'a [u8],
+    /// `None`: a tombstone (compaction then removes the key).
+    pub value: Option<&'a [u8]>,
     pub headers: &'a [(&'a str, &'a [u8])],
     /// None: by the key's hash (librdkafka's default partitioner).
     pub partition: Option<i32>,
@@ -87,7 +88,8 @@ pub struct Record<'a> {
 pub struct OutRecord {
     pub topic: String,
     pub key: Vec<u8>,
-    pub value: Vec<u8>,
+    /// `None`: a tombstone.
+    pub value: Option<Vec<u8>>,
     pub headers: Vec<(String, Vec<u8>)>,
     /// None: by the key's hash (librdkafka's default partitioner).
     pub partition: Option<i32>,
@@ -175,7 +177,7 @@ impl OutRecord {
         f(Record {
             topic: &self.topic,
             key: &self.key,
-            value: &self.value,
+            value: self.value.as_deref(),
             headers: &headers,
             partition: self.partition,
         })
@@ -312,7 +314,7 @@ impl Sink {
         let mut rec = Record {
             topic: &cfg.outputs.transitions,
             key: t.contact.as_bytes(),
-            value: &buf,
+            value: Some(&buf),
             headers: &headers,
             partition: None,
         };
@@ -346,10 +348,12 @@ impl Sink {
             0
         };
         let opaque = (self.generation << GENERATION_SHIFT) | flag | index;
-        let mut record = BaseRecord::with_opaque_to(rec.topic, opaque)
+        let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(rec.topic, opaque)
             .key(rec.key)
-            .payload(rec.value)
             .headers(headers);
+        if let Some(value) = rec.value {
+            record = record.payload(value);
+        }
         if let Some(p) = rec.partition {
             record = record.partition(p);
         }
@@ -368,7 +372,7 @@ impl Sink {
                     if permanent(&e) {
                         // Never in the transaction (nor acknowledged): the
                         // batch must not be committed or acknowledged without it.
-                        let size = rec.key.len() + rec.value.len();
+                        let size = rec.key.len() + rec.value.map_or(0, <[u8]>::len);
                         let what = describe(rec.topic, rec.partition, rec.key, size, &e);
                         if let Ok(mut f) = ctx.refused.lock() {
                             f.push((opaque, what));
@@ -519,7 +523,7 @@ fn owned(rec: Record<'_>) -> OutRecord {
     OutRecord {
         topic: rec.topic.to_string(),
         key: rec.key.to_vec(),
-        value: rec.value.to_vec(),
+        value: rec.value.map(<[u8]>::to_vec),
         headers: rec
             .headers
             .iter()
@@ -538,7 +542,7 @@ pub fn transition_record(defs: &Definitions, t: &Transition, topic: &str) -> Out
     owned(Record {
         topic,
         key: t.contact.as_bytes(),
-        value: &value,
+        value: Some(&value),
         headers: &headers,
         partition: None,
     })

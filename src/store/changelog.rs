@@ -195,7 +195,10 @@ pub fn apply_contact(
                 batch.set_timer(&t);
             }
         }
-        None => batch.delete_contact(contact),
+        None => {
+            batch.delete_contact(contact);
+            batch.delete_history(contact);
+        }
     }
     Ok(new)
 }

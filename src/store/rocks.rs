@@ -229,12 +229,19 @@ impl Batch<'_> {
     /// Appends the batch's `transitions` of `contact` (encoded
     /// `winback.v1.Transition`s, in order) to its history, keeping the last
     /// [`HISTORY_LEN`].
+    /// `fresh`: start a new history (the contact was forgotten) instead of
+    /// continuing the stored one.
     pub fn append_history(
         &mut self,
         contact: &str,
         transitions: &[Vec<u8>],
+        fresh: bool,
     ) -> Result<(), StoreError> {
-        let mut all = self.store.history(self.partition, contact)?;
+        let mut all = if fresh {
+            Vec::new()
+        } else {
+            self.store.history(self.partition, contact)?
+        };
         all.extend(transitions.iter().cloned());
         let drop = all.len().saturating_sub(HISTORY_LEN);
         all.drain(..drop);

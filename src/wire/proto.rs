@@ -144,6 +144,7 @@ pub fn transition_to_pb(defs: &Definitions, t: &Transition) -> pb::Transition {
             message: message.into(),
             reason: reason.into(),
         }),
+        Detail::Forgotten {} => P::Forgotten(pb::Forgotten {}),
     };
     pb::Transition {
         transition_id: transition_id_hex(v.id),
@@ -228,6 +229,7 @@ pub fn transition_json(t: &pb::Transition) -> Result<String, ProtoError> {
             message: &'a str,
             reason: &'a str,
         },
+        Forgotten {},
     }
     let time = |t: &Option<prost_types::Timestamp>| -> Result<String, ProtoError> {
         Ok(from_pb_time(t.as_ref().ok_or(ProtoError::MissingTime)?)?.to_string())
@@ -307,6 +309,7 @@ pub fn transition_json(t: &pb::Transition) -> Result<String, ProtoError> {
                 reason: &d.reason,
             },
         ),
+        P::Forgotten(_) => ("forgotten", D::Forgotten {}),
     };
     let line = Line {
         transition_id: &t.transition_id,

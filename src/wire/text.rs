@@ -74,6 +74,7 @@ pub fn render(defs: &Definitions, t: &Transition) -> String {
         Detail::Suppressed { message, reason } => {
             write!(out, " message={message:?} reason={reason}")
         }
+        Detail::Forgotten {} => Ok(()),
     };
     out
 }

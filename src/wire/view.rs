@@ -90,6 +90,7 @@ pub enum Detail<'a> {
         message: &'a str,
         reason: &'static str,
     },
+    Forgotten {},
 }
 
 fn hex_id<S: Serializer>(id: &u128, s: S) -> Result<S::Ok, S::Error> {
@@ -235,6 +236,7 @@ pub fn view<'a>(defs: &'a Definitions, t: &'a Transition) -> View<'a> {
             message: f.message,
             reason: reason.as_str(),
         },
+        TransitionKind::Forgotten => Detail::Forgotten {},
     };
     View {
         id: t.id(defs),

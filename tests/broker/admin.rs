@@ -16,17 +16,6 @@ const T: Duration = Duration::from_secs(60);
 const STILL: Timestamp = Timestamp(0);
 const PARTITIONS: i32 = 2;
 
-fn admin_addr(run: &Running) -> SocketAddr {
-    let deadline = Instant::now() + T;
-    loop {
-        if let Some(a) = run.stats.admin_addr.get() {
-            return *a;
-        }
-        assert!(Instant::now() < deadline, "the admin server never started");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// Waits until `/metrics` satisfies `ok`; returns that page.
 fn metrics_until(addr: SocketAddr, what: &str, ok: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + T;
@@ -98,7 +87,7 @@ fn metrics_count_what_the_engine_committed() {
     let records = lines.len() as u64 + 1;
 
     let run = Running::start(topics.config(dir.path(), &SEEDS, ""), defs.clone(), STILL);
-    let addr = admin_addr(&run);
+    let addr = admin::addr(&run.stats);
     assert_eq!(admin::get(addr, "/healthz"), (200, "ok\n".to_string()));
     run.wait_events(records, T);
 
@@ -184,7 +173,7 @@ fn readyz_turns_ready_only_after_the_restore() {
     // The same group on an empty state directory: it restores both partitions.
     let second = tempfile::tempdir().unwrap();
     let run = Running::start(topics.config(second.path(), &SEEDS, ""), defs, STILL);
-    let addr = admin_addr(&run);
+    let addr = admin::addr(&run.stats);
     let mut refusals = Vec::new();
     let deadline = Instant::now() + T;
     loop {
@@ -256,14 +245,9 @@ fn contacts_are_explained_as_the_golden_file_expects() {
             .collect();
     kafka::produce_partitioned(&topics.input, &lines, 1);
     let cfg = topics.config(dir.path(), &SEEDS, "");
-    let config_file = dir.path().join("winback.toml");
-    std::fs::write(
-        &config_file,
-        topics.config_text(&kafka::brokers(), dir.path(), &SEEDS, ""),
-    )
-    .unwrap();
+    let config_file = topics.config_file(dir.path(), dir.path());
     let run = Running::start(cfg, defs.clone(), STILL);
-    let addr = admin_addr(&run);
+    let addr = admin::addr(&run.stats);
     run.wait_events(lines.len() as u64, T);
 
     let mut sim = winback::sim::Simulator::new(Arc::clone(&defs));

@@ -79,12 +79,7 @@ fn sigkill_at_random_moments_loses_no_send_and_duplicates_none() {
     }
     let dir = scopeguard(dir);
     let state = dir.path().join("state");
-    let config = dir.path().join("winback.toml");
-    std::fs::write(
-        &config,
-        topics.config_text(&kafka::brokers(), &state, &SEEDS, ""),
-    )
-    .unwrap();
+    let config = topics.config_file(dir.path(), &state);
 
     // Dated in the wall clock's past, as a live shop's events are: while
     // parts of the stream arrive, a partition's clock is the events' time;

@@ -13,6 +13,7 @@ mod crash;
 mod delivery;
 mod exactly_once;
 mod faults;
+mod forget;
 mod live;
 mod reprocess;
 mod scale;

@@ -33,12 +33,7 @@ fn reprocessing_twice_gives_byte_identical_output_and_leaves_live_topics_alone()
     );
     kafka::create_topics(&[&out1, &out2], PARTITIONS);
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("winback.toml");
-    std::fs::write(
-        &config,
-        topics.config_text(&kafka::brokers(), &dir.path().join("state"), &SEEDS, ""),
-    )
-    .unwrap();
+    let config = topics.config_file(dir.path(), &dir.path().join("state"));
     let lines = kafka::purchase_stream(400, 200, 31);
     kafka::produce_partitioned(&topics.input, &lines, PARTITIONS);
     kafka::produce(&topics.input, &[("c0001".into(), b"{not json".to_vec())]);

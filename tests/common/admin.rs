@@ -5,6 +5,21 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+/// Where a live engine's admin server listens, once it does.
+pub fn addr(stats: &winback::runtime::RunStats) -> SocketAddr {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(a) = stats.admin_addr.get() {
+            return *a;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the admin server never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// `GET path` on the admin server: the status code and the body.
 pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("admin server");

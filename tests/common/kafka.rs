@@ -120,6 +120,18 @@ impl Topics {
             .unwrap_or_else(|e| panic!("test config: {:?}", e.diagnostics))
     }
 
+    /// The engine config written to `dir/winback.toml` for the `winback`
+    /// binary (state in `state_dir`, the seed conversations): its path.
+    pub fn config_file(&self, dir: &Path, state_dir: &Path) -> std::path::PathBuf {
+        let path = dir.join("winback.toml");
+        std::fs::write(
+            &path,
+            self.config_text(&brokers(), state_dir, &crate::common::SEEDS, ""),
+        )
+        .expect("write the engine config");
+        path
+    }
+
     /// The engine config's text (for a file given to the `winback` binary).
     pub fn config_text(
         &self,
@@ -385,6 +397,8 @@ pub fn advance_wall(clock: &ManualClock, stats: &RunStats, t: Timestamp) {
 pub struct Read {
     pub key: Option<Vec<u8>>,
     pub value: Vec<u8>,
+    /// No value at all (a compaction tombstone).
+    pub tombstone: bool,
     pub headers: BTreeMap<String, String>,
 }
 
@@ -489,6 +503,7 @@ impl Read {
         Read {
             key: m.key().map(<[u8]>::to_vec),
             value: m.payload().unwrap_or_default().to_vec(),
+            tombstone: m.payload().is_none(),
             headers,
         }
     }

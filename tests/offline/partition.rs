@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use winback::domain::{Definitions, Event, Timestamp, Transition};
+use winback::domain::{ContactState, Definitions, Event, Timestamp, Transition};
 use winback::runtime::partition::{Fed, Partition, PartitionSettings};
 use winback::sim::Simulator;
 use winback::store::rocks::Store;
@@ -49,6 +49,7 @@ fn event(i: usize, contact: u8, at: i64, kind: u8) -> Event {
     let (name, list) = match kind {
         0 => ("subscribe", Some("master".to_string())),
         1 => ("unsubscribe", Some("master".to_string())),
+        7 => ("forget", None),
         _ => ("checkout", None),
     };
     Event {
@@ -139,6 +140,17 @@ fn check(
         commit(&mut part, &store);
     }
     prop_assert_eq!(json(&defs, &got), json(&defs, &want));
+    // The states written are the simulator's; a forgotten contact nothing
+    // came for since is not in the store at all.
+    commit(&mut part, &store);
+    for (id, st) in sim.states() {
+        let stored = store.contact(&defs, 0, id).unwrap();
+        if *st == ContactState::default() {
+            prop_assert!(stored.is_none(), "{} forgotten but stored", id);
+        } else {
+            prop_assert_eq!(stored.as_ref(), Some(st), "{}", id);
+        }
+    }
     Ok(())
 }
 

@@ -292,8 +292,8 @@ fn history_keeps_the_last_transitions_and_reads_while_the_store_is_held() {
     for batch_len in [3, 1, HISTORY_LEN, 7] {
         let mut b = store.batch(&defs, 2);
         let fresh: Vec<Vec<u8>> = (next..next + batch_len).map(t).collect();
-        b.append_history("ann", &fresh).expect("append");
-        b.append_history("bob", &fresh[..1]).expect("append");
+        b.append_history("ann", &fresh, false).expect("append");
+        b.append_history("bob", &fresh[..1], false).expect("append");
         b.commit().expect("commit");
         next += batch_len;
         let want: Vec<Vec<u8>> = (next.saturating_sub(HISTORY_LEN)..next).map(t).collect();
@@ -323,7 +323,7 @@ fn history_keeps_the_last_transitions_and_reads_while_the_store_is_held() {
     let fresh = tempfile::tempdir().expect("tempdir");
     let other = Store::open(fresh.path()).expect("open");
     let mut b = store.batch(&defs, 3);
-    b.append_history("cyd", &[t(0)]).expect("append");
+    b.append_history("cyd", &[t(0)], false).expect("append");
     b.commit().expect("commit");
     assert_eq!(
         store.digest(3).expect("digest"),

@@ -36,7 +36,11 @@ fn protobuf_and_json_transitions_agree() {
         winback::domain::Timestamp::parse_rfc3339("2027-01-01T00:00:00Z").expect("time"),
         &mut out,
     );
+    // Every kind, `forgotten` included.
+    let forget = r#"{"event_id":"f1","name":"forget","contact_id":"ann","occurred_at":"2027-01-02T00:00:00Z"}"#;
+    let _ = sim.feed(&wire::json::decode_event(forget).expect("forget"), &mut out);
     assert!(out.len() > 40);
+    let mut forgotten = 0;
     for t in &out {
         let j: serde_json::Value =
             serde_json::from_str(&wire::json::encode_transition(&defs, t)).expect("json");
@@ -95,6 +99,11 @@ fn protobuf_and_json_transitions_agree() {
                 (&j["message"], &j["reason"]),
                 (&d.message.into(), &d.reason.into())
             ),
+            Detail::Forgotten(_) => {
+                assert_eq!(j["type"], "forgotten");
+                forgotten += 1;
+            }
         }
     }
+    assert_eq!(forgotten, 2, "one per conversation ann was in");
 }
