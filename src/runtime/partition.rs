@@ -66,7 +66,7 @@ pub struct Partition {
     written_clock: Option<Timestamp>,
     /// The running batch's transitions per contact, encoded, for the
     /// contacts' histories (`inspect`).
-    history: FastMap<Arc<str>, Vec<Vec<u8>>>,
+    history: FastMap<Arc<str>, Vec<u8>>,
     /// The contacts the batch [`Partition::write`] wrote forgot, for
     /// [`Partition::write_history`].
     forgotten_written: BTreeSet<Arc<str>>,
@@ -268,10 +268,11 @@ impl Partition {
     /// Keeps a transition of the running batch (encoded as the transitions
     /// topic carries it) for its contact's history.
     pub fn note_history(&mut self, contact: &Arc<str>, encoded: &[u8]) {
-        self.history
-            .entry(Arc::clone(contact))
-            .or_default()
-            .push(encoded.to_vec());
+        let record = match self.history.get_mut(contact) {
+            Some(r) => r,
+            None => self.history.entry(Arc::clone(contact)).or_default(),
+        };
+        crate::store::rocks::history_frame(record, encoded);
     }
 
     /// The contact was just forgotten: what the batch kept for its history
@@ -293,8 +294,8 @@ impl Partition {
                 batch.delete_history(contact);
             }
         }
-        for (contact, transitions) in self.history.drain() {
-            batch.append_history(&contact, &transitions, forgotten.contains(&contact))?;
+        for (contact, record) in self.history.drain() {
+            batch.append_history(&contact, &record, forgotten.contains(&contact));
         }
         Ok(())
     }

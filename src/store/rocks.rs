@@ -57,6 +57,40 @@ const ALL_FAMILIES: [&str; 6] = [
 ];
 /// Transitions kept per contact for `inspect`.
 pub const HISTORY_LEN: usize = 20;
+
+/// Appends one encoded `winback.v1.Transition` to `record`, a
+/// `TransitionHistoryRecord` encoding: its field 1, length-delimited.
+/// Encodings of the record concatenate to the record of all their entries.
+pub fn history_frame(record: &mut Vec<u8>, transition: &[u8]) {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    encode_key(1, WireType::LengthDelimited, record);
+    encode_varint(transition.len() as u64, record);
+    record.extend_from_slice(transition);
+}
+
+/// The history family's merge: the stored record and the appended ones,
+/// joined (their encodings concatenate), cut to the last [`HISTORY_LEN`].
+/// Associative, so RocksDB may also join operands among themselves.
+fn merge_history(
+    _key: &[u8],
+    existing: Option<&[u8]>,
+    operands: &rocksdb::MergeOperands,
+) -> Option<Vec<u8>> {
+    use prost::Message;
+    let mut joined = existing.map(<[u8]>::to_vec).unwrap_or_default();
+    for op in operands {
+        joined.extend_from_slice(op);
+    }
+    // A record that does not decode fails the merge: RocksDB reports the
+    // key as corrupt instead of serving a cut history.
+    let mut rec = crate::pb::TransitionHistoryRecord::decode(joined.as_slice()).ok()?;
+    let over = rec.transitions.len().saturating_sub(HISTORY_LEN);
+    if over == 0 {
+        return Some(joined);
+    }
+    rec.transitions.drain(..over);
+    Some(rec.encode_to_vec())
+}
 const SCHEMA_KEY: &[u8] = b"schema_version";
 const CLOCK_SUFFIX: &[u8] = b"clock";
 const CHANGELOG_SUFFIX: &[u8] = b"changelog";
@@ -226,33 +260,19 @@ impl Batch<'_> {
             .put_cf(cf, prefixed(self.partition, &[pool.as_bytes()]), v);
     }
 
-    /// Appends the batch's `transitions` of `contact` (encoded
-    /// `winback.v1.Transition`s, in order) to its history, keeping the last
-    /// [`HISTORY_LEN`].
-    /// `fresh`: start a new history (the contact was forgotten) instead of
-    /// continuing the stored one.
-    pub fn append_history(
-        &mut self,
-        contact: &str,
-        transitions: &[Vec<u8>],
-        fresh: bool,
-    ) -> Result<(), StoreError> {
-        let mut all = if fresh {
-            Vec::new()
-        } else {
-            self.store.history(self.partition, contact)?
-        };
-        all.extend(transitions.iter().cloned());
-        let drop = all.len().saturating_sub(HISTORY_LEN);
-        all.drain(..drop);
-        let rec = crate::pb::TransitionHistoryRecord { transitions: all };
+    /// Appends the batch's transitions of `contact` to its history:
+    /// `record` is a `TransitionHistoryRecord` encoding (see
+    /// [`history_frame`]). A merge, not a read and a write: RocksDB joins
+    /// the records and keeps the last [`HISTORY_LEN`] ([`merge_history`])
+    /// when it compacts or reads. `fresh`: start a new history (the contact
+    /// was forgotten) instead of continuing the stored one.
+    pub fn append_history(&mut self, contact: &str, record: &[u8], fresh: bool) {
         let cf = self.store.cf(CF_HISTORY);
-        self.wb.put_cf(
-            cf,
-            prefixed(self.partition, &[contact.as_bytes()]),
-            prost::Message::encode_to_vec(&rec),
-        );
-        Ok(())
+        let key = prefixed(self.partition, &[contact.as_bytes()]);
+        if fresh {
+            self.wb.delete_cf(cf, &key);
+        }
+        self.wb.merge_cf(cf, key, record);
     }
 
     /// Removes a contact's history.
@@ -283,19 +303,12 @@ pub struct Store {
     path: PathBuf,
 }
 
-impl Store {
-    /// Opens (creating if needed) the store at `path`; refuses a store written
-    /// with another schema version.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        // Memory is bounded for the whole store, not per family: RocksDB's
-        // default of 64 MB memtables (x2) in each of five families alone would
-        // be 640 MB. Millions of pending waits must cost disk, not RAM.
-        opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
-        let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE);
-        let families = ALL_FAMILIES.iter().map(|n| {
+/// Every family's options, for opening read-write or read-only.
+fn family_descriptors() -> Vec<ColumnFamilyDescriptor> {
+    let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE);
+    ALL_FAMILIES
+        .iter()
+        .map(|n| {
             let mut o = Options::default();
             o.set_write_buffer_size(MEMTABLE_BUDGET / 4);
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
@@ -310,16 +323,34 @@ impl Store {
                 // fired wait in an expiry storm).
                 t.set_bloom_filter(10.0, false);
             }
+            if *n == CF_HISTORY {
+                o.set_merge_operator_associative("winback.history", merge_history);
+            }
             // The other families are scanned by range or tiny: no filter.
             o.set_block_based_table_factory(&t);
             ColumnFamilyDescriptor::new(*n, o)
-        });
-        let db =
-            DB::open_cf_descriptors(&opts, path, families).map_err(|source| StoreError::Rocks {
+        })
+        .collect()
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path`; refuses a store written
+    /// with another schema version.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // Memory is bounded for the whole store, not per family: RocksDB's
+        // default of 64 MB memtables (x2) in each of five families alone would
+        // be 640 MB. Millions of pending waits must cost disk, not RAM.
+        opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
+        let db = DB::open_cf_descriptors(&opts, path, family_descriptors()).map_err(|source| {
+            StoreError::Rocks {
                 path: path.to_path_buf(),
                 op: "open",
                 source,
-            })?;
+            }
+        })?;
         let store = Store {
             db,
             path: path.to_path_buf(),
@@ -367,13 +398,12 @@ impl Store {
                 "no {missing:?} column family: written by an older winback (run it once with this version)"
             )));
         }
-        let db = DB::open_cf_for_read_only(&opts, path, ALL_FAMILIES, false).map_err(|source| {
-            StoreError::Rocks {
+        let db = DB::open_cf_descriptors_read_only(&opts, path, family_descriptors(), false)
+            .map_err(|source| StoreError::Rocks {
                 path: path.to_path_buf(),
                 op: "open read-only",
                 source,
-            }
-        })?;
+            })?;
         let store = Store {
             db,
             path: path.to_path_buf(),
