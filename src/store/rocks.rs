@@ -70,26 +70,38 @@ pub fn history_frame(record: &mut Vec<u8>, transition: &[u8]) {
 
 /// The history family's merge: the stored record and the appended ones,
 /// joined (their encodings concatenate), cut to the last [`HISTORY_LEN`].
-/// Associative, so RocksDB may also join operands among themselves.
+/// Associative, so RocksDB may also join operands among themselves. It runs
+/// in compactions and reads: it walks the entries' length prefixes and cuts
+/// the bytes, decoding and allocating nothing per transition.
 fn merge_history(
     _key: &[u8],
     existing: Option<&[u8]>,
     operands: &rocksdb::MergeOperands,
 ) -> Option<Vec<u8>> {
-    use prost::Message;
     let mut joined = existing.map(<[u8]>::to_vec).unwrap_or_default();
     for op in operands {
         joined.extend_from_slice(op);
     }
-    // A record that does not decode fails the merge: RocksDB reports the
-    // key as corrupt instead of serving a cut history.
-    let mut rec = crate::pb::TransitionHistoryRecord::decode(joined.as_slice()).ok()?;
-    let over = rec.transitions.len().saturating_sub(HISTORY_LEN);
-    if over == 0 {
-        return Some(joined);
+    // The starts of the last HISTORY_LEN entries, in a ring.
+    let mut starts = [0usize; HISTORY_LEN];
+    let (mut pos, mut count) = (0usize, 0usize);
+    while pos < joined.len() {
+        starts[count % HISTORY_LEN] = pos;
+        let mut rest = &joined[pos..];
+        // A record that does not parse fails the merge: RocksDB reports the
+        // key as corrupt instead of serving a cut history.
+        let tag = prost::encoding::decode_varint(&mut rest).ok()?;
+        let len = prost::encoding::decode_varint(&mut rest).ok()?;
+        if tag != 0x0a || len > rest.len() as u64 {
+            return None;
+        }
+        pos = joined.len() - rest.len() + len as usize;
+        count += 1;
     }
-    rec.transitions.drain(..over);
-    Some(rec.encode_to_vec())
+    if count > HISTORY_LEN {
+        joined.drain(..starts[count % HISTORY_LEN]);
+    }
+    Some(joined)
 }
 const SCHEMA_KEY: &[u8] = b"schema_version";
 const CLOCK_SUFFIX: &[u8] = b"clock";
