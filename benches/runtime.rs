@@ -5,7 +5,8 @@
 //! runtime -- NAME` starts a fresh one for the run (docs/benchmarks.md).
 //!
 //! - `catchup`: 1M contacts, 5M purchase events (`WINBACK_BENCH_CONTACTS`,
-//!   `WINBACK_BENCH_EVENTS`) over a year in a 4-partition JSON topic; the raw
+//!   `WINBACK_BENCH_EVENTS`; `WINBACK_BENCH_CONTACT_HISTORY=off` without the
+//!   contacts' kept transitions) over a year in a 4-partition JSON topic; the raw
 //!   consume rate of that topic with the same client and settings, then
 //!   `winback run` catching up on it from an empty state (seed 000; its waits
 //!   fire as event time moves), end to end: events/s and the ratio. Then
@@ -152,8 +153,21 @@ fn topics(partitions: i32) -> Topics {
     tp
 }
 
+/// The engine defaults; `WINBACK_BENCH_CONTACT_HISTORY=off` turns the
+/// contacts' kept transitions off (`processing.contact_history`), to measure
+/// what they cost.
 fn config(bs: &str, tp: &Topics, state: &Path) -> EngineConfig {
-    config_with(bs, tp, state, "")
+    let history = std::env::var("WINBACK_BENCH_CONTACT_HISTORY").is_ok_and(|v| v == "off");
+    config_with(
+        bs,
+        tp,
+        state,
+        if history {
+            "contact_history = false"
+        } else {
+            ""
+        },
+    )
 }
 
 /// `processing` is the body of the `[processing]` table.

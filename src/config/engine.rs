@@ -27,6 +27,7 @@ pub const DEFAULT_COMMIT_INTERVAL_MS: u64 = 1000;
 pub const DEFAULT_MAX_BATCH_EVENTS: usize = 20_000;
 pub const DEFAULT_MAX_BATCH_TIMERS: usize = 100_000;
 pub const DEFAULT_TIMER_HORIZON_MS: i64 = 60 * 60 * 1000;
+pub const DEFAULT_CONTACT_HISTORY: bool = true;
 pub const DEFAULT_EMBEDDED_PARTITIONS: i32 = 4;
 /// See [`TimeRules`]; README, "Engine config", and docs/semantics.md, "Time".
 pub const DEFAULT_QUIET_PERIOD: Duration = Duration(10 * SECOND_MS);
@@ -126,6 +127,7 @@ struct RawProcessing {
     allowed_lateness: Option<Spanned<String>>,
     max_future_skew: Option<Spanned<String>>,
     merge_wait: Option<Spanned<String>>,
+    contact_history: Option<Spanned<bool>>,
 }
 
 /// How the wall clock and the records' timestamps bear on event time
@@ -289,6 +291,10 @@ pub struct EngineConfig {
     pub max_batch_events: usize,
     pub max_batch_timers: usize,
     pub timer_horizon_ms: i64,
+    /// Keep each contact's last transitions in the store for `inspect` and
+    /// `/contacts/{id}` (default true; costs CPU and disk, see
+    /// docs/benchmarks.md).
+    pub contact_history: bool,
     /// Default: exactly-once, at-least-once with the embedded broker (see
     /// README, "The embedded broker").
     pub guarantee: Guarantee,
@@ -631,6 +637,9 @@ pub fn parse_engine(
         DEFAULT_TIMER_HORIZON_MS,
         365 * 86_400_000,
     );
+    let contact_history = proc_
+        .and_then(|p| p.contact_history.as_ref())
+        .map_or(DEFAULT_CONTACT_HISTORY, |b| *b.get_ref());
 
     let guarantee = one_of(
         &src,
@@ -864,6 +873,7 @@ pub fn parse_engine(
         max_batch_events,
         max_batch_timers,
         timer_horizon_ms,
+        contact_history,
         guarantee,
         offset_out_of_range,
         time,
@@ -1049,6 +1059,18 @@ mod tests {
         assert!(!c.embedded());
         assert_eq!(c.kafka["sasl.password"], "s3cret");
         assert_eq!(c.kafka["security.protocol"], "sasl_ssl");
+    }
+
+    #[test]
+    fn contact_history_defaults_on_and_can_be_turned_off() {
+        let on = parse("conversations = [\"a.toml\"]\n", &[]).unwrap();
+        assert!(on.contact_history);
+        let off = parse(
+            "conversations = [\"a.toml\"]\n[processing]\ncontact_history = false\n",
+            &[],
+        )
+        .unwrap();
+        assert!(!off.contact_history);
     }
 
     #[test]

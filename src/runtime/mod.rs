@@ -195,6 +195,7 @@ pub fn run(params: RunParams) -> Result<(), RuntimeError> {
         settings: PartitionSettings {
             timer_horizon_ms: cfg.timer_horizon_ms,
             load_limit: cfg.max_batch_timers.max(1024),
+            keep_history: cfg.contact_history,
         },
         cfg,
         defs,

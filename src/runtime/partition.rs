@@ -38,6 +38,8 @@ pub struct PartitionSettings {
     pub timer_horizon_ms: i64,
     /// At most about this many timers are loaded into the wheel at once.
     pub load_limit: usize,
+    /// Keep each contact's last transitions (`processing.contact_history`).
+    pub keep_history: bool,
 }
 
 impl Default for PartitionSettings {
@@ -45,6 +47,7 @@ impl Default for PartitionSettings {
         PartitionSettings {
             timer_horizon_ms: crate::config::engine::DEFAULT_TIMER_HORIZON_MS,
             load_limit: 100_000,
+            keep_history: crate::config::engine::DEFAULT_CONTACT_HISTORY,
         }
     }
 }
@@ -268,6 +271,9 @@ impl Partition {
     /// Keeps a transition of the running batch (encoded as the transitions
     /// topic carries it) for its contact's history.
     pub fn note_history(&mut self, contact: &Arc<str>, encoded: &[u8]) {
+        if !self.held.settings.keep_history {
+            return;
+        }
         let record = match self.history.get_mut(contact) {
             Some(r) => r,
             None => self.history.entry(Arc::clone(contact)).or_default(),

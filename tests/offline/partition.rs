@@ -165,6 +165,7 @@ fn settings() -> impl Strategy<Value = (PartitionSettings, usize)> {
                 PartitionSettings {
                     timer_horizon_ms,
                     load_limit,
+                    keep_history: true,
                 },
                 budget,
             )
@@ -187,6 +188,7 @@ fn a_far_wait_set_in_the_running_batch_fires_after_a_restart() {
     let s = PartitionSettings {
         timer_horizon_ms: DAY,
         load_limit: 16,
+        keep_history: true,
     };
     let ops = vec![
         Op::Event {
@@ -304,5 +306,33 @@ proptest! {
         }
         commit(&mut part, &store);
         prop_assert_eq!(json(&defs, &got), json(&defs, &want));
+    }
+}
+
+/// `processing.contact_history = false` keeps no transitions for `inspect`.
+#[test]
+fn contact_history_is_kept_only_when_asked() {
+    let defs = crate::common::definitions(&crate::common::SEEDS);
+    for keep in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let settings = PartitionSettings {
+            keep_history: keep,
+            ..PartitionSettings::default()
+        };
+        let mut part = Partition::open(&store, defs.clone(), 0, 1, settings).unwrap();
+        let mut out = Vec::new();
+        let ev = event(0, 1, T0, 5);
+        part.feed(&store, &ev, &mut out, &mut usize::MAX).unwrap();
+        assert!(!out.is_empty());
+        for t in &out {
+            part.note_history(&t.contact, b"t");
+        }
+        let mut b = store.batch(&defs, 0);
+        part.write(&mut b);
+        part.write_history(&mut b).unwrap();
+        b.commit().unwrap();
+        let kept = store.history(0, "c1").unwrap().len();
+        assert_eq!(kept, if keep { out.len() } else { 0 }, "keep = {keep}");
     }
 }
