@@ -323,7 +323,8 @@ fn contact_history_is_kept_only_when_asked() {
         let mut part = Partition::open(&store, defs.clone(), 0, 1, settings).unwrap();
         let mut out = Vec::new();
         let ev = event(0, 1, T0, 5);
-        part.feed(&store, &ev, &mut out, &mut usize::MAX).unwrap();
+        let mut budget = usize::MAX;
+        part.feed(&store, &ev, &mut out, &mut budget).unwrap();
         assert!(!out.is_empty());
         for t in &out {
             part.note_history(&t.contact, b"t");
