@@ -292,7 +292,7 @@ impl Partition {
     /// `batch` (after [`Partition::write`], into the same batch); a
     /// forgotten contact's stored history is deleted, and only what came
     /// after the forget is kept.
-    pub fn write_history(&mut self, batch: &mut Batch<'_>) -> Result<(), StoreError> {
+    pub fn write_history(&mut self, batch: &mut Batch<'_>) {
         batch.switch_partition(self.id);
         let forgotten = std::mem::take(&mut self.forgotten_written);
         for contact in &forgotten {
@@ -303,7 +303,6 @@ impl Partition {
         for (contact, record) in self.history.drain() {
             batch.append_history(&contact, &record, forgotten.contains(&contact));
         }
-        Ok(())
     }
 
     /// Whether the running batch changed anything.
