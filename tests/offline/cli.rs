@@ -357,6 +357,19 @@ fn validate_checks_an_engine_config_and_its_conversations() {
     );
 }
 
+/// A child process killed when the test leaves it behind (a failed
+/// assertion), so that it does not outlive the test binary.
+struct Killed(Option<std::process::Child>);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// A port nothing listens on right now.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -380,11 +393,14 @@ fn run_with_the_embedded_broker_produce_tail_and_a_clean_sigterm() {
         ),
     );
     let cfg = cfg.to_str().unwrap();
-    let run = Command::new(env!("CARGO_BIN_EXE_winback"))
-        .args(["run", "--config", cfg])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start run");
+    let mut run = Killed(Some(
+        Command::new(env!("CARGO_BIN_EXE_winback"))
+            .args(["run", "--config", cfg])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start run"),
+    ));
     // The broker is up once its port answers.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -488,6 +504,7 @@ fn run_with_the_embedded_broker_produce_tail_and_a_clean_sigterm() {
     }
 
     // SIGTERM: finish the batch, write, exit 0.
+    let run = run.0.take().expect("still running");
     let pid = run.id().to_string();
     Command::new("kill")
         .args(["-TERM", &pid])
