@@ -72,11 +72,12 @@ impl Health {
         Some(self.input_partitions.load(Ordering::Acquire)).filter(|n| *n > 0)
     }
 
-    /// The partitions held, as of the last assignment change.
-    pub fn partitions(&self) -> Vec<u32> {
+    /// The partitions the run loop holds, as of the last assignment change
+    /// (the rebalance callback restores only the others).
+    pub fn partitions(&self) -> BTreeSet<u32> {
         self.partitions
             .lock()
-            .map(|p| p.iter().copied().collect())
+            .map(|p| p.clone())
             .unwrap_or_default()
     }
 }
@@ -98,7 +99,7 @@ mod tests {
         assert_eq!(h.not_ready(), Some("starting to fetch"));
         h.batch_ended();
         assert_eq!(h.not_ready(), None);
-        assert_eq!(h.partitions(), vec![0, 2]);
+        assert_eq!(h.partitions(), BTreeSet::from([0, 2]));
         h.stopping();
         assert_eq!(h.not_ready(), Some("stopping"));
     }

@@ -179,23 +179,20 @@ async fn contact_page(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> i
     let found = tokio::task::spawn_blocking(move || {
         contact::view(&shared.store, &shared.defs, partitions, &id)
     })
-    .await;
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()));
     match found {
-        Ok(Ok(Some(v))) => (StatusCode::OK, json, format!("{v:#}\n")),
-        Ok(Ok(None)) => (
+        Ok(Some(v)) => (StatusCode::OK, json, format!("{v:#}\n")),
+        Ok(None) => (
             StatusCode::NOT_FOUND,
             json,
             "{\"error\":\"no such contact in this process's partitions\"}\n".to_string(),
         ),
-        Ok(Err(e)) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            json,
-            format!("{}\n", serde_json::json!({ "error": e.to_string() })),
-        ),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             json,
-            format!("{}\n", serde_json::json!({ "error": e.to_string() })),
+            format!("{}\n", serde_json::json!({ "error": e })),
         ),
     }
 }

@@ -115,7 +115,6 @@ impl Loop {
         for part in self.parts.values_mut() {
             if part.has_changes() {
                 part.write(&mut batch);
-                part.write_history(&mut batch);
                 if let Some(end) = ends.get(&(part.id as i32)) {
                     batch.set_changelog_position(end + 1);
                 }

@@ -35,6 +35,20 @@ pub(super) fn cached_end(consumer: &BaseConsumer<Ctx>, topic: &str, partition: i
     (err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
 }
 
+/// The consumer's own position in a topic partition (from
+/// `Consumer::position`), if it has one: past the transaction markers of
+/// transactional producers upstream, which no folded offset ever passes.
+pub(super) fn fetched_offset(
+    fetched: Option<&TopicPartitionList>,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
+    match fetched?.find_partition(topic, partition)?.offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    }
+}
+
 impl Loop {
     /// Pauses or resumes fetching of every assigned partition.
     pub(super) fn set_fetching(&self, on: bool) {
@@ -144,12 +158,7 @@ impl Loop {
                 }
             };
             let folded = self.position(id, &input.topic)?.unwrap_or(low);
-            let stepped = fetched
-                .and_then(|f| f.find_partition(&input.topic, id as i32))
-                .and_then(|e| match e.offset() {
-                    Offset::Offset(o) => Some(o),
-                    _ => None,
-                });
+            let stepped = fetched_offset(fetched, &input.topic, id as i32);
             if folded.max(stepped.unwrap_or(folded)) < high {
                 return Ok(false);
             }

@@ -199,28 +199,22 @@ impl super::Loop {
             if let Some(c) = part.clock() {
                 partition_clock(id, c.0, wall.0);
             }
-            for input in &self.cfg.inputs {
+            for (t, input) in self.cfg.inputs.iter().enumerate() {
                 let Some(end) = super::idle::cached_end(&self.consumer, &input.topic, id as i32)
                 else {
                     continue;
                 };
-                // With nothing waiting in the merge, the consumer's own
-                // position counts: it steps over transaction markers, which
-                // no folded offset ever passes.
-                let input_idx = self.cfg.inputs.iter().position(|i| i.topic == input.topic);
-                let buffered = input_idx.is_some_and(|t| self.merge.len(id, t) > 0);
-                let stepped = fetched
-                    .as_ref()
-                    .and_then(|f| f.find_partition(&input.topic, id as i32))
-                    .and_then(|e| match e.offset() {
-                        rdkafka::Offset::Offset(o) => Some(o),
-                        _ => None,
-                    });
                 let folded = self.position(id, &input.topic).ok().flatten();
-                let pos = if buffered {
+                // With nothing waiting in the merge, the consumer's own
+                // position counts: it steps over transaction markers.
+                let pos = if self.merge.len(id, t) > 0 {
                     folded
                 } else {
-                    folded.max(stepped)
+                    folded.max(super::idle::fetched_offset(
+                        fetched.as_ref(),
+                        &input.topic,
+                        id as i32,
+                    ))
                 };
                 if let Some(pos) = pos {
                     consumer_lag(&input.topic, id, end - pos);

@@ -141,7 +141,6 @@ pub fn run(params: RunParams) -> Result<(), RuntimeError> {
     let ctx = Ctx {
         store: Arc::clone(&store),
         positions: positions.clone(),
-        held: Mutex::new(BTreeSet::new()),
         events: Mutex::new(Vec::new()),
         restorer,
         health: Arc::clone(&health),

@@ -70,9 +70,6 @@ pub struct Partition {
     /// The running batch's transitions per contact, encoded, for the
     /// contacts' histories (`inspect`).
     history: FastMap<Arc<str>, Vec<u8>>,
-    /// The contacts the batch [`Partition::write`] wrote forgot, for
-    /// [`Partition::write_history`].
-    forgotten_written: BTreeSet<Arc<str>>,
 }
 
 /// The running batch's contacts and the near waits; the rest is in the store.
@@ -138,7 +135,6 @@ impl Partition {
             positions: store.offsets_of(id)?.into_iter().collect(),
             written_clock: clock,
             history: FastMap::default(),
-            forgotten_written: BTreeSet::new(),
         })
     }
 
@@ -288,23 +284,6 @@ impl Partition {
         self.history.remove(contact);
     }
 
-    /// Adds the running batch's transitions to the contacts' histories in
-    /// `batch` (after [`Partition::write`], into the same batch); a
-    /// forgotten contact's stored history is deleted, and only what came
-    /// after the forget is kept.
-    pub fn write_history(&mut self, batch: &mut Batch<'_>) {
-        batch.switch_partition(self.id);
-        let forgotten = std::mem::take(&mut self.forgotten_written);
-        for contact in &forgotten {
-            if !self.history.contains_key(contact) {
-                batch.delete_history(contact);
-            }
-        }
-        for (contact, record) in self.history.drain() {
-            batch.append_history(&contact, &record, forgotten.contains(&contact));
-        }
-    }
-
     /// Whether the running batch changed anything.
     pub fn has_changes(&self) -> bool {
         !self.held.dirty.is_empty()
@@ -331,7 +310,17 @@ impl Partition {
             }
         }
         self.encoded.clear();
-        self.forgotten_written = std::mem::take(&mut self.held.forgotten);
+        // The histories: a forgotten contact's stored one is deleted, and
+        // only what came after the forget is kept.
+        let forgotten = std::mem::take(&mut self.held.forgotten);
+        for contact in &forgotten {
+            if !self.history.contains_key(contact) {
+                batch.delete_history(contact);
+            }
+        }
+        for (contact, record) in self.history.drain() {
+            batch.append_history(&contact, &record, forgotten.contains(&contact));
+        }
         for (set, t) in self.held.timer_ops.drain(..) {
             if set {
                 batch.set_timer(&t);

@@ -55,8 +55,6 @@ pub(super) struct Ctx {
     /// The next offset to read per (topic, partition), as processed in memory:
     /// ahead of the store during a batch.
     pub(super) positions: Positions,
-    /// Partitions whose state the loop holds in memory.
-    pub(super) held: Mutex<BTreeSet<u32>>,
     pub(super) events: Mutex<Vec<Rebalanced>>,
     pub(super) restorer: Option<Restorer>,
     pub(super) health: Arc<Health>,
@@ -244,7 +242,7 @@ impl ConsumerContext for Ctx {
                 // Start where the state is: in-memory progress (a revocation
                 // not yet handled by the loop), else the store (restored from
                 // the changelog first in exactly-once mode), else the start.
-                let held = self.held.lock().map(|h| h.clone()).unwrap_or_default();
+                let held = self.health.partitions();
                 let ids: BTreeSet<u32> = parts.iter().map(|(_, p)| *p as u32).collect();
                 for id in ids.difference(&held) {
                     if let Err(e) = self.restore(*id) {
@@ -424,9 +422,6 @@ impl Loop {
                     }
                 }
             }
-        }
-        if let Ok(mut held) = self.consumer.context().held.lock() {
-            *held = self.parts.keys().copied().collect();
         }
         self.health.assignment_changed(self.parts.keys().copied());
         self.unassign_if_due()

@@ -331,7 +331,6 @@ fn contact_history_is_kept_only_when_asked() {
         }
         let mut b = store.batch(&defs, 0);
         part.write(&mut b);
-        part.write_history(&mut b);
         b.commit().unwrap();
         let kept = store.history(0, "c1").unwrap().len();
         assert_eq!(kept, if keep { out.len() } else { 0 }, "keep = {keep}");
