@@ -1,11 +1,14 @@
 //! The admin server of `winback run` (axum, on its own thread): `/metrics` in
-//! the Prometheus text format, `/healthz` (the process serves) and `/readyz`
-//! (every assigned partition restored and the loop fetching). Nothing here
-//! touches the engine: the loop records metrics and readiness, the server
-//! reads them.
+//! the Prometheus text format, `/healthz` (the process serves), `/readyz`
+//! (every assigned partition restored and the loop fetching), the contact
+//! view `/contacts/{id}`, and the live conversation page `/` with its data,
+//! `/api/flow`. Nothing here touches the engine: the loop records metrics
+//! and readiness and writes the store, the server reads them.
 
 pub mod contact;
+pub mod flow;
 mod health;
+mod page;
 
 pub use health::Health;
 
@@ -48,6 +51,8 @@ struct Shared {
     defs: Arc<Definitions>,
     /// The pending-wait counts, scanned at most every [`WAITS_EVERY`].
     waits: tokio::sync::Mutex<Option<WaitCounts>>,
+    /// The page's data, scanned at most every [`FLOW_EVERY`].
+    flow: tokio::sync::Mutex<Option<(Instant, String)>>,
 }
 
 /// When the pending waits were counted, and per partition how many.
@@ -56,6 +61,10 @@ type WaitCounts = (Instant, Vec<(u32, u64)>);
 /// A scrape counts the pending waits by a key scan of the store; scrapes
 /// closer together than this reuse the last count.
 const WAITS_EVERY: Duration = Duration::from_secs(10);
+
+/// The page's counts scan the held partitions' contacts; requests closer
+/// together than this (several open pages) share one scan.
+const FLOW_EVERY: Duration = Duration::from_secs(2);
 
 /// The running server; dropping it stops it.
 pub struct AdminServer {
@@ -100,12 +109,15 @@ impl AdminServer {
             store,
             defs,
             waits: tokio::sync::Mutex::new(None),
+            flow: tokio::sync::Mutex::new(None),
         });
         let app = Router::new()
             .route("/metrics", get(metrics_page))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(ready))
             .route("/contacts/{id}", get(contact_page))
+            .route("/api/flow", get(flow_data))
+            .merge(page::routes())
             .with_state(shared);
         let (tx, rx) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -133,7 +145,7 @@ impl AdminServer {
             })?;
         tracing::info!(
             addr = %local,
-            "admin server: /metrics, /healthz, /readyz, /contacts/ID"
+            "admin server: / (conversation page), /metrics, /healthz, /readyz, /contacts/ID"
         );
         Ok(AdminServer {
             addr: local,
@@ -189,6 +201,38 @@ async fn contact_page(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> i
             json,
             "{\"error\":\"no such contact in this process's partitions\"}\n".to_string(),
         ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json,
+            format!("{}\n", serde_json::json!({ "error": e })),
+        ),
+    }
+}
+
+/// `GET /api/flow`: the conversations with their live counts
+/// ([`flow::flow`]).
+async fn flow_data(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    let json = [(header::CONTENT_TYPE, "application/json")];
+    let mut cached = s.flow.lock().await;
+    if let Some((at, body)) = cached.as_ref()
+        && at.elapsed() < FLOW_EVERY
+    {
+        return (StatusCode::OK, json, body.clone());
+    }
+    let shared = Arc::clone(&s);
+    let found = tokio::task::spawn_blocking(move || {
+        let parts: Vec<u32> = shared.health.partitions().into_iter().collect();
+        flow::counts(&shared.store, &shared.defs, &parts)
+            .map(|c| format!("{:#}\n", flow::flow(&shared.defs, &c)))
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()));
+    match found {
+        Ok(body) => {
+            *cached = Some((Instant::now(), body.clone()));
+            (StatusCode::OK, json, body)
+        }
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             json,

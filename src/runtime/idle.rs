@@ -126,7 +126,7 @@ impl Loop {
             part.advance_to(&self.store, target, &mut self.out, budget)?;
             for t in self.out.drain(..) {
                 self.sink.send_transition(&self.defs, &self.cfg, &t);
-                part.note_history(&t.contact, self.sink.last_transition());
+                part.note(&t, self.sink.last_transition());
                 self.stats.transitions.fetch_add(1, Ordering::Relaxed);
                 self.tally.transition(&t);
                 self.stats.timers_fired_idle.fetch_add(1, Ordering::Relaxed);

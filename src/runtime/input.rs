@@ -242,7 +242,7 @@ impl Loop {
         let late = part.late_events() - late_before;
         for t in self.out.drain(..) {
             self.sink.send_transition(&self.defs, &self.cfg, &t);
-            part.note_history(&t.contact, self.sink.last_transition());
+            part.note(&t, self.sink.last_transition());
             self.stats.transitions.fetch_add(1, Ordering::Relaxed);
             self.tally.transition(&t);
         }

@@ -24,6 +24,7 @@ use crate::domain::driver::{Driver, Due, Holdings, Wait};
 use crate::domain::{
     ContactState, CouponPools, Definitions, Event, EventError, Timestamp, Transition,
 };
+use crate::store::activity::{self, ActivityKey};
 use crate::store::changelog::{PartitionState, PoolProgress, encode_partition};
 use crate::store::rocks::{Batch, CouponShare, Store, StoreError, StoredTimer};
 use crate::timer::Wheel;
@@ -70,6 +71,10 @@ pub struct Partition {
     /// The running batch's transitions per contact, encoded, for the
     /// contacts' histories (`inspect`).
     history: FastMap<Arc<str>, Vec<u8>>,
+    /// The running batch's step activity (the conversation page's counts).
+    activity: FastMap<ActivityKey, u64>,
+    /// Activity of hours before this is deleted (as of this process).
+    activity_pruned: Option<Timestamp>,
 }
 
 /// The running batch's contacts and the near waits; the rest is in the store.
@@ -135,6 +140,8 @@ impl Partition {
             positions: store.offsets_of(id)?.into_iter().collect(),
             written_clock: clock,
             history: FastMap::default(),
+            activity: FastMap::default(),
+            activity_pruned: None,
         })
     }
 
@@ -264,15 +271,19 @@ impl Partition {
             })
     }
 
-    /// Keeps a transition of the running batch (encoded as the transitions
-    /// topic carries it) for its contact's history.
-    pub fn note_history(&mut self, contact: &Arc<str>, encoded: &[u8]) {
+    /// Counts a transition of the running batch in its step's activity and
+    /// keeps it (`encoded` as the transitions topic carries it) for its
+    /// contact's history.
+    pub fn note(&mut self, t: &Transition, encoded: &[u8]) {
+        for k in activity::counters(self.driver.definitions(), t) {
+            *self.activity.entry(k).or_default() += 1;
+        }
         if !self.held.settings.keep_history {
             return;
         }
-        let record = match self.history.get_mut(contact) {
+        let record = match self.history.get_mut(&t.contact) {
             Some(r) => r,
-            None => self.history.entry(Arc::clone(contact)).or_default(),
+            None => self.history.entry(Arc::clone(&t.contact)).or_default(),
         };
         crate::store::rocks::history_frame(record, encoded);
     }
@@ -320,6 +331,20 @@ impl Partition {
         }
         for (contact, record) in self.history.drain() {
             batch.append_history(&contact, &record, forgotten.contains(&contact));
+        }
+        for (k, n) in self.activity.drain() {
+            batch.add_activity(&k, n);
+        }
+        // Counts older than the page shows go, a day at a time (a range
+        // deletion per batch would pile up tombstones).
+        if let Some(c) = self.driver.clock() {
+            let day = 24 * activity::HOUR_MS;
+            let edge = c.0.saturating_sub(activity::KEEP_HOURS * activity::HOUR_MS);
+            let before = Timestamp(edge.div_euclid(day).saturating_mul(day));
+            if self.activity_pruned != Some(before) {
+                batch.prune_activity(before);
+                self.activity_pruned = Some(before);
+            }
         }
         for (set, t) in self.held.timer_ops.drain(..) {
             if set {

@@ -19,10 +19,12 @@
 //! | `meta` | `pool/` ‖ pool name (no partition) | the pool's codes as first loaded, one per line |
 //! | `meta` | `guarantee` (no partition) | `exactly_once` or `at_least_once`, as first run |
 //! | `history` | partition u32 ‖ contact id | `winback.v1.TransitionHistoryRecord`: the contact's last [`HISTORY_LEN`] transitions, for `inspect` |
+//! | `activity` | partition u32 ‖ hour ‖ conversation key u64 ‖ thread u16 ‖ step u32 ‖ kind u8 | a count, u64 LE (see [`super::activity`]) |
 //!
-//! The history is this store's own: not in the changelog, so a restored or
-//! rebuilt partition starts its contacts' histories afresh, and not in the
-//! digest, which compares what a rebuild reproduces.
+//! The history and the activity are this store's own: not in the changelog,
+//! so a restored or rebuilt partition starts its contacts' histories and its
+//! counts afresh, and not in the digest, which compares what a rebuild
+//! reproduces.
 //!
 //! Expiries are milliseconds with the sign bit flipped, so byte order is time
 //! order and a prefix scan walks a partition's timers from the earliest. The
@@ -45,15 +47,17 @@ pub const CF_OFFSETS: &str = "offsets";
 pub const CF_COUPONS: &str = "coupons";
 pub const CF_META: &str = "meta";
 pub const CF_HISTORY: &str = "history";
+pub const CF_ACTIVITY: &str = "activity";
 /// The state a changelog restore or a rebuild reproduces (the digest's).
 const FAMILIES: [&str; 5] = [CF_CONTACTS, CF_TIMERS, CF_OFFSETS, CF_COUPONS, CF_META];
-const ALL_FAMILIES: [&str; 6] = [
+const ALL_FAMILIES: [&str; 7] = [
     CF_CONTACTS,
     CF_TIMERS,
     CF_OFFSETS,
     CF_COUPONS,
     CF_META,
     CF_HISTORY,
+    CF_ACTIVITY,
 ];
 /// Transitions kept per contact for `inspect`.
 pub const HISTORY_LEN: usize = 20;
@@ -152,7 +156,7 @@ pub struct CouponShare {
     pub low_warned: bool,
 }
 
-fn time_key(t: Timestamp) -> [u8; 8] {
+pub(super) fn time_key(t: Timestamp) -> [u8; 8] {
     ((t.0 as u64) ^ (1 << 63)).to_be_bytes()
 }
 
@@ -195,7 +199,19 @@ pub struct Batch<'a> {
     wb: WriteBatch,
 }
 
-impl Batch<'_> {
+impl<'a> Batch<'a> {
+    pub(super) fn store(&self) -> &'a Store {
+        self.store
+    }
+
+    pub(super) fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    pub(super) fn write_batch(&mut self) -> &mut WriteBatch {
+        &mut self.wb
+    }
+
     /// Later changes of this batch belong to `partition`.
     pub fn switch_partition(&mut self, partition: u32) {
         self.partition = partition;
@@ -338,6 +354,9 @@ fn family_descriptors() -> Vec<ColumnFamilyDescriptor> {
             if *n == CF_HISTORY {
                 o.set_merge_operator_associative("winback.history", merge_history);
             }
+            if *n == CF_ACTIVITY {
+                o.set_merge_operator_associative("winback.add", super::activity::merge_add);
+            }
             // The other families are scanned by range or tiny: no filter.
             o.set_block_based_table_factory(&t);
             ColumnFamilyDescriptor::new(*n, o)
@@ -440,14 +459,18 @@ impl Store {
         }
     }
 
-    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+    pub(super) fn db(&self) -> &DB {
+        &self.db
+    }
+
+    pub(super) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
         // Every family is created by `open`, so it is always there.
         self.db
             .cf_handle(name)
             .unwrap_or_else(|| unreachable!("column family {name} opened with the store"))
     }
 
-    fn err(&self, op: &'static str, source: rocksdb::Error) -> StoreError {
+    pub(super) fn err(&self, op: &'static str, source: rocksdb::Error) -> StoreError {
         StoreError::Rocks {
             path: self.path.clone(),
             op,
@@ -455,7 +478,7 @@ impl Store {
         }
     }
 
-    fn corrupt(&self, what: &'static str) -> StoreError {
+    pub(super) fn corrupt(&self, what: &'static str) -> StoreError {
         StoreError::Corrupt {
             path: self.path.clone(),
             what,

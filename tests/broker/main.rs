@@ -15,6 +15,7 @@ mod exactly_once;
 mod faults;
 mod forget;
 mod live;
+mod page;
 mod reprocess;
 mod scale;
 mod time;

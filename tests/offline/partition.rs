@@ -327,7 +327,7 @@ fn contact_history_is_kept_only_when_asked() {
         part.feed(&store, &ev, &mut out, &mut budget).unwrap();
         assert!(!out.is_empty());
         for t in &out {
-            part.note_history(&t.contact, b"t");
+            part.note(&t, b"t");
         }
         let mut b = store.batch(&defs, 0);
         part.write(&mut b);
