@@ -136,6 +136,38 @@ fn the_example_published_while_run_runs_gives_simulates_transitions() {
     }
 }
 
+/// The quick start with a pause: `run` sits on empty topics for longer than
+/// the quiet period before the example file is published. A partition that
+/// folded nothing has no clock for the wall clock to move, so the file is
+/// folded in event time, not late: `simulate`'s transitions again.
+#[test]
+fn history_published_after_an_idle_start_is_not_late() {
+    let defs = definitions(&SEEDS);
+    let lines = example_lines();
+    let later = Timestamp(base().0 + 60_000);
+    let expected = kafka::simulate_partitioned(&defs, &lines, later, 2);
+    let topics = Topics::fresh();
+    topics.create(2);
+    let dir = tempfile::tempdir().unwrap();
+    let run = Running::start(topics.config(dir.path(), &SEEDS, ""), defs, base());
+    wait_assigned(&run);
+    // A minute of empty topics by the wall clock, and batches to notice it.
+    run.clock.set(later);
+    let ended = run.stats.batch_ends.load(Ordering::Acquire);
+    let deadline = Instant::now() + T;
+    while run.stats.batch_ends.load(Ordering::Acquire) < ended + 3 {
+        assert!(Instant::now() < deadline, "no batch ended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ticking = Ticking::start(Arc::clone(&run.clock), later, 1);
+    kafka::produce_partitioned(&topics.input, &lines, 2);
+    run.wait_events(lines.len() as u64, T);
+    kafka::stop_and_compare(&topics.transitions, &expected, T, || {
+        drop(ticking);
+        run.stop();
+    });
+}
+
 /// History published before `run` starts is a backlog, never quiet: the
 /// same as `simulate` (a restart in the middle included).
 #[test]
