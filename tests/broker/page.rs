@@ -283,7 +283,7 @@ fn the_page_shows_the_counts_simulate_makes() {
         .0
         .states()
     {
-        if id.to_string() != contact {
+        if *id != *contact {
             continue;
         }
         for c in &st.conversations {

@@ -327,7 +327,7 @@ fn contact_history_is_kept_only_when_asked() {
         part.feed(&store, &ev, &mut out, &mut budget).unwrap();
         assert!(!out.is_empty());
         for t in &out {
-            part.note(&t, b"t");
+            part.note(t, b"t");
         }
         let mut b = store.batch(&defs, 0);
         part.write(&mut b);
@@ -335,4 +335,100 @@ fn contact_history_is_kept_only_when_asked() {
         let kept = store.history(0, "c1").unwrap().len();
         assert_eq!(kept, if keep { out.len() } else { 0 }, "keep = {keep}");
     }
+}
+
+/// The conversation page's hourly counters, as the store holds them after
+/// several committed batches: per hour of event time, entries on the
+/// trigger, sends and suppressions on the message step, ends where the entry
+/// ended (a re-entry ends the entry it pulled out of its wait). Hours more
+/// than 8 days (to the day) behind the clock are deleted.
+#[test]
+fn step_activity_counts_the_committed_transitions_by_hour() {
+    use std::collections::BTreeMap;
+    use winback::domain::TransitionKind;
+    use winback::store::activity::{Activity, TRIGGER};
+    use winback::store::rocks::conversation_key;
+
+    const HOUR: i64 = 3_600_000;
+    let defs = crate::common::definitions(&crate::common::SEEDS);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut part =
+        Partition::open(&store, defs.clone(), 0, 1, PartitionSettings::default()).unwrap();
+    let mut made = Vec::new();
+    let mut budget = usize::MAX;
+    let batch = |part: &mut Partition, made: &mut Vec<Transition>, out: Vec<Transition>| {
+        for t in &out {
+            part.note(t, b"t");
+        }
+        made.extend(out);
+        let mut b = store.batch(&defs, 0);
+        part.write(&mut b);
+        b.commit().unwrap();
+    };
+    // Three contacts, one subscribed; c1 buys again inside its wait.
+    let evs = [
+        (0, 1, T0, 0),
+        (1, 1, T0 + HOUR / 2, 5),
+        (2, 2, T0 + 3 * HOUR, 5),
+        (3, 3, T0 + 30 * HOUR, 5),
+        (4, 1, T0 + 50 * HOUR, 5),
+    ];
+    for (i, contact, at, kind) in evs {
+        let mut out = Vec::new();
+        part.feed(&store, &event(i, contact, at, kind), &mut out, &mut budget)
+            .unwrap();
+        batch(&mut part, &mut made, out);
+    }
+    // Past every 90-day wait: sends to c1, suppressions for c2 and c3.
+    let mut out = Vec::new();
+    part.advance_to(&store, Timestamp(T0 + 95 * DAY), &mut out, &mut budget)
+        .unwrap();
+    batch(&mut part, &mut made, out);
+
+    let mut want: BTreeMap<(u64, u16, u32, Activity, i64), u64> = BTreeMap::new();
+    for t in &made {
+        let conv = &defs.conversations[t.conversation as usize];
+        let key = conversation_key(&conv.name);
+        let hour = t.at.0.div_euclid(HOUR) * HOUR;
+        let mut add = |thread, step: Option<u32>, kind| {
+            *want
+                .entry((key, thread, step.unwrap_or(TRIGGER), kind, hour))
+                .or_default() += 1;
+        };
+        match &t.kind {
+            TransitionKind::Entered { .. } => add(t.thread, None, Activity::Entered),
+            TransitionKind::Reentered { left_step, .. } => {
+                add(t.thread, None, Activity::Entered);
+                add(
+                    conv.steps[*left_step as usize].thread,
+                    Some(*left_step),
+                    Activity::Exited,
+                );
+            }
+            TransitionKind::Send { .. } => add(t.thread, t.step, Activity::Sent),
+            TransitionKind::Suppressed { .. } => add(t.thread, t.step, Activity::Suppressed),
+            TransitionKind::Exited { .. } => add(t.thread, t.step, Activity::Exited),
+            _ => {}
+        }
+    }
+    let kinds: std::collections::BTreeSet<Activity> = want.keys().map(|k| k.3).collect();
+    assert_eq!(kinds.len(), 4, "every kind counted: {want:?}");
+    // Only the hours kept: from the day 8 days before the clock.
+    let clock = part.clock().unwrap().0;
+    let kept_from = (clock - 8 * 24 * HOUR).div_euclid(DAY) * DAY;
+    let got: BTreeMap<_, _> = store
+        .activity(0, Timestamp(i64::MIN))
+        .unwrap()
+        .into_iter()
+        .map(|(k, n)| ((k.conversation, k.thread, k.step, k.kind, k.hour), n))
+        .collect();
+    let kept: BTreeMap<_, _> = want
+        .iter()
+        .filter(|(k, _)| k.4 >= kept_from)
+        .map(|(k, n)| (*k, *n))
+        .collect();
+    assert!(kept.len() < want.len(), "the January entries were pruned");
+    assert!(kept.keys().any(|k| k.3 == Activity::Sent));
+    assert_eq!(got, kept);
 }
