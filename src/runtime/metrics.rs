@@ -33,6 +33,11 @@ pub(super) const CLOCK_BEHIND: &str = "winback_partition_clock_behind_wall_secon
 pub(super) const RESTORE_REMAINING: &str = "winback_restore_remaining_records";
 pub(super) const BATCH_SECONDS: &str = "winback_batch_duration_seconds";
 pub(super) const COMMIT_SECONDS: &str = "winback_commit_duration_seconds";
+pub(super) const KAFKA_BROKER_UP: &str = "winback_kafka_broker_up";
+pub(super) const KAFKA_RTT: &str = "winback_kafka_broker_rtt_seconds";
+pub(super) const KAFKA_ERRORS: &str = "winback_kafka_broker_errors_total";
+pub(super) const KAFKA_QUEUED: &str = "winback_kafka_producer_queue_messages";
+pub(super) const KAFKA_FETCH_QUEUE: &str = "winback_kafka_fetch_queue_messages";
 
 /// The run's recorder: histograms with buckets from 1 ms to 1 min; a
 /// partition's gauges disappear 5 minutes after the partition left.
@@ -51,6 +56,27 @@ pub(super) fn recorder() -> PrometheusRecorder {
 
 /// Descriptions, for the `# HELP` lines (call under the run's recorder).
 pub(super) fn describe() {
+    describe_gauge!(
+        KAFKA_BROKER_UP,
+        "librdkafka: whether the client's connection to the broker is up (1) or not (0)"
+    );
+    describe_gauge!(
+        KAFKA_RTT,
+        Unit::Seconds,
+        "librdkafka: the broker's request round-trip time over the last statistics interval (stat: avg, p99)"
+    );
+    describe_counter!(
+        KAFKA_ERRORS,
+        "librdkafka: the client's errors with the broker (kind: tx, rx, timeout)"
+    );
+    describe_gauge!(
+        KAFKA_QUEUED,
+        "librdkafka: output records queued in the producer, not yet acknowledged"
+    );
+    describe_gauge!(
+        KAFKA_FETCH_QUEUE,
+        "librdkafka: input records fetched and waiting for the loop, per topic and partition"
+    );
     describe_counter!(
         TRANSITIONS,
         "Transitions committed, by conversation and type (send, suppressed, entered, ...)"
@@ -172,6 +198,47 @@ pub(super) fn record_stats(stats: &RunStats) {
     counter!(RESTORED).absolute(load(&stats.restored_records));
 }
 
+/// The parts of a librdkafka statistics report that help an operator:
+/// per broker whether it is up, its round-trip times and its errors; the
+/// producer's queue; the consumer's fetch queue per partition. `client` is
+/// `consumer` or `producer`.
+pub(super) fn kafka(client: &'static str, s: &rdkafka::statistics::Statistics) {
+    for b in s.brokers.values() {
+        // Bootstrap and logical (coordinator) entries repeat real brokers.
+        if b.nodeid < 0 || !matches!(b.source.as_str(), "learned" | "configured") {
+            continue;
+        }
+        let broker = b.nodeid.to_string();
+        gauge!(KAFKA_BROKER_UP, "client" => client, "broker" => broker.clone())
+            .set(if b.state == "UP" { 1.0 } else { 0.0 });
+        if let Some(rtt) = &b.rtt {
+            for (stat, us) in [("avg", rtt.avg), ("p99", rtt.p99)] {
+                gauge!(KAFKA_RTT, "client" => client, "broker" => broker.clone(), "stat" => stat)
+                    .set(us as f64 / 1e6);
+            }
+        }
+        for (kind, n) in [
+            ("tx", b.txerrs),
+            ("rx", b.rxerrs),
+            ("timeout", b.req_timeouts),
+        ] {
+            counter!(KAFKA_ERRORS, "client" => client, "broker" => broker.clone(), "kind" => kind)
+                .absolute(n);
+        }
+    }
+    if client == "producer" {
+        gauge!(KAFKA_QUEUED).set(s.msg_cnt as f64);
+    }
+    for (topic, t) in &s.topics {
+        for p in t.partitions.values() {
+            if p.partition >= 0 && p.desired {
+                gauge!(KAFKA_FETCH_QUEUE, "topic" => topic.clone(), "partition" => p.partition.to_string())
+                    .set(p.fetchq_cnt as f64);
+            }
+        }
+    }
+}
+
 pub(super) fn partition_clock(partition: u32, clock_ms: i64, wall_ms: i64) {
     let p = partition.to_string();
     gauge!(CLOCK, "partition" => p.clone()).set(clock_ms as f64 / 1000.0);
@@ -193,6 +260,12 @@ impl super::Loop {
     pub(super) fn publish(&self, started: std::time::Instant) {
         metrics::histogram!(BATCH_SECONDS).record(started.elapsed().as_secs_f64());
         record_stats(&self.stats);
+        if let Some(s) = self.consumer.context().kafka_stats.take() {
+            kafka("consumer", &s);
+        }
+        if let Some(s) = self.sink.kafka_stats() {
+            kafka("producer", &s);
+        }
         let wall = self.clock.now();
         let fetched = self.consumer.position().ok();
         for (&id, part) in &self.parts {

@@ -147,8 +147,11 @@ pub fn run(params: RunParams) -> Result<(), RuntimeError> {
         offset_out_of_range: cfg.offset_out_of_range,
         defer_unassign: AtomicBool::new(true),
         unassign_due: AtomicBool::new(false),
+        kafka_stats: Default::default(),
     };
-    let consumer: BaseConsumer<Ctx> = source::consumer_config(&cfg, &bootstrap)
+    let mut consumer_config = source::consumer_config(&cfg, &bootstrap);
+    source::stats::enable(&mut consumer_config, &cfg);
+    let consumer: BaseConsumer<Ctx> = consumer_config
         .create_with_context(ctx)
         .map_err(kafka("create the consumer"))?;
 

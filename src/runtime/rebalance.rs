@@ -65,6 +65,8 @@ pub(super) struct Ctx {
     /// A revocation that kept its partitions assigned waits for the loop's
     /// unassignment (the group's rebalance waits for it too).
     pub(super) unassign_due: AtomicBool,
+    /// librdkafka's latest statistics report (admin server on).
+    pub(super) kafka_stats: crate::source::stats::Latest,
 }
 
 impl Ctx {
@@ -223,7 +225,11 @@ impl Ctx {
     }
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        self.kafka_stats.keep(statistics);
+    }
+}
 
 impl ConsumerContext for Ctx {
     fn rebalance(

@@ -105,6 +105,8 @@ pub struct Tracker {
     /// Records the broker refused in a way no retry changes (too large):
     /// opaque and a description naming the record.
     refused: Mutex<Vec<(usize, String)>>,
+    /// librdkafka's latest statistics report (admin server on).
+    stats: crate::source::stats::Latest,
 }
 
 /// Errors that producing the same record again cannot fix.
@@ -124,7 +126,11 @@ fn describe(topic: &str, partition: Option<i32>, key: &[u8], len: usize, e: &Kaf
     }
 }
 
-impl ClientContext for Tracker {}
+impl ClientContext for Tracker {
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        self.stats.keep(statistics);
+    }
+}
 
 impl ProducerContext for Tracker {
     type DeliveryOpaque = usize;
@@ -220,6 +226,7 @@ impl Sink {
         transactional_id: Option<&str>,
     ) -> Result<Sink, SinkError> {
         let mut config = crate::source::client_config(cfg, bootstrap);
+        crate::source::stats::enable(&mut config, cfg);
         config.set("enable.idempotence", "true");
         if let Some(id) = transactional_id {
             config.set("transactional.id", id);
@@ -268,6 +275,11 @@ impl Sink {
             retry_txn("init", || p.init_transactions(TXN_TIMEOUT))?;
         }
         Ok(p)
+    }
+
+    /// The producer's statistics report since the last call, if any.
+    pub fn kafka_stats(&self) -> Option<Box<rdkafka::statistics::Statistics>> {
+        self.producer.context().stats.take()
     }
 
     /// Records of the running batch not yet acknowledged (all of them until

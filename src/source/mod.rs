@@ -1,6 +1,9 @@
 //! Kafka in: client settings shared by every winback client, the group
 //! consumer's settings, decoding input records through the wire schemas, and
-//! the dead-letter form of a record that cannot be folded.
+//! the dead-letter form of a record that cannot be folded; librdkafka's
+//! statistics reports ([`stats`]).
+
+pub mod stats;
 
 use rdkafka::ClientConfig;
 

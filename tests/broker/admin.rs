@@ -86,7 +86,13 @@ fn metrics_count_what_the_engine_committed() {
     kafka::produce(&topics.input, &[("bad".to_string(), b"{not json".to_vec())]);
     let records = lines.len() as u64 + 1;
 
-    let run = Running::start(topics.config(dir.path(), &SEEDS, ""), defs.clone(), STILL);
+    // librdkafka reports its statistics every half second here (5 s by default).
+    let fast_stats = "[kafka]\n\"statistics.interval.ms\" = \"500\"";
+    let run = Running::start(
+        topics.config(dir.path(), &SEEDS, fast_stats),
+        defs.clone(),
+        STILL,
+    );
     let addr = admin::addr(&run.stats);
     assert_eq!(admin::get(addr, "/healthz"), (200, "ok\n".to_string()));
     run.wait_events(records, T);
@@ -113,6 +119,34 @@ fn metrics_count_what_the_engine_committed() {
             &[("reason", "malformed")]
         ),
         Some(1.0),
+        "{page}"
+    );
+    // librdkafka's statistics: the one broker up for both clients, its
+    // round-trip times reported (the consumer's long fetches take time; an
+    // idle producer may have sent nothing in the interval), and the
+    // consumer's fetch queue of every input partition (empty: everything
+    // was folded).
+    let rtt = |m: &str, c: &str| {
+        admin::value(
+            m,
+            "winback_kafka_broker_rtt_seconds",
+            &[("client", c), ("stat", "avg")],
+        )
+    };
+    let page = metrics_until(addr, "librdkafka's statistics", |m| {
+        ["consumer", "producer"].iter().all(|c| {
+            admin::sum(m, "winback_kafka_broker_up", &[("client", c)]) == 1.0 && rtt(m, c).is_some()
+        }) && rtt(m, "consumer").is_some_and(|s| s > 0.0)
+            && (0..PARTITIONS).all(|p| {
+                admin::value(
+                    m,
+                    "winback_kafka_fetch_queue_messages",
+                    &[("topic", &topics.input), ("partition", &p.to_string())],
+                ) == Some(0.0)
+            })
+    });
+    assert!(
+        admin::value(&page, "winback_kafka_producer_queue_messages", &[]).is_some(),
         "{page}"
     );
 
