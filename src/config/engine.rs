@@ -16,6 +16,9 @@ pub const DEFAULT_GROUP_ID: &str = "winback";
 pub const DEFAULT_EMBEDDED_LISTEN: &str = "127.0.0.1:9092";
 /// The admin server (`/metrics`, `/healthz`, `/readyz`): local only by default.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
+/// A gauge not set for this long leaves `/metrics`: a partition that left
+/// the process stops being reported.
+pub const DEFAULT_GAUGE_IDLE_TIMEOUT: Duration = Duration(5 * MINUTE_MS);
 pub const DEFAULT_PURCHASES_TOPIC: &str = "checkouts";
 pub const DEFAULT_SUBSCRIPTIONS_TOPIC: &str = "subscriptions";
 pub const DEFAULT_TRANSITIONS_TOPIC: &str = "winback.transitions";
@@ -95,6 +98,7 @@ struct RawBroker {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Option<Spanned<String>>,
+    gauge_idle_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -280,6 +284,9 @@ pub struct EngineConfig {
     /// Where `run` serves `/metrics`, `/healthz` and `/readyz`; `None` (an
     /// empty `admin.listen`): not served.
     pub admin_listen: Option<std::net::SocketAddr>,
+    /// `admin.gauge_idle_timeout`: a gauge not set for this long (a
+    /// partition's, once it left the process) leaves `/metrics`.
+    pub gauge_idle_timeout: Duration,
     /// Partitions of each topic the embedded broker creates.
     pub embedded_partitions: i32,
     /// Default: `Start` with the embedded broker, else `Position`.
@@ -409,6 +416,37 @@ pub fn parse_engine(
                     ),
                 ));
                 None
+            }
+        },
+    };
+
+    let gauge_idle_timeout = match raw
+        .admin
+        .as_ref()
+        .and_then(|a| a.get_ref().gauge_idle_timeout.as_ref())
+    {
+        None => DEFAULT_GAUGE_IDLE_TIMEOUT,
+        Some(v) => match Duration::parse(v.get_ref()) {
+            // Gauges are set at every batch's end; under a second, a slow
+            // batch would make them blink.
+            Ok(d) if d.0 >= SECOND_MS => d,
+            Ok(d) => {
+                diags.push(src.diag(
+                    Severity::Error,
+                    Some(v.span()),
+                    "admin.gauge_idle_timeout",
+                    format!("{d} is shorter than 1s, the least accepted"),
+                ));
+                DEFAULT_GAUGE_IDLE_TIMEOUT
+            }
+            Err(e) => {
+                diags.push(src.diag(
+                    Severity::Error,
+                    Some(v.span()),
+                    "admin.gauge_idle_timeout",
+                    e,
+                ));
+                DEFAULT_GAUGE_IDLE_TIMEOUT
             }
         },
     };
@@ -865,6 +903,7 @@ pub fn parse_engine(
         bootstrap_servers,
         embedded_listen,
         admin_listen,
+        gauge_idle_timeout,
         embedded_partitions,
         restore_from,
         inputs,
@@ -969,6 +1008,29 @@ mod tests {
         assert_eq!(c.outputs.sends, DEFAULT_SENDS_TOPIC);
         assert_eq!(c.commit_interval_ms, DEFAULT_COMMIT_INTERVAL_MS);
         assert_eq!(c.restore_from, RestoreFrom::Start);
+    }
+
+    #[test]
+    fn gauge_idle_timeout_defaults_and_is_checked_with_its_field() {
+        let c = parse("conversations = [\"a.toml\"]\n", &[]).unwrap();
+        assert_eq!(c.gauge_idle_timeout, DEFAULT_GAUGE_IDLE_TIMEOUT);
+        let c = parse(
+            "conversations = [\"a.toml\"]\n[admin]\ngauge_idle_timeout = \"30s\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.gauge_idle_timeout, Duration(30 * SECOND_MS));
+        for (v, why) in [("\"0\"", "shorter than 1s"), ("\"later\"", "bad duration")] {
+            let errs = errors(&format!(
+                "conversations = [\"a.toml\"]\n[admin]\ngauge_idle_timeout = {v}\n"
+            ));
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert!(
+                errs[0].contains(":3:22: error: admin.gauge_idle_timeout: ")
+                    && errs[0].contains(why),
+                "{errs:?}"
+            );
+        }
     }
 
     #[test]

@@ -40,13 +40,15 @@ pub(super) const KAFKA_QUEUED: &str = "winback_kafka_producer_queue_messages";
 pub(super) const KAFKA_FETCH_QUEUE: &str = "winback_kafka_fetch_queue_messages";
 
 /// The run's recorder: histograms with buckets from 1 ms to 1 min; a
-/// partition's gauges disappear 5 minutes after the partition left.
-pub(super) fn recorder() -> PrometheusRecorder {
+/// partition's gauges disappear `gauge_idle` after the partition left.
+pub(super) fn recorder(gauge_idle: crate::domain::Duration) -> PrometheusRecorder {
     const BUCKETS: [f64; 12] = [
         0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 60.0,
     ];
-    let builder = PrometheusBuilder::new()
-        .idle_timeout(MetricKindMask::GAUGE, Some(Duration::from_secs(300)));
+    let builder = PrometheusBuilder::new().idle_timeout(
+        MetricKindMask::GAUGE,
+        Some(Duration::from_millis(gauge_idle.0.max(0) as u64)),
+    );
     match builder.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS) {
         Ok(b) => b.build_recorder(),
         // Only an empty bucket list is refused.

@@ -116,7 +116,7 @@ pub fn run(params: RunParams) -> Result<(), RuntimeError> {
     let health = Arc::new(Health::default());
     let (recorder, _admin) = match cfg.admin_listen {
         Some(addr) => {
-            let recorder = metrics::recorder();
+            let recorder = metrics::recorder(cfg.gauge_idle_timeout);
             let server = AdminServer::start(
                 addr,
                 recorder.handle(),

@@ -375,3 +375,77 @@ fn contacts_are_explained_as_the_golden_file_expects() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no contact \"nobody\""));
     run.stop();
 }
+
+/// Which partitions a member's `/metrics` reports a clock for.
+fn clocked(addr: SocketAddr) -> Vec<u32> {
+    let (_, page) = admin::get(addr, "/metrics");
+    (0..PARTITIONS as u32)
+        .filter(|p| {
+            admin::value(
+                &page,
+                "winback_partition_clock_seconds",
+                &[("partition", &p.to_string())],
+            )
+            .is_some()
+        })
+        .collect()
+}
+
+/// Members of one group on a two-partition topic, with
+/// `admin.gauge_idle_timeout` at 2 s: alone, the first reports both
+/// partitions; when a second joins and takes one, the first's gauges of the
+/// partition it gave away leave its `/metrics` while those of the one it
+/// kept stay. A third member gets no partition and is ready all the same.
+#[test]
+fn gauges_follow_the_partitions_and_a_member_with_none_is_ready() {
+    let defs = definitions(&SEEDS);
+    let topics = Topics::fresh();
+    topics.create(PARTITIONS);
+    let lines = kafka::purchase_stream(40, 10, 31);
+    kafka::produce_partitioned(&topics.input, &lines, PARTITIONS);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let start = |i: usize| {
+        let mut cfg = topics.config(dirs[i].path(), &SEEDS, "");
+        cfg.gauge_idle_timeout = winback::domain::Duration(2_000);
+        Running::start(cfg, defs.clone(), STILL)
+    };
+    let until = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + T;
+        while !ok() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let ready = |addr: SocketAddr| admin::get(addr, "/readyz").0 == 200;
+
+    let first = start(0);
+    let a = admin::addr(&first.stats);
+    first.wait_events(lines.len() as u64, T);
+    until("the first member reports both partitions", &|| {
+        clocked(a) == [0, 1]
+    });
+
+    let second = start(1);
+    let b = admin::addr(&second.stats);
+    until(
+        "each member reports the partition it holds, no other",
+        &|| {
+            let (ca, cb) = (clocked(a), clocked(b));
+            ready(a) && ready(b) && ca.len() == 1 && cb.len() == 1 && ca != cb
+        },
+    );
+
+    let third = start(2);
+    let c = admin::addr(&third.stats);
+    until(
+        "three members ready, one of them with no partition",
+        &|| {
+            let mut held: Vec<Vec<u32>> = [a, b, c].iter().map(|m| clocked(*m)).collect();
+            held.sort();
+            [a, b, c].iter().all(|m| ready(*m)) && held == [vec![], vec![0], vec![1]]
+        },
+    );
+    third.stop();
+    second.stop();
+    first.stop();
+}
