@@ -263,7 +263,7 @@ fn a_store_of_another_schema_version_is_refused() {
             &opts,
             dir.path(),
             [
-                "contacts", "timers", "offsets", "coupons", "meta", "history",
+                "contacts", "timers", "offsets", "coupons", "meta", "history", "activity",
             ],
         )
         .expect("raw open");
