@@ -126,6 +126,7 @@ fn conversation(defs: &Definitions, ci: ConvIdx, conv: &Conversation, counts: &C
             json!({
                 "name": th.name.as_ref(),
                 "rank": th.rank,
+                "exit_events": th.exit_events,
                 "trigger": {
                     "events": th.events,
                     "no_events_required": th.events.is_empty(),
@@ -141,6 +142,7 @@ fn conversation(defs: &Definitions, ci: ConvIdx, conv: &Conversation, counts: &C
         "campaign": conv.campaign,
         "list": conv.list.as_deref(),
         "entry": entry,
+        "exit_events": conv.exit_events,
         "threads": threads,
     })
 }

@@ -4,6 +4,7 @@
 
 pub mod diagnostic;
 pub mod engine;
+mod exits;
 mod graph;
 pub mod raw;
 
@@ -608,6 +609,12 @@ fn compile_conversation(
             events,
             first_step,
             end_step: next_step,
+            exit_events: exits::names(
+                src,
+                t.exit_events.as_ref(),
+                &format!("thread[{ti}].exit_events"),
+                diags,
+            ),
         });
     }
 
@@ -646,6 +653,25 @@ fn compile_conversation(
         }
     }
 
+    let exit_events = exits::names(
+        src,
+        c.exit_events.as_ref(),
+        "conversation.exit_events",
+        diags,
+    );
+    let thread_exits: Vec<_> = compiled_threads
+        .iter()
+        .zip(threads)
+        .map(|(t, raw)| (t, raw.get_ref().exit_events.as_ref()))
+        .collect();
+    exits::check(
+        src,
+        (&exit_events, c.exit_events.as_ref()),
+        &thread_exits,
+        &triggers,
+        diags,
+    );
+
     if list.is_none()
         && steps
             .iter()
@@ -673,6 +699,7 @@ fn compile_conversation(
         threads: compiled_threads,
         steps,
         triggers,
+        exit_events,
     };
     graph::check(src, &conversation, threads, &step_at, diags);
     (count_errors(diags) == errors_before).then_some(conversation)

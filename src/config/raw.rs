@@ -33,6 +33,8 @@ pub struct RawConversation {
     pub subscribe_events: Option<Spanned<Vec<String>>>,
     /// Default `["unsubscribe"]`.
     pub unsubscribe_events: Option<Spanned<Vec<String>>>,
+    /// Events that end every entry of the conversation. Default none.
+    pub exit_events: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -43,6 +45,8 @@ pub struct RawThread {
     pub rank: Option<Spanned<i64>>,
     pub events: Option<Spanned<Vec<String>>>,
     pub no_events_required: Option<Spanned<bool>>,
+    /// Events that end an entry while it is in this thread. Default none.
+    pub exit_events: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     pub step: Vec<Spanned<RawStep>>,
 }

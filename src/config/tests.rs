@@ -260,3 +260,61 @@ fn the_forget_event_name_is_reserved() {
         "{m:?}"
     );
 }
+
+#[test]
+fn exit_events_route_and_are_checked_with_their_field() {
+    let text = GOOD
+        .replace(
+            "allow_unlimited_entries = true",
+            "allow_unlimited_entries = true\nexit_events = [\"order_refunded\"]",
+        )
+        .replace(
+            "no_events_required = true",
+            "no_events_required = true\nexit_events = [\"complaint\"]",
+        );
+    let l = load(&text).expect("valid");
+    let d = &l.definitions;
+    assert_eq!(d.route("order_refunded").unwrap().exits, [(0, None)]);
+    assert_eq!(d.route("complaint").unwrap().exits, [(0, Some(0))]);
+    assert!(d.route("checkout").unwrap().exits.is_empty());
+
+    for (from, to, field, why) in [
+        (
+            "allow_unlimited_entries = true",
+            "allow_unlimited_entries = true\nexit_events = [\"checkout\"]",
+            "conversation.exit_events",
+            "starts entries of this conversation",
+        ),
+        (
+            "rank = 2",
+            "rank = 2\nexit_events = [\"checkout\"]",
+            "thread[1].exit_events",
+            "starts this thread's entries",
+        ),
+        (
+            "no_events_required = true",
+            "no_events_required = true\nexit_events = [\"a\", \"a\"]",
+            "thread[0].exit_events",
+            "named twice",
+        ),
+        (
+            "no_events_required = true",
+            "no_events_required = true\nexit_events = [\"forget\"]",
+            "thread[0].exit_events",
+            "reserved",
+        ),
+        (
+            "allow_unlimited_entries = true",
+            "allow_unlimited_entries = true\nexit_events = [\" \"]",
+            "conversation.exit_events",
+            "must not be empty",
+        ),
+    ] {
+        let errs = messages(load(&GOOD.replace(from, to)));
+        assert!(
+            errs.iter()
+                .any(|e| e.contains(&format!("error: {field}: ")) && e.contains(why)),
+            "{field}: {errs:?}"
+        );
+    }
+}

@@ -53,6 +53,10 @@ pub struct Route {
     pub forget: bool,
     /// The thread each conversation enters on this event (at most one each).
     pub triggers: Vec<(ConvIdx, ThreadIdx)>,
+    /// The entries this event ends: a conversation's every entry
+    /// (`exit_events` of the conversation, `None`) or those in one thread
+    /// (the thread's, `Some`).
+    pub exits: Vec<(ConvIdx, Option<ThreadIdx>)>,
 }
 
 /// The event that erases a contact (a privacy request): its state, waits and
@@ -92,6 +96,18 @@ impl Definitions {
                 route(&mut routes, name)
                     .triggers
                     .push((ci as ConvIdx, thread));
+            }
+        }
+        for (ci, c) in conversations.iter().enumerate() {
+            for name in &c.exit_events {
+                route(&mut routes, name).exits.push((ci as ConvIdx, None));
+            }
+            for (ti, t) in c.threads.iter().enumerate() {
+                for name in &t.exit_events {
+                    route(&mut routes, name)
+                        .exits
+                        .push((ci as ConvIdx, Some(ti as ThreadIdx)));
+                }
             }
         }
         // In name order, so that nothing depends on the map's random order.
@@ -160,6 +176,8 @@ pub struct Conversation {
     pub steps: Vec<Step>,
     /// Event name → the thread it enters: the lowest rank, ties by definition order.
     pub triggers: HashMap<String, ThreadIdx>,
+    /// Events that end every entry of the conversation (`exit_events`).
+    pub exit_events: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +189,8 @@ pub struct Thread {
     /// The thread's steps are `first_step..end_step`.
     pub first_step: StepIdx,
     pub end_step: StepIdx,
+    /// Events that end an entry while it is in this thread (`exit_events`).
+    pub exit_events: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

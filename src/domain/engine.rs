@@ -129,6 +129,20 @@ impl Engine {
         if let (Some(subscribed), Some(list)) = (route.subscription, &ev.list_id) {
             st.set_subscription(list, subscribed, at);
         }
+        // Exits first: an event that ends one conversation's entries and
+        // starts another's does both, in that order.
+        for &(ci, thread) in &route.exits {
+            let mut run = Run {
+                engine: self,
+                conv: &self.defs.conversations[ci as usize],
+                ci,
+                contact,
+                st,
+                pools,
+                fx,
+            };
+            run.exit(thread, at, route.idx);
+        }
         // Made once, when the first entry needs it, and shared by every conversation's.
         let mut event_id: Option<Arc<str>> = None;
         for &(ci, thread) in &route.triggers {
@@ -339,6 +353,44 @@ impl Run<'_> {
                 entry: e.seq,
                 at,
             });
+        }
+    }
+
+    /// Ends, at `at`, the conversation's entries (those in `thread` only,
+    /// when given) that started at or before `at`: an exit event stamped
+    /// before an entry began (arriving late) is not about that entry.
+    fn exit(&mut self, thread: Option<ThreadIdx>, at: Timestamp, event: RouteIdx) {
+        let Some(pos) = self
+            .st
+            .conversations
+            .iter()
+            .position(|c| c.conversation == self.ci)
+        else {
+            return;
+        };
+        let mut i = 0;
+        while i < self.st.conversations[pos].active.len() {
+            let e = &self.st.conversations[pos].active[i];
+            let in_thread = self
+                .conv
+                .steps
+                .get(e.step as usize)
+                .map_or(e.thread, |s| s.thread);
+            if e.started_at > at || thread.is_some_and(|t| t != in_thread) {
+                i += 1;
+                continue;
+            }
+            let mut e = self.st.conversations[pos].active.remove(i);
+            self.cancel_timer(&e);
+            let step = Some(e.step);
+            self.emit(
+                &mut e,
+                at,
+                step,
+                TransitionKind::Exited {
+                    reason: ExitReason::ExitEvent(event),
+                },
+            );
         }
     }
 

@@ -106,6 +106,9 @@ pub enum ExitReason {
     /// A single run executed more steps than any valid definition can; a guard
     /// against definitions that slipped past validation.
     StepLimit,
+    /// An exit event of the conversation or of the entry's thread arrived
+    /// (its name as [`Definitions::route_name`] tells).
+    ExitEvent(RouteIdx),
 }
 
 impl ExitReason {
@@ -115,6 +118,7 @@ impl ExitReason {
             ExitReason::CouponPoolExhausted => "coupon_pool_exhausted",
             ExitReason::EntryLimit => "entry_limit",
             ExitReason::StepLimit => "step_limit",
+            ExitReason::ExitEvent(_) => "exit_event",
         }
     }
 }

@@ -107,8 +107,9 @@ pub fn transition_to_pb(defs: &Definitions, t: &Transition) -> pb::Transition {
             target_step: target_step.into(),
             taken,
         }),
-        Detail::Exited { reason } => P::Exited(pb::Exited {
+        Detail::Exited { reason, event } => P::Exited(pb::Exited {
             reason: reason.into(),
+            event: event.map(Into::into),
         }),
         Detail::CouponAssigned {
             pool,
@@ -203,6 +204,8 @@ pub fn transition_json(t: &pb::Transition) -> Result<String, ProtoError> {
         },
         Exited {
             reason: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            event: Option<&'a str>,
         },
         CouponAssigned {
             pool: &'a str,
@@ -267,7 +270,13 @@ pub fn transition_json(t: &pb::Transition) -> Result<String, ProtoError> {
                 taken: d.taken,
             },
         ),
-        P::Exited(d) => ("exited", D::Exited { reason: &d.reason }),
+        P::Exited(d) => (
+            "exited",
+            D::Exited {
+                reason: &d.reason,
+                event: d.event.as_deref(),
+            },
+        ),
         P::CouponAssigned(d) => (
             "coupon_assigned",
             D::CouponAssigned {

@@ -46,7 +46,14 @@ pub fn render(defs: &Definitions, t: &Transition) -> String {
             out,
             " not taken: filter does not hold (target {target_thread} / {target_step})"
         ),
-        Detail::Exited { reason } => write!(out, " reason={reason}"),
+        Detail::Exited {
+            reason,
+            event: None,
+        } => write!(out, " reason={reason}"),
+        Detail::Exited {
+            reason,
+            event: Some(event),
+        } => write!(out, " reason={reason} event={event}"),
         Detail::CouponAssigned {
             pool,
             code,

@@ -8,7 +8,7 @@ use crate::domain::Definitions;
 use crate::domain::definition::{Conversation, ExhaustedOutcome, Step, StepIdx, StepKind};
 use crate::domain::state::Field;
 use crate::domain::time::{Duration, Timestamp};
-use crate::domain::transition::{Transition, TransitionKind};
+use crate::domain::transition::{ExitReason, Transition, TransitionKind};
 
 /// The step id shown for a thread's trigger step (reserved as a step id).
 pub const TRIGGER_STEP: &str = "trigger";
@@ -60,6 +60,9 @@ pub enum Detail<'a> {
     },
     Exited {
         reason: &'static str,
+        /// With reason `exit_event`: the event that ended the entry.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        event: Option<&'a str>,
     },
     CouponAssigned {
         pool: &'a str,
@@ -212,6 +215,10 @@ pub fn view<'a>(defs: &'a Definitions, t: &'a Transition) -> View<'a> {
         }
         TransitionKind::Exited { reason } => Detail::Exited {
             reason: reason.as_str(),
+            event: match reason {
+                ExitReason::ExitEvent(r) => Some(defs.route_name(*r)),
+                _ => None,
+            },
         },
         TransitionKind::CouponAssigned { code, expires_at } => Detail::CouponAssigned {
             pool: f.pool,

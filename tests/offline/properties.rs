@@ -384,3 +384,87 @@ fn a_wait_free_loop_exits_at_the_step_limit() {
         ts.len()
     );
 }
+
+/// The example with exit events (`config/examples/winback-exits.toml`).
+fn exits_example() -> Arc<Definitions> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/examples/winback-exits.toml");
+    Arc::new(
+        winback::config::load_files(&[path])
+            .expect("valid")
+            .definitions,
+    )
+}
+
+/// Random streams of subscriptions, purchases, refunds (kind 3) and support
+/// complaints (kind 4), in arrival order (some late).
+fn exit_stream(evs: &[Ev]) -> Vec<Event> {
+    let mut sorted: Vec<&Ev> = evs.iter().collect();
+    sorted.sort_by_key(|e| e.arrival_ms);
+    sorted
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let mut ev = event(i, e);
+            match e.kind {
+                3 => ev.name = "order_refunded".into(),
+                4 => ev.name = "support_complaint".into(),
+                _ => {}
+            }
+            ev
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Once an exit event is folded, no entry it is about is left: none of
+    /// the conversation's (a refund) or of the Winback Thread's (a
+    /// complaint) that started at or before it. And an entry that exited
+    /// makes no transition after its `exited`, whatever the reason.
+    #[test]
+    fn exit_events_end_the_entries_they_are_about(
+        evs in prop::collection::vec(
+            (0u8..4, 0i64..300, 0i64..24, 0i64..(5 * 24), 0u8..5).prop_map(|(contact, day, hour, delay_h, kind)| {
+                let at_ms = day * DAY_MS + hour * HOUR_MS;
+                Ev { contact, at_ms, arrival_ms: at_ms + delay_h * HOUR_MS, kind, dup_of_prev: false }
+            }),
+            1..60,
+        )
+    ) {
+        let defs = exits_example();
+        let conv = &defs.conversations[0];
+        let waiting_thread = conv.threads.iter().position(|t| &*t.name == "Winback Thread").unwrap();
+        let mut sim = Simulator::new(defs.clone());
+        let mut out = Vec::new();
+        for ev in exit_stream(&evs) {
+            sim.advance_to(ev.occurred_at, &mut out);
+            sim.feed(&ev, &mut out).expect("valid events");
+            let whole = match ev.name.as_str() {
+                "order_refunded" => true,
+                "support_complaint" => false,
+                _ => continue,
+            };
+            let st = sim.states().find(|(id, _)| *id == ev.contact_id).map(|(_, st)| st);
+            for c in st.iter().flat_map(|st| st.conversations.iter()) {
+                for e in &c.active {
+                    let thread = conv.steps[e.step as usize].thread as usize;
+                    prop_assert!(
+                        e.started_at > ev.occurred_at || (!whole && thread != waiting_thread),
+                        "{} at {} left {:?}", ev.name, ev.occurred_at, e
+                    );
+                }
+            }
+        }
+        let end = sim.clock().map_or(Timestamp(T0), |c| Timestamp(c.0 + 400 * DAY_MS));
+        sim.advance_to(end, &mut out);
+        let mut ended = HashSet::new();
+        for t in &out {
+            let entry = (t.contact.clone(), t.conversation, t.entry);
+            prop_assert!(!ended.contains(&entry), "a transition after exited: {:?}", t);
+            if matches!(t.kind, TransitionKind::Exited { .. }) {
+                ended.insert(entry);
+            }
+        }
+    }
+}

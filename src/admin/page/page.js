@@ -55,10 +55,12 @@ function step(s) {
 
 function conversation(c) {
   const meta = [c.campaign ? "campaign " + c.campaign : null,
-    c.list ? "list " + c.list : "no list", "entries: " + c.entry].filter(Boolean).join(" · ");
+    c.list ? "list " + c.list : "no list", "entries: " + c.entry,
+    c.exit_events.length ? "exits on " + c.exit_events.join(", ") : null].filter(Boolean).join(" · ");
   const lanes = el("div", { class: "lanes" }, c.threads.map((t) =>
     el("div", { class: "thread", "data-thread": t.name },
-      el("h3", {}, t.name, " ", el("small", {}, "rank " + t.rank)),
+      el("h3", {}, t.name, " ", el("small", {}, "rank " + t.rank +
+        (t.exit_events.length ? " · exits on " + t.exit_events.join(", ") : ""))),
       trigger(t), t.steps.map(step))));
   return el("section", { class: "conversation", "data-conversation": c.name },
     el("h2", {}, c.name), el("div", { class: "meta" }, meta), lanes);
