@@ -128,6 +128,7 @@ fn workload(contacts: usize) -> Vec<Event> {
                     order_id: None,
                     total_cents: None,
                     list_id: Some("master".into()),
+                    attributes: Vec::new(),
                 },
             ));
         }
@@ -148,6 +149,7 @@ fn workload(contacts: usize) -> Vec<Event> {
                     order_id: Some(format!("o-{c}-{p}")),
                     total_cents: Some(1000 + (rng.next() % 20_000) as i64),
                     list_id: None,
+                    attributes: Vec::new(),
                 },
             ));
             at += (-(1.0 - rng.unit()).ln() * 45.0 * DAY_MS as f64) as i64 + HOUR_MS;

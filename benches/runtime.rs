@@ -468,6 +468,7 @@ fn waits() {
             order_id: None,
             total_cents: Some(2500),
             list_id: None,
+            attributes: Vec::new(),
         };
         let mut budget = usize::MAX;
         part.feed(&store, &ev, &mut out, &mut budget).expect("feed");
@@ -672,6 +673,7 @@ fn restore(bs: &str) {
         order_id: None,
         total_cents: Some(2500),
         list_id: None,
+        attributes: Vec::new(),
     };
     sim.feed(&ev, &mut Vec::new()).expect("fed");
     let template = sim.states().next().expect("a contact").1.clone();

@@ -14,7 +14,8 @@ use serde_json::{Value, json};
 
 use crate::domain::Timestamp;
 use crate::domain::definition::{
-    ConvIdx, Conversation, Definitions, EntryPolicy, Filter, StepIdx, StepKind, ThreadIdx,
+    ConvIdx, Conversation, Definitions, EntryPolicy, Filter, ProfileTest, StepIdx, StepKind,
+    ThreadIdx,
 };
 use crate::store::activity::{Activity, HOUR_MS, TRIGGER};
 use crate::store::rocks::{Store, StoreError, conversation_key};
@@ -228,6 +229,20 @@ pub fn describe_filter(f: &Filter) -> String {
     }
     if let Some(l) = &f.subscribed_to {
         parts.push(format!("subscribed to {l}"));
+    }
+    for (name, test) in &f.profile {
+        parts.push(match test {
+            ProfileTest::Equals(v) => format!("{name} is {v:?}"),
+            ProfileTest::In(vs) => format!("{name} is one of {vs:?}"),
+            ProfileTest::Exists(true) => format!("{name} is set"),
+            ProfileTest::Exists(false) => format!("{name} is not set"),
+            ProfileTest::Between { min, max } => match (min, max) {
+                (Some(lo), Some(hi)) => format!("{name} is from {lo} to {hi}"),
+                (Some(lo), None) => format!("{name} is at least {lo}"),
+                (None, Some(hi)) => format!("{name} is at most {hi}"),
+                (None, None) => format!("{name} is a number"),
+            },
+        });
     }
     let mut s = if parts.is_empty() {
         "always".to_string()

@@ -4,8 +4,9 @@
 
 pub mod diagnostic;
 pub mod engine;
-mod exits;
+mod events;
 mod graph;
+mod profile;
 pub mod raw;
 
 use std::collections::{BTreeSet, HashMap};
@@ -609,7 +610,7 @@ fn compile_conversation(
             events,
             first_step,
             end_step: next_step,
-            exit_events: exits::names(
+            exit_events: events::names(
                 src,
                 t.exit_events.as_ref(),
                 &format!("thread[{ti}].exit_events"),
@@ -653,10 +654,16 @@ fn compile_conversation(
         }
     }
 
-    let exit_events = exits::names(
+    let exit_events = events::names(
         src,
         c.exit_events.as_ref(),
         "conversation.exit_events",
+        diags,
+    );
+    let profile_events = events::names(
+        src,
+        c.profile_events.as_ref(),
+        "conversation.profile_events",
         diags,
     );
     let thread_exits: Vec<_> = compiled_threads
@@ -664,7 +671,7 @@ fn compile_conversation(
         .zip(threads)
         .map(|(t, raw)| (t, raw.get_ref().exit_events.as_ref()))
         .collect();
-    exits::check(
+    events::check_exits(
         src,
         (&exit_events, c.exit_events.as_ref()),
         &thread_exits,
@@ -700,6 +707,7 @@ fn compile_conversation(
         steps,
         triggers,
         exit_events,
+        profile_events,
     };
     graph::check(src, &conversation, threads, &step_at, diags);
     (count_errors(diags) == errors_before).then_some(conversation)
@@ -959,6 +967,11 @@ fn compile_filter(
             .as_ref()
             .and_then(|m| non_empty(src, m, format!("{at}.subscribed_to"), diags))
             .map(|m| Box::from(&*m)),
+        profile: f
+            .profile
+            .as_ref()
+            .map(|p| profile::compile(src, at, p, diags))
+            .unwrap_or_default(),
     };
     if let (Some(lo), Some(hi)) = (&f.min_orders, &f.max_orders)
         && lo.get_ref() > hi.get_ref()

@@ -35,6 +35,8 @@ pub struct RawConversation {
     pub unsubscribe_events: Option<Spanned<Vec<String>>>,
     /// Events that end every entry of the conversation. Default none.
     pub exit_events: Option<Spanned<Vec<String>>>,
+    /// Events that only set profile attributes. Default none.
+    pub profile_events: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -80,6 +82,19 @@ pub struct RawFilter {
     pub min_total_spent: Option<Spanned<f64>>,
     pub max_total_spent: Option<Spanned<f64>>,
     pub subscribed_to: Option<Spanned<String>>,
+    /// Profile field name → its condition.
+    pub profile: Option<std::collections::BTreeMap<String, Spanned<RawProfileTest>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProfileTest {
+    pub equals: Option<String>,
+    #[serde(rename = "in")]
+    pub one_of: Option<Vec<String>>,
+    pub exists: Option<bool>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -318,3 +318,68 @@ fn exit_events_route_and_are_checked_with_their_field() {
         );
     }
 }
+
+#[test]
+fn profile_filters_and_profile_events_compile_and_are_checked() {
+    use crate::domain::definition::ProfileTest;
+    let text = GOOD
+        .replace(
+            "allow_unlimited_entries = true",
+            "allow_unlimited_entries = true\nprofile_events = [\"profile_updated\"]",
+        )
+        .replace(
+            "target = \"wait-90\"",
+            "target = \"wait-90\"\nfilter = { profile = { tier = { in = [\"gold\"] }, ltv = { min = 100, max = 900 }, name = { exists = true }, plan = { equals = \"pro\" } } }",
+        );
+    let l = load(&text).expect("valid");
+    assert!(l.definitions.route("profile_updated").is_some());
+    let c = &l.definitions.conversations[0];
+    let StepKind::Goto {
+        filter: Some(f), ..
+    } = &c.steps[2].kind
+    else {
+        panic!("{:?}", c.steps[2].kind)
+    };
+    assert_eq!(
+        f.profile,
+        [
+            (
+                "ltv".into(),
+                ProfileTest::Between {
+                    min: Some(100.0),
+                    max: Some(900.0)
+                }
+            ),
+            ("name".into(), ProfileTest::Exists(true)),
+            ("plan".into(), ProfileTest::Equals("pro".into())),
+            ("tier".into(), ProfileTest::In(vec!["gold".into()])),
+        ]
+    );
+    for (filter, why) in [
+        ("{ tier = { in = [] } }", "at least one value"),
+        (
+            "{ tier = { equals = \"a\", exists = true } }",
+            "exactly one condition",
+        ),
+        ("{ tier = {} }", "exactly one condition"),
+        ("{ ltv = { min = 5, max = 1 } }", "greater than `max`"),
+    ] {
+        let errs = messages(load(&GOOD.replace(
+            "target = \"wait-90\"",
+            &format!("target = \"wait-90\"\nfilter = {{ profile = {filter} }}"),
+        )));
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("thread[1].step[0].filter.profile.") && e.contains(why)),
+            "{filter}: {errs:?}"
+        );
+    }
+    let errs = messages(load(&GOOD.replace(
+        "target = \"wait-90\"",
+        "target = \"wait-90\"\nfilter = { profile = { tier = { like = \"g\" } } }",
+    )));
+    assert!(
+        errs.iter().any(|e| e.contains("unknown field `like`")),
+        "{errs:?}"
+    );
+}

@@ -34,6 +34,8 @@ pub struct Definitions {
     /// Only for more than [`FEW_ROUTES`] names: below that a scan comparing
     /// lengths first costs less than hashing the name (callgrind, fold bench).
     route_index: Option<FastMap<Box<str>, usize>>,
+    /// The fields Set Coupon Code steps write: no event attribute may.
+    coupon_fields: Vec<Arc<str>>,
 }
 
 /// Up to this many event names are found by a scan.
@@ -98,6 +100,26 @@ impl Definitions {
                     .push((ci as ConvIdx, thread));
             }
         }
+        for c in &conversations {
+            for name in &c.profile_events {
+                route(&mut routes, name);
+            }
+        }
+        let mut coupon_fields: Vec<Arc<str>> = conversations
+            .iter()
+            .flat_map(|c| c.steps.iter())
+            .flat_map(|s| match &s.kind {
+                StepKind::SetCouponCode {
+                    field,
+                    expiration_field,
+                    ..
+                } => vec![Some(Arc::clone(field)), expiration_field.clone()],
+                _ => Vec::new(),
+            })
+            .flatten()
+            .collect();
+        coupon_fields.sort();
+        coupon_fields.dedup();
         for (ci, c) in conversations.iter().enumerate() {
             for name in &c.exit_events {
                 route(&mut routes, name).exits.push((ci as ConvIdx, None));
@@ -131,7 +153,13 @@ impl Definitions {
             unsubscribe_events,
             routes,
             route_index,
+            coupon_fields,
         }
+    }
+
+    /// Whether a Set Coupon Code step writes the field `name`.
+    pub fn is_coupon_field(&self, name: &str) -> bool {
+        self.coupon_fields.iter().any(|f| **f == *name)
     }
 
     /// The route at `idx` (a [`Route::idx`]).
@@ -178,6 +206,8 @@ pub struct Conversation {
     pub triggers: HashMap<String, ThreadIdx>,
     /// Events that end every entry of the conversation (`exit_events`).
     pub exit_events: Vec<String>,
+    /// Events that only set profile attributes (`profile_events`).
+    pub profile_events: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -252,6 +282,36 @@ pub struct Filter {
     pub max_total_cents: Option<i64>,
     /// The contact's latest subscription event for this list says subscribed.
     pub subscribed_to: Option<Box<str>>,
+    /// Conditions on profile fields (attributes, coupon fields), by name.
+    pub profile: Vec<(Box<str>, ProfileTest)>,
+}
+
+/// A condition on one profile field, read as text (an instant as RFC 3339).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProfileTest {
+    /// The field is this text.
+    Equals(Box<str>),
+    /// The field is one of these texts.
+    In(Vec<Box<str>>),
+    /// `true`: the field is set and not empty; `false`: it is not.
+    Exists(bool),
+    /// The field is a number within these bounds (inclusive); a field that
+    /// is missing or not a number never holds.
+    Between { min: Option<f64>, max: Option<f64> },
+}
+
+impl ProfileTest {
+    pub fn holds(&self, value: Option<&str>) -> bool {
+        match self {
+            ProfileTest::Equals(t) => value == Some(&**t),
+            ProfileTest::In(ts) => value.is_some_and(|v| ts.iter().any(|t| **t == *v)),
+            ProfileTest::Exists(want) => value.is_some_and(|v| !v.is_empty()) == *want,
+            ProfileTest::Between { min, max } => value
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|n| n.is_finite())
+                .is_some_and(|n| min.is_none_or(|m| n >= m) && max.is_none_or(|m| n <= m)),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -129,6 +129,10 @@ impl Engine {
         if let (Some(subscribed), Some(list)) = (route.subscription, &ev.list_id) {
             st.set_subscription(list, subscribed, at);
         }
+        // Before exits and triggers: the entry an event starts sees them.
+        if !ev.attributes.is_empty() {
+            st.set_attributes(&ev.attributes, at);
+        }
         // Exits first: an event that ends one conversation's entries and
         // starts another's does both, in that order.
         for &(ci, thread) in &route.exits {
@@ -263,12 +267,24 @@ pub fn check_state_limits(st: &ContactState, ev: &Event, route: &Route) -> Resul
     {
         return Err(EventError::TooManyLists(st.subscriptions.len()));
     }
+    let fields = st.fields.as_slice().len();
+    let added = ev
+        .attributes
+        .iter()
+        .filter(|(k, _)| st.fields.get(k).is_none())
+        .count();
+    if added > 0 && fields + added > super::event::MAX_FIELDS_PER_CONTACT {
+        return Err(EventError::TooManyFields(fields));
+    }
     Ok(())
 }
 
 /// [`Engine::check_event`] against definitions held by the caller.
 pub fn route_event<'a>(defs: &'a Definitions, ev: &Event) -> Result<Option<&'a Route>, EventError> {
     ev.check_shape()?;
+    if let Some((k, _)) = ev.attributes.iter().find(|(k, _)| defs.is_coupon_field(k)) {
+        return Err(EventError::CouponFieldAttribute(k.clone()));
+    }
     let route = defs.route(&ev.name);
     if route.is_some_and(|r| r.subscription.is_some())
         && ev.list_id.as_deref().is_none_or(str::is_empty)
@@ -313,7 +329,10 @@ pub fn filter_matches(f: &Filter, st: &ContactState, now: Timestamp) -> bool {
     {
         return false;
     }
-    true
+    f.profile.iter().all(|(name, test)| {
+        let value = st.fields.get(name).map(ToString::to_string);
+        test.holds(value.as_deref())
+    })
 }
 
 /// One conversation's view of one contact while steps execute.

@@ -13,6 +13,9 @@ pub struct Event {
     /// Minor units (cents); JSON carries a decimal `total` that is rounded to cents.
     pub total_cents: Option<i64>,
     pub list_id: Option<String>,
+    /// Profile attributes (`first_name`, `time_zone`, `tier`, ...), as text,
+    /// sorted by name, each name once.
+    pub attributes: Vec<(String, String)>,
 }
 
 /// The longest ids an event may carry, in bytes (contact, event, order,
@@ -21,6 +24,15 @@ pub struct Event {
 pub const MAX_ID_BYTES: usize = 256;
 /// The longest event name, in bytes.
 pub const MAX_NAME_BYTES: usize = 128;
+/// The most attributes one event may carry.
+pub const MAX_ATTRIBUTES_PER_EVENT: usize = 32;
+/// The most profile fields a contact's state keeps (attributes and the
+/// coupon steps' fields); an event that would add one more is refused.
+pub const MAX_FIELDS_PER_CONTACT: usize = 64;
+/// The longest attribute name, and value, in bytes.
+pub const MAX_ATTRIBUTE_NAME_BYTES: usize = 64;
+pub const MAX_ATTRIBUTE_VALUE_BYTES: usize = 512;
+
 /// The most lists a contact's state keeps subscriptions for; a subscription
 /// event for one more list is refused (dead letter), never another dropped:
 /// a forgotten unsubscribe could let a message through.
@@ -54,6 +66,24 @@ pub enum EventError {
         "the contact is subscribed or unsubscribed to {0} lists, the most its state keeps; a subscription event for another list is refused"
     )]
     TooManyLists(usize),
+    #[error("{0} attributes: at most {MAX_ATTRIBUTES_PER_EVENT} are accepted per event")]
+    TooManyAttributes(usize),
+    #[error(
+        "attribute name {0:?} is not accepted: 1 to {MAX_ATTRIBUTE_NAME_BYTES} bytes of letters, digits, `_`, `-` or `.`"
+    )]
+    BadAttributeName(String),
+    #[error(
+        "attribute {name:?} is {len} bytes long; at most {MAX_ATTRIBUTE_VALUE_BYTES} are accepted"
+    )]
+    AttributeTooLong { name: String, len: usize },
+    #[error(
+        "attribute {0:?} names a field a Set Coupon Code step writes: an event may not change a coupon code or its expiry"
+    )]
+    CouponFieldAttribute(String),
+    #[error(
+        "the contact's profile has {0} fields, the most its state keeps; an attribute adding another is refused"
+    )]
+    TooManyFields(usize),
     /// Only the in-memory simulator has such a limit: contacts are numbered
     /// with 32 bits.
     #[error("the simulator holds {0} contacts, the most it can: a new contact cannot be added")]
@@ -97,6 +127,21 @@ impl Event {
             ("order_id", self.order_id.as_ref(), MAX_ID_BYTES),
             ("list_id", self.list_id.as_ref(), MAX_ID_BYTES),
         ];
+        if self.attributes.len() > MAX_ATTRIBUTES_PER_EVENT {
+            return Err(EventError::TooManyAttributes(self.attributes.len()));
+        }
+        for (name, value) in &self.attributes {
+            let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+            if name.is_empty() || name.len() > MAX_ATTRIBUTE_NAME_BYTES || !name.chars().all(ok) {
+                return Err(EventError::BadAttributeName(name.clone()));
+            }
+            if value.len() > MAX_ATTRIBUTE_VALUE_BYTES {
+                return Err(EventError::AttributeTooLong {
+                    name: name.clone(),
+                    len: value.len(),
+                });
+            }
+        }
         for (field, value, max) in fields {
             if let Some(v) = value
                 && v.len() > max
@@ -126,6 +171,7 @@ mod tests {
             order_id: None,
             total_cents: None,
             list_id: None,
+            attributes: Vec::new(),
         }
     }
 
@@ -159,5 +205,41 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn attributes_are_bounded() {
+        let with = |attrs: Vec<(String, String)>| Event {
+            attributes: attrs,
+            ..ev()
+        };
+        let a = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(
+            with(vec![a("tier", "gold"), a("time.zone-2", "")]).check_shape(),
+            Ok(())
+        );
+        for bad in [
+            "",
+            "has space",
+            "ümlaut",
+            &"n".repeat(MAX_ATTRIBUTE_NAME_BYTES + 1),
+        ] {
+            assert_eq!(
+                with(vec![a(bad, "x")]).check_shape(),
+                Err(EventError::BadAttributeName(bad.to_string())),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            with(vec![a("tier", &"x".repeat(MAX_ATTRIBUTE_VALUE_BYTES + 1))]).check_shape(),
+            Err(EventError::AttributeTooLong { .. })
+        ));
+        let many = (0..=MAX_ATTRIBUTES_PER_EVENT)
+            .map(|i| a(&format!("a{i}"), "x"))
+            .collect();
+        assert_eq!(
+            with(many).check_shape(),
+            Err(EventError::TooManyAttributes(MAX_ATTRIBUTES_PER_EVENT + 1))
+        );
     }
 }

@@ -20,6 +20,12 @@ pub const DEDUP_WINDOW: usize = 8;
 pub enum FieldValue {
     Text(Arc<str>),
     Time(Timestamp),
+    /// Set by an event's `attributes`, with the event's time: an update
+    /// stamped earlier (arriving late) does not replace it.
+    Attribute {
+        text: Arc<str>,
+        at: Timestamp,
+    },
 }
 
 impl fmt::Display for FieldValue {
@@ -27,6 +33,7 @@ impl fmt::Display for FieldValue {
         match self {
             FieldValue::Text(s) => f.write_str(s),
             FieldValue::Time(t) => write!(f, "{t}"),
+            FieldValue::Attribute { text, .. } => f.write_str(text),
         }
     }
 }
@@ -230,6 +237,36 @@ impl ContactState {
             .map(|s| &s.stats)
     }
 
+    /// Applies an event's attributes to the profile, each unless the field
+    /// holds an attribute stamped later (event time decides; at equal times
+    /// the later-arriving event wins). Whether anything changed.
+    pub fn set_attributes(&mut self, attributes: &[(String, String)], at: Timestamp) -> bool {
+        let updates: Vec<&(String, String)> = attributes
+            .iter()
+            .filter(|(k, v)| match self.fields.get(k) {
+                Some(FieldValue::Attribute { at: was, text }) => {
+                    *was < at || (*was == at && **text != **v)
+                }
+                _ => true,
+            })
+            .collect();
+        if updates.is_empty() {
+            return false;
+        }
+        let mut all: Vec<Field> = self.fields.as_slice().to_vec();
+        all.extend(updates.into_iter().map(|(k, v)| {
+            (
+                Arc::from(k.as_str()),
+                FieldValue::Attribute {
+                    text: Arc::from(v.as_str()),
+                    at,
+                },
+            )
+        }));
+        self.fields = Fields::from(all);
+        true
+    }
+
     /// Applies a subscription event unless a later one for the list is known
     /// (event time decides; at equal times the later-arriving event wins).
     pub fn set_subscription(&mut self, list: &str, subscribed: bool, at: Timestamp) {
@@ -429,6 +466,50 @@ mod tests {
     }
 
     #[test]
+    fn attributes_keep_the_latest_by_event_time() {
+        let mut s = ContactState::default();
+        let a = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert!(s.set_attributes(&[a("tier", "gold"), a("name", "Ann")], Timestamp(10)));
+        // Stamped earlier: ignored.
+        assert!(!s.set_attributes(&[a("tier", "bronze")], Timestamp(5)));
+        assert_eq!(listed(&s.fields), ["name=Ann", "tier=gold"]);
+        // Same instant, another value: the later-arriving one wins; the same
+        // value changes nothing.
+        assert!(s.set_attributes(&[a("tier", "silver")], Timestamp(10)));
+        assert!(!s.set_attributes(&[a("tier", "silver")], Timestamp(10)));
+        assert!(s.set_attributes(&[a("tier", "platinum")], Timestamp(11)));
+        assert_eq!(listed(&s.fields), ["name=Ann", "tier=platinum"]);
+    }
+
+    #[test]
+    fn one_profile_field_too_many_is_refused() {
+        use crate::domain::definition::Route;
+        use crate::domain::engine::check_state_limits;
+        use crate::domain::event::{EventError, MAX_FIELDS_PER_CONTACT as MAX};
+        let mut s = ContactState::default();
+        let attrs: Vec<(String, String)> =
+            (0..MAX).map(|i| (format!("f{i}"), "x".into())).collect();
+        s.set_attributes(&attrs, Timestamp(1));
+        let ev = |k: &str| crate::domain::Event {
+            event_id: "e".into(),
+            name: "p".into(),
+            contact_id: "c".into(),
+            occurred_at: Timestamp(2),
+            merchant_id: None,
+            order_id: None,
+            total_cents: None,
+            list_id: None,
+            attributes: vec![(k.to_string(), "y".into())],
+        };
+        let route = Route::default();
+        assert_eq!(check_state_limits(&s, &ev("f0"), &route), Ok(()));
+        assert_eq!(
+            check_state_limits(&s, &ev("new"), &route),
+            Err(EventError::TooManyFields(MAX))
+        );
+    }
+
+    #[test]
     fn a_subscription_to_one_list_too_many_is_refused_not_another_dropped() {
         use crate::domain::definition::Route;
         use crate::domain::engine::check_state_limits;
@@ -450,6 +531,7 @@ mod tests {
             order_id: None,
             total_cents: None,
             list_id: Some(list.into()),
+            attributes: Vec::new(),
         };
         assert_eq!(
             check_state_limits(&s, &ev("another"), &route),

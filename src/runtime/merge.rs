@@ -172,6 +172,7 @@ mod tests {
             order_id: None,
             total_cents: None,
             list_id: None,
+            attributes: Vec::new(),
         })
     }
 

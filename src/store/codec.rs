@@ -95,6 +95,12 @@ pub fn encode(defs: &Definitions, st: &ContactState) -> Vec<u8> {
                 value: Some(match v {
                     FieldValue::Text(t) => pb::field_record::Value::Text(t.to_string()),
                     FieldValue::Time(t) => pb::field_record::Value::TimeMs(t.0),
+                    FieldValue::Attribute { text, at } => {
+                        pb::field_record::Value::Attribute(pb::AttributeRecord {
+                            text: text.to_string(),
+                            at_ms: at.0,
+                        })
+                    }
                 }),
             })
             .collect(),
@@ -152,6 +158,10 @@ pub fn decode(defs: &Definitions, bytes: &[u8]) -> Result<ContactState, CodecErr
         let value = match f.value {
             Some(pb::field_record::Value::Text(t)) => FieldValue::Text(t.into()),
             Some(pb::field_record::Value::TimeMs(ms)) => FieldValue::Time(Timestamp(ms)),
+            Some(pb::field_record::Value::Attribute(a)) => FieldValue::Attribute {
+                text: a.text.into(),
+                at: Timestamp(a.at_ms),
+            },
             None => {
                 return Err(CodecError::Invalid(format!(
                     "field {:?} has no value",

@@ -17,6 +17,8 @@ pub enum DecodeError {
     Timestamp(String),
     #[error("invalid `total` {0}: must be a non-negative amount")]
     Total(f64),
+    #[error("attribute {0:?} must be a string, a number or a boolean")]
+    Attribute(String),
 }
 
 /// Unknown keys are ignored, so producers can carry more than winback reads.
@@ -34,6 +36,23 @@ struct JsonEvent {
     total: Option<f64>,
     #[serde(default)]
     list_id: Option<String>,
+    #[serde(default)]
+    attributes: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// Attributes as text: a number as JSON writes it, a boolean as `true` or
+/// `false`; anything else is refused.
+fn attributes(
+    raw: std::collections::BTreeMap<String, serde_json::Value>,
+) -> Result<Vec<(String, String)>, DecodeError> {
+    raw.into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => Ok((k, s)),
+            serde_json::Value::Number(n) => Ok((k, n.to_string())),
+            serde_json::Value::Bool(b) => Ok((k, b.to_string())),
+            _ => Err(DecodeError::Attribute(k)),
+        })
+        .collect()
 }
 
 /// Amounts are kept in cents; a decimal `total` is rounded to the nearest cent.
@@ -52,6 +71,7 @@ pub fn decode_event(line: &str) -> Result<Event, DecodeError> {
         merchant_id: j.merchant_id,
         order_id: j.order_id,
         list_id: j.list_id,
+        attributes: attributes(j.attributes)?,
     })
 }
 
@@ -70,6 +90,8 @@ pub fn encode_event(ev: &Event) -> String {
         total: Option<f64>,
         #[serde(skip_serializing_if = "Option::is_none")]
         list_id: Option<&'a str>,
+        #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        attributes: std::collections::BTreeMap<&'a str, &'a str>,
     }
     let out = Out {
         event_id: &ev.event_id,
@@ -80,6 +102,11 @@ pub fn encode_event(ev: &Event) -> String {
         order_id: ev.order_id.as_deref(),
         total: ev.total_cents.map(|c| c as f64 / 100.0),
         list_id: ev.list_id.as_deref(),
+        attributes: ev
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect(),
     };
     serde_json::to_string(&out).unwrap_or_default()
 }
@@ -108,6 +135,18 @@ mod tests {
         let s = decode_event(r#"{"event_id":"e2","name":"subscribe","contact_id":"c1","list_id":"master","occurred_at":"2026-01-01T00:00:00Z","extra":1}"#).unwrap();
         assert_eq!(s.list_id.as_deref(), Some("master"));
         assert_eq!(decode_event(&encode_event(&e)).unwrap(), e);
+        let a = decode_event(r#"{"event_id":"e3","name":"profile_updated","contact_id":"c1","occurred_at":"2026-01-01T00:00:00Z","attributes":{"tier":"gold","ltv":750.5,"vip":true,"first_name":"Ann"}}"#).unwrap();
+        let want: Vec<(String, String)> = [
+            ("first_name", "Ann"),
+            ("ltv", "750.5"),
+            ("tier", "gold"),
+            ("vip", "true"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(a.attributes, want);
+        assert_eq!(decode_event(&encode_event(&a)).unwrap(), a);
     }
 
     #[test]
@@ -129,6 +168,10 @@ mod tests {
             (
                 r#"{"event_id":"e","name":"n","contact_id":"c","occurred_at":"2026-01-01T00:00:00Z","total":"12"}"#,
                 "invalid type",
+            ),
+            (
+                r#"{"event_id":"e","name":"n","contact_id":"c","occurred_at":"2026-01-01T00:00:00Z","attributes":{"tier":null}}"#,
+                "attribute \"tier\" must be a string, a number or a boolean",
             ),
         ];
         for (line, want) in cases {

@@ -50,6 +50,7 @@ pub fn event_to_pb(ev: &Event) -> pb::InputEvent {
         order_id: ev.order_id.clone(),
         total_cents: ev.total_cents,
         list_id: ev.list_id.clone(),
+        attributes: ev.attributes.iter().cloned().collect(),
     }
 }
 
@@ -64,6 +65,8 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, ProtoError> {
         order_id: p.order_id,
         total_cents: p.total_cents,
         list_id: p.list_id,
+        // A map: sorted by name, each name once.
+        attributes: p.attributes.into_iter().collect(),
     })
 }
 
@@ -349,6 +352,10 @@ mod tests {
             order_id: None,
             total_cents: Some(4990),
             list_id: None,
+            attributes: vec![
+                ("first_name".into(), "Ann".into()),
+                ("tier".into(), "gold".into()),
+            ],
         };
         let bytes = event_to_pb(&ev).encode_to_vec();
         assert_eq!(decode_event(&bytes).unwrap(), ev);

@@ -93,7 +93,7 @@ pub enum ParseEventError {
     Shape,
     #[error("{0}")]
     Time(String),
-    #[error("unknown key {0:?} (use id, merchant, order, total, list)")]
+    #[error("unknown key {0:?} (use id, merchant, order, total, list, attr.NAME)")]
     Key(String),
     #[error(transparent)]
     Total(#[from] super::json::DecodeError),
@@ -102,7 +102,8 @@ pub enum ParseEventError {
 }
 
 /// Reads the compact event form used in scenario files:
-/// `2026-01-05T10:00:00Z c1 checkout merchant=m1 total=49.90 id=e1`.
+/// `2026-01-05T10:00:00Z c1 checkout merchant=m1 total=49.90 id=e1`;
+/// `attr.first_name=Ann` sets an attribute.
 /// Without `id=`, the id is `default_id`.
 pub fn parse_event(line: &str, default_id: &str) -> Result<crate::domain::Event, ParseEventError> {
     let mut parts = line.split_whitespace();
@@ -118,6 +119,7 @@ pub fn parse_event(line: &str, default_id: &str) -> Result<crate::domain::Event,
         order_id: None,
         total_cents: None,
         list_id: None,
+        attributes: Vec::new(),
     };
     for kv in parts {
         let (k, v) = kv.split_once('=').ok_or(ParseEventError::Shape)?;
@@ -132,9 +134,15 @@ pub fn parse_event(line: &str, default_id: &str) -> Result<crate::domain::Event,
                     .map_err(|_| ParseEventError::TotalNumber(v.to_string()))?;
                 ev.total_cents = Some(super::json::total_to_cents(x)?);
             }
+            attr if attr.starts_with("attr.") => {
+                let name = &attr["attr.".len()..];
+                ev.attributes.retain(|(k, _)| k != name);
+                ev.attributes.push((name.to_string(), v.to_string()));
+            }
             other => return Err(ParseEventError::Key(other.to_string())),
         }
     }
+    ev.attributes.sort();
     Ok(ev)
 }
 

@@ -34,6 +34,12 @@ fn events(spec: &[(u8, i64, u8)]) -> Vec<Event> {
                 order_id: None,
                 total_cents: Some(1234),
                 list_id: list,
+                // Profile attributes on some events: they round-trip too.
+                attributes: if i % 4 == 0 {
+                    vec![("tier".into(), format!("t{i}"))]
+                } else {
+                    Vec::new()
+                },
             }
         })
         .collect()

@@ -61,6 +61,7 @@ fn event(i: usize, contact: u8, at: i64, kind: u8) -> Event {
         order_id: None,
         total_cents: Some(1000),
         list_id: list,
+        attributes: Vec::new(),
     }
 }
 

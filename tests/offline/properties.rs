@@ -54,6 +54,7 @@ fn event(i: usize, e: &Ev) -> Event {
         order_id: None,
         total_cents: Some(1000),
         list_id: list,
+        attributes: Vec::new(),
     }
 }
 
@@ -467,4 +468,73 @@ proptest! {
             }
         }
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Whatever order profile updates arrive in, a contact's field holds the
+    /// value of the update stamped last (at one instant, of the one folded
+    /// last), as subscriptions do.
+    #[test]
+    fn a_profile_field_holds_the_latest_update_by_event_time(
+        updates in prop::collection::vec((0u8..3, 0u8..2, 0i64..20, 0u8..4), 1..40)
+    ) {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/examples/winback-vip.toml");
+        let defs = Arc::new(winback::config::load_files(&[path]).expect("valid").definitions);
+        let mut sim = Simulator::new(defs);
+        let mut out = Vec::new();
+        let fields = ["tier", "first_name"];
+        let mut want: HashMap<(String, &str), (i64, String)> = HashMap::new();
+        for (i, &(contact, field, day, value)) in updates.iter().enumerate() {
+            let (contact, field, value) = (format!("c{contact}"), fields[field as usize], format!("v{value}"));
+            let at = T0 + day * DAY_MS;
+            let ev = Event {
+                event_id: format!("p{i}"),
+                name: "profile_updated".into(),
+                contact_id: contact.clone(),
+                occurred_at: Timestamp(at),
+                merchant_id: None,
+                order_id: None,
+                total_cents: None,
+                list_id: None,
+                attributes: vec![(field.to_string(), value.clone())],
+            };
+            sim.feed(&ev, &mut out).expect("valid");
+            let slot = want.entry((contact, field)).or_insert((at, value.clone()));
+            if at >= slot.0 {
+                *slot = (at, value);
+            }
+        }
+        for ((contact, field), (_, value)) in &want {
+            let st = sim.states().find(|(id, _)| id == contact).map(|(_, st)| st).expect("a state");
+            prop_assert_eq!(st.fields.get(field).map(ToString::to_string), Some(value.clone()), "{} {}", contact, field);
+        }
+    }
+}
+
+/// An event may not set a field a Set Coupon Code step writes: refused
+/// before it touches any state (a dead letter live, a reported line offline).
+#[test]
+fn an_attribute_naming_a_coupon_field_is_refused() {
+    use winback::domain::EventError;
+    let defs = both_seeds();
+    let ev = |k: &str| Event {
+        event_id: "e".into(),
+        name: "checkout".into(),
+        contact_id: "c".into(),
+        occurred_at: Timestamp(T0),
+        merchant_id: None,
+        order_id: None,
+        total_cents: None,
+        list_id: None,
+        attributes: vec![(k.to_string(), "FREE".into())],
+    };
+    for field in ["coupon_code", "coupon_expires"] {
+        assert_eq!(
+            winback::domain::engine::route_event(&defs, &ev(field)).err(),
+            Some(EventError::CouponFieldAttribute(field.to_string()))
+        );
+    }
+    assert!(winback::domain::engine::route_event(&defs, &ev("tier")).is_ok());
 }

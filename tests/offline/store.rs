@@ -27,6 +27,7 @@ fn sample_states(defs: &Arc<Definitions>) -> Vec<ContactState> {
         order_id: None,
         total_cents: Some(1000),
         list_id: (name == "subscribe").then(|| "master".into()),
+        attributes: Vec::new(),
     };
     let mut sim = Simulator::new(defs.clone());
     let mut out = Vec::new();

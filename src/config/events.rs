@@ -1,5 +1,6 @@
-//! `exit_events`, of a conversation and of its threads: names checked, and
-//! refused where an event would both start and end the same entries.
+//! Event name lists beyond the triggers: `exit_events` (of a conversation and
+//! of its threads) and `profile_events`. Names checked, and exits refused
+//! where an event would both start and end the same entries.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -9,7 +10,7 @@ use super::diagnostic::{Diagnostic, Severity, Source};
 use super::{FORGET_EVENT, RESERVED_FORGET};
 use crate::domain::definition::{Thread, ThreadIdx};
 
-/// The names of an `exit_events` list at `field`, each reported when empty,
+/// The names of an event list at `field`, each reported when empty,
 /// reserved or repeated.
 pub(super) fn names(
     src: &Source<'_>,
@@ -42,7 +43,7 @@ pub(super) fn names(
 /// An event that starts the conversation's entries cannot also end all of
 /// them, nor a thread's entries be ended by the event that starts them:
 /// which would win is not something a marketer should have to look up.
-pub(super) fn check(
+pub(super) fn check_exits(
     src: &Source<'_>,
     conversation_exits: (&[String], Option<&Spanned<Vec<String>>>),
     threads: &[(&Thread, Option<&Spanned<Vec<String>>>)],
