@@ -285,3 +285,114 @@ fn produce_to_a_missing_topic_fails_and_creates_nothing() {
         .any(|t| t.name() == topics.input && t.error().is_none() && !t.partitions().is_empty());
     assert!(!created, "produce created {}", topics.input);
 }
+
+/// Profile attributes through Kafka, published as JSON and as protobuf
+/// (`winback.v1.InputEvent`'s `attributes` map): the VIP example's
+/// transitions, its sends carrying the attributes in their fields and its
+/// filters reading them, equal `simulate`'s. An attribute naming a coupon
+/// field would be refused; one over its bounds is a dead letter here.
+#[test]
+fn profile_attributes_through_kafka_as_json_and_protobuf() {
+    use prost::Message;
+    let conv = ["config/examples/winback-vip.toml"];
+    let defs = definitions(&conv);
+    let ev = |id: &str, name: &str, contact: &str, at: &str, attrs: &str| {
+        format!(
+            r#"{{"event_id":"{id}","name":"{name}","contact_id":"{contact}","occurred_at":"{at}"{attrs}}}"#
+        )
+    };
+    let mut lines = Vec::new();
+    for c in ["ann", "bob", "cyd"] {
+        lines.push(format!(
+            r#"{{"event_id":"s-{c}","name":"subscribe","contact_id":"{c}","list_id":"master","occurred_at":"2026-01-01T00:00:00Z"}}"#
+        ));
+    }
+    lines.extend([
+        ev(
+            "p1",
+            "profile_updated",
+            "ann",
+            "2026-01-02T00:00:00Z",
+            r#","attributes":{"first_name":"Ann","tier":"gold"}"#,
+        ),
+        ev("o1", "checkout", "ann", "2026-01-05T10:00:00Z", ""),
+        ev(
+            "o2",
+            "checkout",
+            "bob",
+            "2026-01-05T10:00:00Z",
+            r#","attributes":{"first_name":"Bob","lifetime_value":750}"#,
+        ),
+        ev(
+            "o3",
+            "checkout",
+            "cyd",
+            "2026-01-11T00:00:00Z",
+            r#","attributes":{"tier":"gold","vip":true}"#,
+        ),
+        // Stamped before cyd's gold, arriving after it: ignored.
+        ev(
+            "p2",
+            "profile_updated",
+            "cyd",
+            "2026-01-03T00:00:00Z",
+            r#","attributes":{"tier":"bronze"}"#,
+        ),
+    ]);
+    let bad = ev(
+        "p3",
+        "profile_updated",
+        "ann",
+        "2026-01-04T00:00:00Z",
+        r#","attributes":{"bad name":"x"}"#,
+    );
+    let expected = kafka::simulate(&defs, &lines, until());
+    assert!(
+        expected.iter().any(|l| l
+            .contains(r#""message":"VIP Winback","fields":{"first_name":"Ann","tier":"gold"}"#)),
+        "{expected:#?}"
+    );
+    assert!(
+        expected
+            .iter()
+            .any(|l| l.contains(r#""fields":{"first_name":"Bob","lifetime_value":"750"}"#)),
+        "{expected:#?}"
+    );
+    assert!(
+        expected
+            .iter()
+            .any(|l| l.contains(r#""fields":{"tier":"gold","vip":"true"}"#)),
+        "{expected:#?}"
+    );
+
+    for protobuf in [false, true] {
+        let topics = Topics::fresh();
+        topics.create(1);
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = topics.config(dir.path(), &conv, "");
+        let mut records = kafka::keyed(&lines);
+        records.push(kafka::keyed(std::slice::from_ref(&bad)).remove(0));
+        if protobuf {
+            cfg.inputs[0].format = winback::config::engine::InputFormat::Protobuf;
+            for (_, value) in &mut records {
+                let line = std::str::from_utf8(value).unwrap();
+                let ev = winback::wire::json::decode_event(line).unwrap();
+                *value = winback::wire::proto::event_to_pb(&ev).encode_to_vec();
+            }
+        }
+        kafka::produce(&topics.input, &records);
+        let run = Running::start(cfg, defs.clone(), STILL);
+        run.wait_events(records.len() as u64, T);
+        run.advance_wall(until());
+        kafka::stop_and_compare(&topics.transitions, &expected, T, || run.stop());
+        let dead = kafka::read_to_end(&topics.dead_letters, T);
+        assert_eq!(dead.len(), 1, "protobuf = {protobuf}");
+        let reason = dead[0].headers.get(winback::source::DLQ_REASON);
+        assert!(
+            reason
+                .as_deref()
+                .is_some_and(|r| r.contains("attribute name \"bad name\"")),
+            "{reason:?}"
+        );
+    }
+}
