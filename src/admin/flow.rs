@@ -190,7 +190,12 @@ fn step(
             d.push_str(&format!("; pool empty: {}", when_exhausted.as_str()));
             ("action", "Set Coupon Code".to_string(), Some(d), None)
         }
-        StepKind::Message { message } => ("message", format!("Message {message}"), None, None),
+        StepKind::Message { message, window } => (
+            "message",
+            format!("Message {message}"),
+            window.map(|w| describe_window(&w, conv)),
+            None,
+        ),
     };
     let w = counts.windows.get(&(ci, ti, si));
     json!({
@@ -203,6 +208,25 @@ fn step(
         "day": window_json(w, 0),
         "week": window_json(w, 1),
     })
+}
+
+/// A send window in the marketer's words.
+fn describe_window(w: &crate::domain::window::SendWindow, conv: &Conversation) -> String {
+    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    let days: Vec<&str> = DAYS
+        .iter()
+        .zip(w.days)
+        .filter_map(|(d, on)| on.then_some(*d))
+        .collect();
+    let hm = |m: u32| format!("{:02}:{:02}", m / 60, m % 60);
+    format!(
+        "sends {} {}-{} in the contact's {} (default {})",
+        days.join(" "),
+        hm(w.from_min),
+        hm(w.to_min),
+        conv.time_zone_field,
+        conv.time_zone
+    )
 }
 
 /// A segment filter in the marketer's words.

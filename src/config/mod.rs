@@ -8,6 +8,7 @@ mod events;
 mod graph;
 mod profile;
 pub mod raw;
+mod window;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use crate::domain::definition::{
     StepIdx, StepKind, Thread, ThreadIdx,
 };
 use crate::domain::time::{DAY_MS, Duration, Timestamp};
+use crate::domain::window::SendWindow;
 pub use diagnostic::{Diagnostic, Severity, Source};
 use raw::{RawConversation, RawFile, RawFilter, RawPool, RawStep, RawThread};
 
@@ -31,6 +33,9 @@ use crate::domain::definition::FORGET_EVENT;
 const RESERVED_FORGET: &str =
     "\"forget\" is reserved: that event erases the contact (README, \"Forgetting a contact\")";
 pub const DEFAULT_UNSUBSCRIBE_EVENTS: &[&str] = &["unsubscribe"];
+/// The profile field that names a contact's time zone, unless
+/// `time_zone_field` says otherwise.
+pub const DEFAULT_TIME_ZONE_FIELD: &str = "time_zone";
 
 /// Definitions that passed validation, with the warnings found on the way.
 #[derive(Debug)]
@@ -496,6 +501,17 @@ fn compile_conversation(
         ));
     }
 
+    let conv_window = c
+        .send_window
+        .as_ref()
+        .and_then(|w| window::compile(src, w, "conversation.send_window", diags));
+    let time_zone = window::zone(src, c.time_zone.as_ref(), diags);
+    let time_zone_field: Arc<str> = match &c.time_zone_field {
+        Some(f) => non_empty(src, f, "conversation.time_zone_field".into(), diags)
+            .unwrap_or_else(|| DEFAULT_TIME_ZONE_FIELD.into()),
+        None => DEFAULT_TIME_ZONE_FIELD.into(),
+    };
+
     // Threads and step ids first, so GoTo targets can point forward.
     let mut compiled_threads = Vec::new();
     let mut step_ids: HashMap<String, StepIdx> = HashMap::new();
@@ -631,6 +647,7 @@ fn compile_conversation(
                 &step_ids,
                 pools,
                 pool_index,
+                conv_window,
                 diags,
             );
             steps.push(Step {
@@ -708,6 +725,8 @@ fn compile_conversation(
         triggers,
         exit_events,
         profile_events,
+        time_zone,
+        time_zone_field,
     };
     graph::check(src, &conversation, threads, &step_at, diags);
     (count_errors(diags) == errors_before).then_some(conversation)
@@ -729,6 +748,7 @@ fn compile_step(
     step_ids: &HashMap<String, StepIdx>,
     pools: &[PoolDef],
     pool_index: &HashMap<String, PoolIdx>,
+    default_window: Option<SendWindow>,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<StepKind> {
     let at = |f: &str| format!("thread[{ti}].step[{si}].{f}");
@@ -744,7 +764,7 @@ fn compile_step(
             "valid_for",
             "when_exhausted",
         ],
-        "message" => &["message"],
+        "message" => &["message", "send_window"],
         other => {
             diags.push(src.diag(
                 Severity::Error,
@@ -757,7 +777,7 @@ fn compile_step(
             return None;
         }
     };
-    let present: [(&str, Option<std::ops::Range<usize>>); 10] = [
+    let present: [(&str, Option<std::ops::Range<usize>>); 11] = [
         ("duration", s.duration.as_ref().map(Spanned::span)),
         ("target", s.target.as_ref().map(Spanned::span)),
         ("filter", s.filter.as_ref().map(Spanned::span)),
@@ -774,6 +794,7 @@ fn compile_step(
             s.when_exhausted.as_ref().map(Spanned::span),
         ),
         ("message", s.message.as_ref().map(Spanned::span)),
+        ("send_window", s.send_window.as_ref().map(Spanned::span)),
     ];
     let mut ok = true;
     for (f, span) in present {
@@ -913,6 +934,10 @@ fn compile_step(
         "message" => match &s.message {
             Some(m) => StepKind::Message {
                 message: non_empty(src, m, at("message"), diags)?,
+                window: match &s.send_window {
+                    Some(w) => Some(window::compile(src, w, &at("send_window"), diags)?),
+                    None => default_window,
+                },
             },
             None => {
                 missing("message", diags);

@@ -37,6 +37,23 @@ pub struct RawConversation {
     pub exit_events: Option<Spanned<Vec<String>>>,
     /// Events that only set profile attributes. Default none.
     pub profile_events: Option<Spanned<Vec<String>>>,
+    /// IANA zone of contacts whose profile names none. Default `UTC`.
+    pub time_zone: Option<Spanned<String>>,
+    /// The profile field naming a contact's zone. Default `time_zone`.
+    pub time_zone_field: Option<Spanned<String>>,
+    /// When the conversation's message steps may send. Default: any time.
+    pub send_window: Option<Spanned<RawSendWindow>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSendWindow {
+    /// `mon` .. `sun`; default every day.
+    pub days: Option<Vec<String>>,
+    /// `HH:MM`, local.
+    pub from: String,
+    /// `HH:MM` (up to `24:00`), local, exclusive.
+    pub to: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,6 +86,7 @@ pub struct RawStep {
     pub valid_for: Option<Spanned<String>>,
     pub when_exhausted: Option<Spanned<String>>,
     pub message: Option<Spanned<String>>,
+    pub send_window: Option<Spanned<RawSendWindow>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -383,3 +383,83 @@ fn profile_filters_and_profile_events_compile_and_are_checked() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn send_windows_and_time_zones_compile_and_are_checked() {
+    use crate::domain::window::SendWindow;
+    let text = GOOD.replace(
+        "allow_unlimited_entries = true",
+        "allow_unlimited_entries = true\ntime_zone = \"Europe/Paris\"\nsend_window = { days = [\"mon\", \"Sat\"], from = \"08:30\", to = \"24:00\" }",
+    );
+    let l = load(&text).expect("valid");
+    let c = &l.definitions.conversations[0];
+    assert_eq!(c.time_zone, chrono_tz::Europe::Paris);
+    assert_eq!(&*c.time_zone_field, DEFAULT_TIME_ZONE_FIELD);
+    let StepKind::Message { window, .. } = &c.steps[1].kind else {
+        panic!("{:?}", c.steps[1].kind)
+    };
+    assert_eq!(
+        *window,
+        Some(SendWindow {
+            days: [true, false, false, false, false, true, false],
+            from_min: 510,
+            to_min: 1440
+        })
+    );
+    // A step's own window wins over the conversation's.
+    let own = text.replace(
+        "message = \"Winback Message\"",
+        "message = \"Winback Message\"\nsend_window = { from = \"10:00\", to = \"11:00\" }",
+    );
+    let l = load(&own).expect("valid");
+    let StepKind::Message { window, .. } = &l.definitions.conversations[0].steps[1].kind else {
+        panic!()
+    };
+    assert_eq!(window.map(|w| (w.days, w.from_min)), Some(([true; 7], 600)));
+
+    for (from, to, field, why) in [
+        (
+            "allow_unlimited_entries = true",
+            "allow_unlimited_entries = true\ntime_zone = \"Mars/Olympus\"",
+            "conversation.time_zone",
+            "not a time zone",
+        ),
+        (
+            "allow_unlimited_entries = true",
+            "allow_unlimited_entries = true\nsend_window = { from = \"20:00\", to = \"09:00\" }",
+            "conversation.send_window.to",
+            "is not after",
+        ),
+        (
+            "allow_unlimited_entries = true",
+            "allow_unlimited_entries = true\nsend_window = { days = [\"someday\"], from = \"09:00\", to = \"10:00\" }",
+            "conversation.send_window.days",
+            "not a day",
+        ),
+        (
+            "allow_unlimited_entries = true",
+            "allow_unlimited_entries = true\nsend_window = { days = [], from = \"09:00\", to = \"10:00\" }",
+            "conversation.send_window.days",
+            "at least one day",
+        ),
+        (
+            "message = \"Winback Message\"",
+            "message = \"Winback Message\"\nsend_window = { from = \"9\", to = \"10:00\" }",
+            "thread[0].step[1].send_window.from",
+            "not a time",
+        ),
+        (
+            "duration = \"90d\"",
+            "duration = \"90d\"\nsend_window = { from = \"09:00\", to = \"10:00\" }",
+            "thread[0].step[0].send_window",
+            "does not apply to a wait step",
+        ),
+    ] {
+        let errs = messages(load(&GOOD.replace(from, to)));
+        assert!(
+            errs.iter()
+                .any(|e| e.contains(&format!("error: {field}")) && e.contains(why)),
+            "{field}: {errs:?}"
+        );
+    }
+}

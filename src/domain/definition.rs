@@ -208,6 +208,10 @@ pub struct Conversation {
     pub exit_events: Vec<String>,
     /// Events that only set profile attributes (`profile_events`).
     pub profile_events: Vec<String>,
+    /// The zone of a contact whose profile names none (`time_zone`).
+    pub time_zone: chrono_tz::Tz,
+    /// The profile field that names a contact's zone (`time_zone_field`).
+    pub time_zone_field: Arc<str>,
 }
 
 #[derive(Debug, Clone)]
@@ -247,6 +251,8 @@ pub enum StepKind {
     },
     Message {
         message: Arc<str>,
+        /// The step's `send_window`, else the conversation's.
+        window: Option<super::window::SendWindow>,
     },
 }
 

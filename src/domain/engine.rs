@@ -19,7 +19,7 @@ use super::definition::{
 use super::event::{Event, EventError};
 use super::state::{ContactState, Entry, FieldValue, OrderStats};
 use super::time::{MaybeTimestamp, Timestamp};
-use super::transition::{ExitReason, SuppressReason, Transition, TransitionKind};
+use super::transition::{ExitReason, HoldReason, SuppressReason, Transition, TransitionKind};
 
 /// Valid definitions never run this many steps without a wait (GoTo loops without
 /// a wait are rejected); the guard turns a bug into an `exited` instead of a hang.
@@ -239,7 +239,12 @@ impl Engine {
         let mut e = cs.active.remove(pos);
         e.waiting_until = MaybeTimestamp::NONE;
         let conv = &self.defs.conversations[conversation as usize];
-        let (pos, next) = (Some(e.step), conv.next_in_thread(e.step));
+        // A wait goes on to the next step; a held message step runs again.
+        let next = match conv.steps[e.step as usize].kind {
+            StepKind::Message { .. } => Some(e.step),
+            _ => conv.next_in_thread(e.step),
+        };
+        let pos = Some(e.step);
         let mut run = Run {
             engine: self,
             conv,
@@ -373,6 +378,15 @@ impl Run<'_> {
                 at,
             });
         }
+    }
+
+    /// The contact's time zone: its profile field, else the conversation's.
+    fn zone(&self) -> chrono_tz::Tz {
+        self.st
+            .fields
+            .get(&self.conv.time_zone_field)
+            .and_then(|v| v.to_string().trim().parse().ok())
+            .unwrap_or(self.conv.time_zone)
     }
 
     /// Ends, at `at`, the conversation's entries (those in `thread` only,
@@ -606,7 +620,7 @@ impl Run<'_> {
                         }
                     }
                 },
-                StepKind::Message { .. } => {
+                StepKind::Message { window, .. } => {
                     let gate =
                         self.conv
                             .list
@@ -617,9 +631,30 @@ impl Run<'_> {
                                 None => Some(SuppressReason::NotSubscribed),
                             });
                     let kind = match gate.flatten() {
-                        None => TransitionKind::Send {
-                            fields: self.st.fields.clone(),
-                        },
+                        None => {
+                            // Outside the contact's sending hours: wait at this
+                            // step, which runs again when the window opens.
+                            if let Some(w) = window
+                                && let Some(open) = w.next_open(self.zone(), at)
+                                && open > at
+                            {
+                                e.waiting_until = open.into();
+                                let held = TransitionKind::Held {
+                                    until: open,
+                                    reason: HoldReason::SendWindow,
+                                };
+                                self.emit(&mut e, at, pos, held);
+                                self.fx.timers.push(TimerChange::Set {
+                                    conversation: self.ci,
+                                    entry: e.seq,
+                                    at: open,
+                                });
+                                return Some(e);
+                            }
+                            TransitionKind::Send {
+                                fields: self.st.fields.clone(),
+                            }
+                        }
                         Some(reason) => TransitionKind::Suppressed { reason },
                     };
                     self.emit(&mut e, at, pos, kind);

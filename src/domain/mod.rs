@@ -9,6 +9,7 @@ pub mod event;
 pub mod state;
 pub mod time;
 pub mod transition;
+pub mod window;
 
 pub use coupon::CouponPools;
 pub use definition::Definitions;

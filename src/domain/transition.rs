@@ -67,6 +67,26 @@ pub enum TransitionKind {
     /// The contact was erased by a forget event (a privacy request): its
     /// state, waits and history are gone; readers should delete theirs.
     Forgotten,
+    /// A message step may not send now: the entry waits at it until `until`,
+    /// when the step runs again.
+    Held {
+        until: Timestamp,
+        reason: HoldReason,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldReason {
+    /// Outside the step's send window in the contact's time zone.
+    SendWindow,
+}
+
+impl HoldReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldReason::SendWindow => "send_window",
+        }
+    }
 }
 
 impl Transition {
@@ -91,6 +111,7 @@ impl TransitionKind {
             TransitionKind::Send { .. } => "send",
             TransitionKind::Suppressed { .. } => "suppressed",
             TransitionKind::Forgotten => "forgotten",
+            TransitionKind::Held { .. } => "held",
         }
     }
 }

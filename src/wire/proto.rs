@@ -149,6 +149,10 @@ pub fn transition_to_pb(defs: &Definitions, t: &Transition) -> pb::Transition {
             reason: reason.into(),
         }),
         Detail::Forgotten {} => P::Forgotten(pb::Forgotten {}),
+        Detail::Held { until, reason } => P::Held(pb::Held {
+            until: Some(to_pb_time(until)),
+            reason: reason.into(),
+        }),
     };
     pb::Transition {
         transition_id: transition_id_hex(v.id),
@@ -236,6 +240,10 @@ pub fn transition_json(t: &pb::Transition) -> Result<String, ProtoError> {
             reason: &'a str,
         },
         Forgotten {},
+        Held {
+            until: String,
+            reason: &'a str,
+        },
     }
     let time = |t: &Option<prost_types::Timestamp>| -> Result<String, ProtoError> {
         Ok(from_pb_time(t.as_ref().ok_or(ProtoError::MissingTime)?)?.to_string())
@@ -322,6 +330,13 @@ pub fn transition_json(t: &pb::Transition) -> Result<String, ProtoError> {
             },
         ),
         P::Forgotten(_) => ("forgotten", D::Forgotten {}),
+        P::Held(d) => (
+            "held",
+            D::Held {
+                until: time(&d.until)?,
+                reason: &d.reason,
+            },
+        ),
     };
     let line = Line {
         transition_id: &t.transition_id,

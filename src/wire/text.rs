@@ -82,6 +82,7 @@ pub fn render(defs: &Definitions, t: &Transition) -> String {
             write!(out, " message={message:?} reason={reason}")
         }
         Detail::Forgotten {} => Ok(()),
+        Detail::Held { until, reason } => write!(out, " until {until} reason={reason}"),
     };
     out
 }

@@ -94,6 +94,11 @@ pub enum Detail<'a> {
         reason: &'static str,
     },
     Forgotten {},
+    Held {
+        #[serde(serialize_with = "rfc3339")]
+        until: Timestamp,
+        reason: &'static str,
+    },
 }
 
 fn hex_id<S: Serializer>(id: &u128, s: S) -> Result<S::Ok, S::Error> {
@@ -166,7 +171,7 @@ fn facts<'a>(defs: &'a Definitions, step: Option<&'a Step>) -> StepFacts<'a> {
             f.expiration_field = expiration_field.as_deref();
             f.outcome = when_exhausted.as_str();
         }
-        Some(StepKind::Message { message }) => f.message = message,
+        Some(StepKind::Message { message, .. }) => f.message = message,
         None => {}
     }
     f
@@ -244,6 +249,10 @@ pub fn view<'a>(defs: &'a Definitions, t: &'a Transition) -> View<'a> {
             reason: reason.as_str(),
         },
         TransitionKind::Forgotten => Detail::Forgotten {},
+        TransitionKind::Held { until, reason } => Detail::Held {
+            until: *until,
+            reason: reason.as_str(),
+        },
     };
     View {
         id: t.id(defs),

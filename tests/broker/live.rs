@@ -389,9 +389,7 @@ fn profile_attributes_through_kafka_as_json_and_protobuf() {
         assert_eq!(dead.len(), 1, "protobuf = {protobuf}");
         let reason = dead[0].headers.get(winback::source::DLQ_REASON);
         assert!(
-            reason
-                .as_deref()
-                .is_some_and(|r| r.contains("attribute name \"bad name\"")),
+            reason.is_some_and(|r| r.contains("attribute name \"bad name\"")),
             "{reason:?}"
         );
     }

@@ -538,3 +538,66 @@ fn an_attribute_naming_a_coupon_field_is_refused() {
     }
     assert!(winback::domain::engine::route_event(&defs, &ev("tier")).is_ok());
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// With the send-window example (weekdays 09:00-20:00 in the contact's
+    /// zone, New York by default), no message is ever sent outside the
+    /// window, whatever the purchase times, zones (some changing on the way)
+    /// and arrival order; and every entry that was held is sent, suppressed
+    /// or pulled out by a later purchase.
+    #[test]
+    fn no_message_is_sent_outside_the_send_window(
+        evs in prop::collection::vec((0u8..5, 0i64..200 * 24 * 4, 0i64..48, 0u8..5), 1..50)
+    ) {
+        use chrono::{Datelike, Timelike};
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/examples/winback-send-window.toml");
+        let defs = Arc::new(winback::config::load_files(&[path]).expect("valid").definitions);
+        let zones = ["", "Europe/Paris", "Asia/Tokyo", "America/Los_Angeles", "Australia/Sydney"];
+        let mut events: Vec<(i64, Event)> = Vec::new();
+        for c in 0..5 {
+            let mut ev = event(0, &Ev { contact: c, at_ms: -DAY_MS, arrival_ms: 0, kind: 0, dup_of_prev: false });
+            ev.event_id = format!("s{c}");
+            events.push((-1, ev));
+        }
+        for (i, &(contact, quarter_hours, delay_h, zone)) in evs.iter().enumerate() {
+            let at = quarter_hours * 15 * 60_000;
+            let mut ev = event(i, &Ev { contact, at_ms: at, arrival_ms: 0, kind: 2, dup_of_prev: false });
+            if !zones[zone as usize].is_empty() {
+                ev.attributes = vec![("time_zone".into(), zones[zone as usize].into())];
+            }
+            events.push((at + delay_h * HOUR_MS, ev));
+        }
+        events.sort_by_key(|(arrival, _)| *arrival);
+        let mut sim = Simulator::new(defs.clone());
+        let mut out = Vec::new();
+        for (_, ev) in &events {
+            sim.feed(ev, &mut out).expect("valid");
+        }
+        let end = sim.clock().map_or(Timestamp(T0), |c| Timestamp(c.0 + 400 * DAY_MS));
+        sim.advance_to(end, &mut out);
+        for t in &out {
+            if let TransitionKind::Send { fields } = &t.kind {
+                let tz: chrono_tz::Tz = fields
+                    .get("time_zone")
+                    .map(|z| z.to_string().parse().expect("a zone"))
+                    .unwrap_or(chrono_tz::America::New_York);
+                let local = chrono::DateTime::from_timestamp_millis(t.at.0).unwrap().with_timezone(&tz);
+                let minutes = local.hour() * 60 + local.minute();
+                prop_assert!(
+                    local.weekday().num_days_from_monday() < 5 && (9 * 60..20 * 60).contains(&minutes),
+                    "sent at {} local ({})", local, tz
+                );
+            }
+        }
+        // A held entry ends: nothing is left waiting at the message step.
+        for (_, st) in sim.states() {
+            for c in &st.conversations {
+                for e in &c.active {
+                    prop_assert!(&*defs.conversations[0].steps[e.step as usize].id != "winback-message", "still held: {:?}", e);
+                }
+            }
+        }
+    }
+}

@@ -19,6 +19,8 @@ fn protobuf_and_json_transitions_agree() {
     let files = [
         root.join("config/winback-90d.toml"),
         root.join("config/winback-filter-coupon.toml"),
+        root.join("config/examples/winback-exits.toml"),
+        root.join("config/examples/winback-send-window.toml"),
     ];
     let defs = Arc::new(
         winback::config::load_files(&files)
@@ -32,6 +34,9 @@ fn protobuf_and_json_transitions_agree() {
         let ev = wire::json::decode_event(line).expect("example events decode");
         let _ = sim.feed(&ev, &mut out);
     }
+    // An exit event for the exits example (bob waits from June 1).
+    let refund = r#"{"event_id":"r1","name":"order_refunded","contact_id":"bob","occurred_at":"2026-06-02T00:00:00Z"}"#;
+    let _ = sim.feed(&wire::json::decode_event(refund).expect("refund"), &mut out);
     sim.advance_to(
         winback::domain::Timestamp::parse_rfc3339("2027-01-01T00:00:00Z").expect("time"),
         &mut out,
@@ -40,7 +45,7 @@ fn protobuf_and_json_transitions_agree() {
     let forget = r#"{"event_id":"f1","name":"forget","contact_id":"ann","occurred_at":"2027-01-02T00:00:00Z"}"#;
     let _ = sim.feed(&wire::json::decode_event(forget).expect("forget"), &mut out);
     assert!(out.len() > 40);
-    let mut forgotten = 0;
+    let (mut forgotten, mut held, mut exit_events) = (0, 0, 0);
     for t in &out {
         let j: serde_json::Value =
             serde_json::from_str(&wire::json::encode_transition(&defs, t)).expect("json");
@@ -75,7 +80,16 @@ fn protobuf_and_json_transitions_agree() {
                 (&j["target_step"], &j["taken"]),
                 (&d.target_step.into(), &d.taken.into())
             ),
-            Detail::Exited(d) => assert_eq!(j["reason"], d.reason),
+            Detail::Exited(d) => {
+                assert_eq!(j["reason"], d.reason);
+                assert_eq!(j.get("event").and_then(|e| e.as_str()), d.event.as_deref());
+                exit_events += usize::from(d.event.is_some());
+            }
+            Detail::Held(d) => {
+                assert_eq!(j["until"], ts(&d.until));
+                assert_eq!(j["reason"], d.reason);
+                held += 1;
+            }
             Detail::CouponAssigned(d) => {
                 assert_eq!(
                     (&j["code"], &j["pool"], &j["field"]),
@@ -105,5 +119,9 @@ fn protobuf_and_json_transitions_agree() {
             }
         }
     }
-    assert_eq!(forgotten, 2, "one per conversation ann was in");
+    assert_eq!(forgotten, 4, "one per conversation ann was in");
+    assert!(
+        held > 0 && exit_events > 0,
+        "held {held}, exit events {exit_events}"
+    );
 }
