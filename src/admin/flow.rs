@@ -190,6 +190,17 @@ fn step(
             d.push_str(&format!("; pool empty: {}", when_exhausted.as_str()));
             ("action", "Set Coupon Code".to_string(), Some(d), None)
         }
+        StepKind::Split { branches } => {
+            let total: u32 = branches.iter().map(|b| b.weight).sum();
+            let parts: Vec<String> = branches
+                .iter()
+                .map(|b| {
+                    let to = conv.steps.get(b.target as usize).map_or("?", |t| &*t.id);
+                    format!("{} {}% -> {to}", b.name, b.weight * 100 / total.max(1))
+                })
+                .collect();
+            ("split", "Split".to_string(), Some(parts.join(", ")), None)
+        }
         StepKind::Message { message, window } => (
             "message",
             format!("Message {message}"),

@@ -161,7 +161,7 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     for p in 0..partitions {
         let mut written = 0usize;
         let mut emit = |t: &Transition, summary: &mut Summary| -> Result<(), CliError> {
-            summary.count(t);
+            summary.count(&defs, t);
             if t.kind.type_name() == "coupon_assigned" {
                 coupons += 1;
             }
@@ -205,7 +205,7 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     if let Some(f) = file.as_mut() {
         f.flush().map_err(write_err)?;
     }
-    summary.print(last_clock);
+    summary.print(&defs, last_clock);
     match &args.output_topic {
         Some(t) => eprintln!("written to {t}"),
         None => eprintln!("dry run: nothing produced (--output-topic T writes the transitions)"),
@@ -323,7 +323,7 @@ fn process_partition(
                 }
             };
             let fed = part.feed(store, &ev, &mut out, &mut unlimited);
-            match fed {
+            match &fed {
                 Ok(Fed::Folded(Folded::Applied)) => summary.folded += 1,
                 Ok(Fed::Folded(Folded::Forgotten)) => {
                     summary.folded += 1;
@@ -343,6 +343,9 @@ fn process_partition(
             }
             for tr in out.drain(..) {
                 emit(&tr, summary)?;
+            }
+            if matches!(fed, Ok(Fed::Folded(Folded::Applied))) {
+                summary.folded(defs, &ev);
             }
             folded += 1;
             // Bounded memory: the scratch store takes the state every so often.

@@ -66,10 +66,13 @@ pub(super) struct Summary {
     pub unrouted: BTreeMap<String, u64>,
     pub by_type: BTreeMap<&'static str, u64>,
     pub sends_per_week: BTreeMap<(i32, u32), u64>,
+    /// Holdouts and split tests, per variant.
+    pub experiments: crate::sim::report::Experiments,
 }
 
 impl Summary {
-    pub fn count(&mut self, t: &Transition) {
+    pub fn count(&mut self, defs: &crate::domain::Definitions, t: &Transition) {
+        self.experiments.transition(defs, t);
         *self.by_type.entry(t.kind.type_name()).or_default() += 1;
         if matches!(t.kind, TransitionKind::Send { .. })
             && let Some(dt) = chrono::DateTime::from_timestamp_millis(t.at.0)
@@ -79,7 +82,12 @@ impl Summary {
         }
     }
 
-    pub fn print(&self, clock: Option<Timestamp>) {
+    /// A folded event, after the transitions it made were counted.
+    pub fn folded(&mut self, defs: &crate::domain::Definitions, ev: &Event) {
+        self.experiments.event(defs, ev);
+    }
+
+    pub fn print(&self, defs: &crate::domain::Definitions, clock: Option<Timestamp>) {
         eprintln!(
             "events: {} line(s), {} folded, {} duplicate(s) ignored, {} malformed skipped",
             self.lines, self.folded, self.duplicates, self.malformed
@@ -114,6 +122,7 @@ impl Summary {
         for ((y, w), n) in &self.sends_per_week {
             eprintln!("  {y}-W{w:02}  {n}");
         }
+        self.experiments.print(defs);
     }
 }
 
@@ -174,7 +183,7 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
                 summary: &mut Summary|
      -> Result<(), CliError> {
         for t in batch.drain(..) {
-            summary.count(&t);
+            summary.count(&defs, &t);
             let line = match args.format {
                 Format::Json => wire::json::encode_transition(&defs, &t),
                 Format::Text => wire::text::render(&defs, &t),
@@ -203,6 +212,7 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
         let mut each =
             |i: usize, result: Result<Folded, EventError>, batch: &mut Vec<Transition>| {
                 let (ev, lineno) = (&pending[i], linenos[i]);
+                let applied = matches!(result, Ok(Folded::Applied));
                 match result {
                     Ok(Folded::Applied) => summary.folded += 1,
                     Ok(Folded::Forgotten) => {
@@ -227,6 +237,9 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
                     }
                 }
                 failed = emit(batch, out, summary);
+                if applied {
+                    summary.folded(&defs, ev);
+                }
                 if failed.is_err() || stopped {
                     if stopped {
                         eprintln!("{name}:{lineno}: stopping (--strict)");
@@ -315,6 +328,6 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     }
     out.flush().map_err(write_err)?;
     summary.late = sims.iter().map(Simulator::late_events).sum();
-    summary.print(sims.iter().filter_map(Simulator::clock).max());
+    summary.print(&defs, sims.iter().filter_map(Simulator::clock).max());
     Ok(ExitCode::SUCCESS)
 }

@@ -22,6 +22,7 @@ fn successors(c: &Conversation, s: StepIdx) -> Vec<StepIdx> {
             target,
             filter: Some(_),
         } => std::iter::once(*target).chain(next).collect(),
+        StepKind::Split { branches } => branches.iter().map(|b| b.target).collect(),
         _ => next.into_iter().collect(),
     }
 }

@@ -36,6 +36,8 @@ pub const DEFAULT_UNSUBSCRIBE_EVENTS: &[&str] = &["unsubscribe"];
 /// The profile field that names a contact's time zone, unless
 /// `time_zone_field` says otherwise.
 pub const DEFAULT_TIME_ZONE_FIELD: &str = "time_zone";
+/// How long after a message a purchase counts as its conversion.
+pub const DEFAULT_ATTRIBUTION_WINDOW: Duration = Duration(7 * DAY_MS);
 
 /// Definitions that passed validation, with the warnings found on the way.
 #[derive(Debug)]
@@ -506,6 +508,28 @@ fn compile_conversation(
         .as_ref()
         .and_then(|w| window::compile(src, w, "conversation.send_window", diags));
     let time_zone = window::zone(src, c.time_zone.as_ref(), diags);
+    let holdout = match &c.holdout {
+        Some(h) if !(0.0..=1.0).contains(h.get_ref()) => {
+            diags.push(src.diag(
+                Severity::Error,
+                Some(h.span()),
+                "conversation.holdout",
+                "a share from 0 to 1 (0.1 holds out a tenth of the contacts)",
+            ));
+            0.0
+        }
+        Some(h) => *h.get_ref(),
+        None => 0.0,
+    };
+    let experiment_salt: Arc<str> = c
+        .experiment_salt
+        .as_ref()
+        .map_or_else(|| "".into(), |s| s.get_ref().as_str().into());
+    let attribution_window = c
+        .attribution_window
+        .as_ref()
+        .and_then(|w| parse_duration(src, w, "conversation.attribution_window".into(), diags))
+        .unwrap_or(DEFAULT_ATTRIBUTION_WINDOW);
     let time_zone_field: Arc<str> = match &c.time_zone_field {
         Some(f) => non_empty(src, f, "conversation.time_zone_field".into(), diags)
             .unwrap_or_else(|| DEFAULT_TIME_ZONE_FIELD.into()),
@@ -727,6 +751,9 @@ fn compile_conversation(
         profile_events,
         time_zone,
         time_zone_field,
+        holdout,
+        experiment_salt,
+        attribution_window,
     };
     graph::check(src, &conversation, threads, &step_at, diags);
     (count_errors(diags) == errors_before).then_some(conversation)
@@ -765,19 +792,20 @@ fn compile_step(
             "when_exhausted",
         ],
         "message" => &["message", "send_window"],
+        "split" => &["branches"],
         other => {
             diags.push(src.diag(
                 Severity::Error,
                 Some(s.kind.span()),
                 at("type"),
                 format!(
-                    "unknown step type {other:?}: use \"wait\", \"goto\", \"action\" or \"message\""
+                    "unknown step type {other:?}: use \"wait\", \"goto\", \"split\", \"action\" or \"message\""
                 ),
             ));
             return None;
         }
     };
-    let present: [(&str, Option<std::ops::Range<usize>>); 11] = [
+    let present: [(&str, Option<std::ops::Range<usize>>); 12] = [
         ("duration", s.duration.as_ref().map(Spanned::span)),
         ("target", s.target.as_ref().map(Spanned::span)),
         ("filter", s.filter.as_ref().map(Spanned::span)),
@@ -795,6 +823,7 @@ fn compile_step(
         ),
         ("message", s.message.as_ref().map(Spanned::span)),
         ("send_window", s.send_window.as_ref().map(Spanned::span)),
+        ("branches", s.branches.as_ref().map(Spanned::span)),
     ];
     let mut ok = true;
     for (f, span) in present {
@@ -931,6 +960,15 @@ fn compile_step(
                 when_exhausted,
             }
         }
+        "split" => match &s.branches {
+            Some(b) => StepKind::Split {
+                branches: compile_branches(src, &at("branches"), b, step_ids, diags)?,
+            },
+            None => {
+                missing("branches", diags);
+                return None;
+            }
+        },
         "message" => match &s.message {
             Some(m) => StepKind::Message {
                 message: non_empty(src, m, at("message"), diags)?,
@@ -947,6 +985,45 @@ fn compile_step(
         _ => return None,
     };
     ok.then_some(kind)
+}
+
+/// A split step's branches: named, each name once, weights from 1, targets
+/// that exist; at least two.
+fn compile_branches(
+    src: &Source<'_>,
+    at: &str,
+    raw: &Spanned<Vec<raw::RawBranch>>,
+    step_ids: &HashMap<String, StepIdx>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Vec<crate::domain::definition::Branch>> {
+    let before = diags.len();
+    let mut err = |msg: String| {
+        diags.push(src.diag(Severity::Error, Some(raw.span()), at.to_string(), msg));
+    };
+    if raw.get_ref().len() < 2 {
+        err("a split needs at least two branches".into());
+    }
+    let mut names = BTreeSet::new();
+    let mut out = Vec::new();
+    for b in raw.get_ref() {
+        let name = b.name.trim();
+        if name.is_empty() || !names.insert(name.to_string()) {
+            err(format!("branch name {name:?} is empty or used twice"));
+        }
+        let weight = b.weight.unwrap_or(1);
+        if weight == 0 {
+            err(format!("branch {name:?}: weight must be at least 1"));
+        }
+        match step_ids.get(b.target.trim()) {
+            Some(&target) => out.push(crate::domain::definition::Branch {
+                name: name.into(),
+                weight,
+                target,
+            }),
+            None => err(format!("branch {name:?}: no step with id {:?}", b.target)),
+        }
+    }
+    (diags.len() == before).then_some(out)
 }
 
 fn compile_filter(

@@ -43,6 +43,21 @@ pub struct RawConversation {
     pub time_zone_field: Option<Spanned<String>>,
     /// When the conversation's message steps may send. Default: any time.
     pub send_window: Option<Spanned<RawSendWindow>>,
+    /// Share of contacts (0 to 1) whose messages are held out. Default 0.
+    pub holdout: Option<Spanned<f64>>,
+    /// Salts the holdout's and split steps' draws. Default "".
+    pub experiment_salt: Option<Spanned<String>>,
+    /// Conversions counted this long after a message. Default 7d.
+    pub attribution_window: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBranch {
+    pub name: String,
+    /// Default 1.
+    pub weight: Option<u32>,
+    pub target: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +102,7 @@ pub struct RawStep {
     pub when_exhausted: Option<Spanned<String>>,
     pub message: Option<Spanned<String>>,
     pub send_window: Option<Spanned<RawSendWindow>>,
+    pub branches: Option<Spanned<Vec<RawBranch>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -212,6 +212,13 @@ pub struct Conversation {
     pub time_zone: chrono_tz::Tz,
     /// The profile field that names a contact's zone (`time_zone_field`).
     pub time_zone_field: Arc<str>,
+    /// The share (0 to 1) of contacts whose messages are held out.
+    pub holdout: f64,
+    /// Salts the holdout's and split steps' draws (`experiment_salt`).
+    pub experiment_salt: Arc<str>,
+    /// A purchase this long after a message (or a held-out one) converts it,
+    /// in the `simulate` and `reprocess` reports.
+    pub attribution_window: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -249,11 +256,23 @@ pub enum StepKind {
         valid_for: Option<Duration>,
         when_exhausted: ExhaustedOutcome,
     },
+    /// Goes on at one branch's target, drawn per contact by weight.
+    Split {
+        branches: Vec<Branch>,
+    },
     Message {
         message: Arc<str>,
         /// The step's `send_window`, else the conversation's.
         window: Option<super::window::SendWindow>,
     },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Branch {
+    /// The variant's name, in transitions and reports.
+    pub name: Arc<str>,
+    pub weight: u32,
+    pub target: StepIdx,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,9 +17,11 @@ use super::definition::{
     StepIdx, StepKind, ThreadIdx,
 };
 use super::event::{Event, EventError};
+use super::experiment;
 use super::state::{ContactState, Entry, FieldValue, OrderStats};
 use super::time::{MaybeTimestamp, Timestamp};
 use super::transition::{ExitReason, HoldReason, SuppressReason, Transition, TransitionKind};
+use smallvec::SmallVec;
 
 /// Valid definitions never run this many steps without a wait (GoTo loops without
 /// a wait are rejected); the guard turns a bug into an `exited` instead of a hang.
@@ -380,6 +382,20 @@ impl Run<'_> {
         }
     }
 
+    /// Whether the contact is in the conversation's holdout.
+    fn held_out(&self) -> bool {
+        self.conv.holdout > 0.0
+            && experiment::within(
+                experiment::draw(
+                    &self.conv.experiment_salt,
+                    &self.conv.name,
+                    "holdout",
+                    self.contact,
+                ),
+                self.conv.holdout,
+            )
+    }
+
     /// The contact's time zone: its profile field, else the conversation's.
     fn zone(&self) -> chrono_tz::Tz {
         self.st
@@ -567,6 +583,26 @@ impl Run<'_> {
                     });
                     return Some(e);
                 }
+                StepKind::Split { branches } => {
+                    let weights: SmallVec<[u32; 4]> = branches.iter().map(|b| b.weight).collect();
+                    let step_id = &self.conv.steps[s as usize].id;
+                    let d = experiment::draw(
+                        &self.conv.experiment_salt,
+                        &self.conv.name,
+                        step_id,
+                        self.contact,
+                    );
+                    let branch = experiment::pick(d, &weights);
+                    self.emit(
+                        &mut e,
+                        at,
+                        pos,
+                        TransitionKind::Split {
+                            branch: branch as u16,
+                        },
+                    );
+                    next = Some(branches[branch].target);
+                }
                 StepKind::Goto { target, filter } => {
                     let taken = filter
                         .as_ref()
@@ -651,8 +687,12 @@ impl Run<'_> {
                                 });
                                 return Some(e);
                             }
-                            TransitionKind::Send {
-                                fields: self.st.fields.clone(),
+                            if self.held_out() {
+                                TransitionKind::HeldOut
+                            } else {
+                                TransitionKind::Send {
+                                    fields: self.st.fields.clone(),
+                                }
                             }
                         }
                         Some(reason) => TransitionKind::Suppressed { reason },

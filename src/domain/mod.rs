@@ -6,6 +6,7 @@ pub mod definition;
 pub mod driver;
 pub mod engine;
 pub mod event;
+pub mod experiment;
 pub mod state;
 pub mod time;
 pub mod transition;

@@ -73,6 +73,13 @@ pub enum TransitionKind {
         until: Timestamp,
         reason: HoldReason,
     },
+    /// A split step sent the entry down branch `branch` (its index).
+    Split {
+        branch: u16,
+    },
+    /// The contact is in the conversation's holdout: the message a `send`
+    /// would have carried is not sent.
+    HeldOut,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +119,8 @@ impl TransitionKind {
             TransitionKind::Suppressed { .. } => "suppressed",
             TransitionKind::Forgotten => "forgotten",
             TransitionKind::Held { .. } => "held",
+            TransitionKind::Split { .. } => "split",
+            TransitionKind::HeldOut => "held_out",
         }
     }
 }

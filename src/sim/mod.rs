@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 mod index;
 mod list;
+pub mod report;
 
 use index::ContactIndex;
 use list::{Contact, ContactList};

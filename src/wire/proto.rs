@@ -153,6 +153,18 @@ pub fn transition_to_pb(defs: &Definitions, t: &Transition) -> pb::Transition {
             until: Some(to_pb_time(until)),
             reason: reason.into(),
         }),
+        Detail::Split {
+            variant,
+            target_thread,
+            target_step,
+        } => P::Split(pb::Split {
+            variant: variant.into(),
+            target_thread: target_thread.into(),
+            target_step: target_step.into(),
+        }),
+        Detail::HeldOut { message } => P::HeldOut(pb::HeldOut {
+            message: message.into(),
+        }),
     };
     pb::Transition {
         transition_id: transition_id_hex(v.id),
@@ -243,6 +255,14 @@ pub fn transition_json(t: &pb::Transition) -> Result<String, ProtoError> {
         Held {
             until: String,
             reason: &'a str,
+        },
+        Split {
+            variant: &'a str,
+            target_thread: &'a str,
+            target_step: &'a str,
+        },
+        HeldOut {
+            message: &'a str,
         },
     }
     let time = |t: &Option<prost_types::Timestamp>| -> Result<String, ProtoError> {
@@ -335,6 +355,20 @@ pub fn transition_json(t: &pb::Transition) -> Result<String, ProtoError> {
             D::Held {
                 until: time(&d.until)?,
                 reason: &d.reason,
+            },
+        ),
+        P::Split(d) => (
+            "split",
+            D::Split {
+                variant: &d.variant,
+                target_thread: &d.target_thread,
+                target_step: &d.target_step,
+            },
+        ),
+        P::HeldOut(d) => (
+            "held_out",
+            D::HeldOut {
+                message: &d.message,
             },
         ),
     };

@@ -83,6 +83,12 @@ pub fn render(defs: &Definitions, t: &Transition) -> String {
         }
         Detail::Forgotten {} => Ok(()),
         Detail::Held { until, reason } => write!(out, " until {until} reason={reason}"),
+        Detail::Split {
+            variant,
+            target_thread,
+            target_step,
+        } => write!(out, " variant={variant} -> {target_thread} / {target_step}"),
+        Detail::HeldOut { message } => write!(out, " message={message:?}"),
     };
     out
 }

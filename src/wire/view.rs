@@ -99,6 +99,14 @@ pub enum Detail<'a> {
         until: Timestamp,
         reason: &'static str,
     },
+    Split {
+        variant: &'a str,
+        target_thread: &'a str,
+        target_step: &'a str,
+    },
+    HeldOut {
+        message: &'a str,
+    },
 }
 
 fn hex_id<S: Serializer>(id: &u128, s: S) -> Result<S::Ok, S::Error> {
@@ -172,7 +180,7 @@ fn facts<'a>(defs: &'a Definitions, step: Option<&'a Step>) -> StepFacts<'a> {
             f.outcome = when_exhausted.as_str();
         }
         Some(StepKind::Message { message, .. }) => f.message = message,
-        None => {}
+        Some(StepKind::Split { .. }) | None => {}
     }
     f
 }
@@ -253,6 +261,19 @@ pub fn view<'a>(defs: &'a Definitions, t: &'a Transition) -> View<'a> {
             until: *until,
             reason: reason.as_str(),
         },
+        TransitionKind::Split { branch } => {
+            let b = match step.map(|s| &s.kind) {
+                Some(StepKind::Split { branches }) => branches.get(*branch as usize),
+                _ => None,
+            };
+            let (target_thread, target_step) = b.map_or(("", ""), |b| step_at(conv, b.target));
+            Detail::Split {
+                variant: b.map_or("", |b| &b.name),
+                target_thread,
+                target_step,
+            }
+        }
+        TransitionKind::HeldOut => Detail::HeldOut { message: f.message },
     };
     View {
         id: t.id(defs),

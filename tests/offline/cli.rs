@@ -580,3 +580,56 @@ fn simulate_over_partitions_draws_codes_as_run_does() {
     assert_eq!(without_codes(&split), without_codes(&whole));
     assert_ne!(split, whole, "the pools' shares give other codes");
 }
+
+/// `simulate` over the experiment example prints the per-variant report:
+/// entries, sends, held-out messages and conversions (a purchase 3 days
+/// after c0's message converts it for A; c1 is held out).
+#[test]
+fn simulate_prints_the_experiment_report_per_variant() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = write(
+        dir.path(),
+        "events.jsonl",
+        concat!(
+            r#"{"event_id":"s0","name":"subscribe","contact_id":"c0","list_id":"master","occurred_at":"2026-01-01T00:00:00Z"}"#,
+            "\n",
+            r#"{"event_id":"s1","name":"subscribe","contact_id":"c1","list_id":"master","occurred_at":"2026-01-01T00:00:00Z"}"#,
+            "\n",
+            r#"{"event_id":"o0","name":"checkout","contact_id":"c0","occurred_at":"2026-01-05T10:00:00Z"}"#,
+            "\n",
+            r#"{"event_id":"o1","name":"checkout","contact_id":"c1","occurred_at":"2026-01-05T10:00:00Z"}"#,
+            "\n",
+            r#"{"event_id":"o2","name":"checkout","contact_id":"c0","occurred_at":"2026-04-08T10:00:00Z"}"#,
+            "\n",
+        ),
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = winback(&[
+        "simulate",
+        "--config",
+        root.join("config/examples/winback-experiment.toml")
+            .to_str()
+            .unwrap(),
+        "--events",
+        events.to_str().unwrap(),
+        "--until",
+        "2026-06-01T00:00:00Z",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(
+            "experiment \"Winback Experiment\" (conversions: a purchase within 7d after a message):"
+        ),
+        "{err}"
+    );
+    let row = |variant: &str| {
+        err.lines()
+            .find(|l| l.trim_start().starts_with(variant))
+            .map(|l| l.split_whitespace().skip(3).collect::<Vec<_>>())
+            .unwrap_or_else(|| panic!("no row {variant}: {err}"))
+    };
+    // entries, sent, held out, conversions, rate
+    assert_eq!(row("control / A"), ["1", "1", "0", "1", "100.0%"], "{err}");
+    assert_eq!(row("holdout / B"), ["1", "0", "1", "0", "0.0%"], "{err}");
+}

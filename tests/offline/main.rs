@@ -8,6 +8,7 @@ mod common;
 
 mod cli;
 mod codec;
+mod experiment;
 mod partition;
 mod properties;
 mod robustness;

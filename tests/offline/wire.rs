@@ -21,6 +21,7 @@ fn protobuf_and_json_transitions_agree() {
         root.join("config/winback-filter-coupon.toml"),
         root.join("config/examples/winback-exits.toml"),
         root.join("config/examples/winback-send-window.toml"),
+        root.join("config/examples/winback-experiment.toml"),
     ];
     let defs = Arc::new(
         winback::config::load_files(&files)
@@ -34,6 +35,25 @@ fn protobuf_and_json_transitions_agree() {
         let ev = wire::json::decode_event(line).expect("example events decode");
         let _ = sim.feed(&ev, &mut out);
     }
+    // A contact in the experiment example's holdout, mailed in September.
+    let held = (0..)
+        .map(|i| format!("h{i}"))
+        .find(|c| {
+            let d =
+                winback::domain::experiment::draw("2026-q1", "Winback Experiment", "holdout", c);
+            winback::domain::experiment::within(d, 0.1)
+        })
+        .expect("a held-out contact");
+    for line in [
+        format!(
+            r#"{{"event_id":"hs","name":"subscribe","contact_id":"{held}","list_id":"master","occurred_at":"2026-06-01T00:00:00Z"}}"#
+        ),
+        format!(
+            r#"{{"event_id":"ho","name":"checkout","contact_id":"{held}","occurred_at":"2026-06-02T00:00:00Z"}}"#
+        ),
+    ] {
+        let _ = sim.feed(&wire::json::decode_event(&line).expect("event"), &mut out);
+    }
     // An exit event for the exits example (bob waits from June 1).
     let refund = r#"{"event_id":"r1","name":"order_refunded","contact_id":"bob","occurred_at":"2026-06-02T00:00:00Z"}"#;
     let _ = sim.feed(&wire::json::decode_event(refund).expect("refund"), &mut out);
@@ -45,7 +65,7 @@ fn protobuf_and_json_transitions_agree() {
     let forget = r#"{"event_id":"f1","name":"forget","contact_id":"ann","occurred_at":"2027-01-02T00:00:00Z"}"#;
     let _ = sim.feed(&wire::json::decode_event(forget).expect("forget"), &mut out);
     assert!(out.len() > 40);
-    let (mut forgotten, mut held, mut exit_events) = (0, 0, 0);
+    let (mut forgotten, mut held, mut exit_events, mut splits, mut held_out) = (0, 0, 0, 0, 0);
     for t in &out {
         let j: serde_json::Value =
             serde_json::from_str(&wire::json::encode_transition(&defs, t)).expect("json");
@@ -85,6 +105,17 @@ fn protobuf_and_json_transitions_agree() {
                 assert_eq!(j.get("event").and_then(|e| e.as_str()), d.event.as_deref());
                 exit_events += usize::from(d.event.is_some());
             }
+            Detail::Split(d) => {
+                assert_eq!(
+                    (&j["variant"], &j["target_step"]),
+                    (&d.variant.into(), &d.target_step.into())
+                );
+                splits += 1;
+            }
+            Detail::HeldOut(d) => {
+                assert_eq!(j["message"], d.message);
+                held_out += 1;
+            }
             Detail::Held(d) => {
                 assert_eq!(j["until"], ts(&d.until));
                 assert_eq!(j["reason"], d.reason);
@@ -119,9 +150,9 @@ fn protobuf_and_json_transitions_agree() {
             }
         }
     }
-    assert_eq!(forgotten, 4, "one per conversation ann was in");
+    assert_eq!(forgotten, 5, "one per conversation ann was in");
     assert!(
-        held > 0 && exit_events > 0,
-        "held {held}, exit events {exit_events}"
+        held > 0 && exit_events > 0 && splits > 0 && held_out > 0,
+        "held {held}, exit events {exit_events}, splits {splits}, held out {held_out}"
     );
 }
