@@ -160,6 +160,15 @@ fn step(
     let (kind, label, detail, target) = match &s.kind {
         StepKind::Wait(d) if d.0 == 0 => ("wait", "No Wait".to_string(), None, None),
         StepKind::Wait(d) => ("wait", format!("Wait {d}"), None, None),
+        StepKind::CadenceWait(c) => (
+            "wait",
+            "Wait for the contact's cadence".to_string(),
+            Some(format!(
+                "mean gap between orders x {}, {} to {}; one order: {}",
+                c.factor, c.min, c.max, c.fallback
+            )),
+            None,
+        ),
         StepKind::Goto { target, filter } => {
             let to = conv.steps.get(*target as usize).map(|t| t.id.to_string());
             (

@@ -29,6 +29,7 @@ fn successors(c: &Conversation, s: StepIdx) -> Vec<StepIdx> {
 
 fn is_timed_wait(c: &Conversation, s: StepIdx) -> bool {
     matches!(c.steps[s as usize].kind, StepKind::Wait(d) if d.0 > 0)
+        || matches!(c.steps[s as usize].kind, StepKind::CadenceWait(_))
 }
 
 pub(super) fn check(
@@ -148,13 +149,15 @@ pub(super) fn check(
             continue;
         };
         let t = &c.threads[step.thread as usize];
-        let wait =
-            (t.first_step..si as StepIdx)
-                .rev()
-                .find_map(|p| match c.steps[p as usize].kind {
-                    StepKind::Wait(d) if d.0 > 0 => Some(d),
-                    _ => None,
-                });
+        let wait = (t.first_step..si as StepIdx)
+            .rev()
+            .find_map(|p| match c.steps[p as usize].kind {
+                StepKind::Wait(d) if d.0 > 0 => Some(Some(d)),
+                // Its length varies by contact: no X to check against.
+                StepKind::CadenceWait(_) => Some(None),
+                _ => None,
+            })
+            .flatten();
         if let Some(wait) = wait
             && offset != expected_offset(wait)
         {

@@ -781,7 +781,7 @@ fn compile_step(
     let at = |f: &str| format!("thread[{ti}].step[{si}].{f}");
     let kind = s.kind.get_ref().as_str();
     let allowed: &[&str] = match kind {
-        "wait" => &["duration"],
+        "wait" => &["duration", "cadence"],
         "goto" => &["target", "filter"],
         "action" => &[
             "action",
@@ -805,7 +805,7 @@ fn compile_step(
             return None;
         }
     };
-    let present: [(&str, Option<std::ops::Range<usize>>); 12] = [
+    let present: [(&str, Option<std::ops::Range<usize>>); 13] = [
         ("duration", s.duration.as_ref().map(Spanned::span)),
         ("target", s.target.as_ref().map(Spanned::span)),
         ("filter", s.filter.as_ref().map(Spanned::span)),
@@ -824,6 +824,7 @@ fn compile_step(
         ("message", s.message.as_ref().map(Spanned::span)),
         ("send_window", s.send_window.as_ref().map(Spanned::span)),
         ("branches", s.branches.as_ref().map(Spanned::span)),
+        ("cadence", s.cadence.as_ref().map(Spanned::span)),
     ];
     let mut ok = true;
     for (f, span) in present {
@@ -848,9 +849,21 @@ fn compile_step(
         ));
     };
     let kind = match kind {
-        "wait" => match &s.duration {
-            Some(d) => StepKind::Wait(parse_duration(src, d, at("duration"), diags)?),
-            None => {
+        "wait" => match (&s.duration, &s.cadence) {
+            (Some(d), None) => StepKind::Wait(parse_duration(src, d, at("duration"), diags)?),
+            (None, Some(c)) => {
+                StepKind::CadenceWait(compile_cadence(src, &at("cadence"), c, diags)?)
+            }
+            (Some(_), Some(c)) => {
+                diags.push(src.diag(
+                    Severity::Error,
+                    Some(c.span()),
+                    at("cadence"),
+                    "a wait has a fixed `duration` or a `cadence`, not both",
+                ));
+                return None;
+            }
+            (None, None) => {
                 missing("duration", diags);
                 return None;
             }
@@ -985,6 +998,57 @@ fn compile_step(
         _ => return None,
     };
     ok.then_some(kind)
+}
+
+/// A cadence wait's bounds: durations, `0 < min <= max`, a fallback of at
+/// least a minute, a positive factor.
+fn compile_cadence(
+    src: &Source<'_>,
+    at: &str,
+    raw: &Spanned<raw::RawCadence>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<crate::domain::definition::Cadence> {
+    let before = diags.len();
+    let r = raw.get_ref();
+    let dur = |name: &str, v: &str, diags: &mut Vec<Diagnostic>| {
+        let spanned = Spanned::new(raw.span(), v.to_string());
+        parse_duration(src, &spanned, format!("{at}.{name}"), diags)
+    };
+    let (min, max, fallback) = (
+        dur("min", &r.min, diags),
+        dur("max", &r.max, diags),
+        dur("fallback", &r.fallback, diags),
+    );
+    let mut err = |f: &str, msg: &str| {
+        diags.push(src.diag(Severity::Error, Some(raw.span()), format!("{at}.{f}"), msg));
+    };
+    let factor = r.factor.unwrap_or(1.0);
+    if !(factor.is_finite() && factor > 0.0) {
+        err(
+            "factor",
+            "must be a number above 0 (1 waits the contact's mean gap between orders)",
+        );
+    }
+    if let (Some(lo), Some(hi)) = (min, max) {
+        if lo.0 <= 0 {
+            err("min", "must be longer than 0");
+        }
+        if lo > hi {
+            err("min", "is longer than `max`");
+        }
+    }
+    if fallback.is_some_and(|f| f.0 < crate::domain::time::MINUTE_MS) {
+        err("fallback", "must be at least 1m");
+    }
+    if diags.len() != before {
+        return None;
+    }
+    Some(crate::domain::definition::Cadence {
+        factor,
+        min: min?,
+        max: max?,
+        fallback: fallback?,
+    })
 }
 
 /// A split step's branches: named, each name once, weights from 1, targets

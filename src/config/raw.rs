@@ -103,6 +103,18 @@ pub struct RawStep {
     pub message: Option<Spanned<String>>,
     pub send_window: Option<Spanned<RawSendWindow>>,
     pub branches: Option<Spanned<Vec<RawBranch>>>,
+    pub cadence: Option<Spanned<RawCadence>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCadence {
+    /// Default 1: the expected date of the next order.
+    pub factor: Option<f64>,
+    pub min: String,
+    pub max: String,
+    /// For a contact with fewer than two orders.
+    pub fallback: String,
 }
 
 #[derive(Debug, Deserialize)]

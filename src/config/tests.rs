@@ -385,6 +385,62 @@ fn profile_filters_and_profile_events_compile_and_are_checked() {
 }
 
 #[test]
+fn cadence_waits_compile_and_are_checked() {
+    use crate::domain::definition::Cadence;
+    let with = |c: &str| GOOD.replace("duration = \"90d\"", &format!("cadence = {c}"));
+    let l = load(&with(
+        "{ factor = 1.5, min = \"7d\", max = \"365d\", fallback = \"90d\" }",
+    ))
+    .expect("valid");
+    let StepKind::CadenceWait(c) = &l.definitions.conversations[0].steps[0].kind else {
+        panic!()
+    };
+    assert_eq!(
+        *c,
+        Cadence {
+            factor: 1.5,
+            min: Duration(7 * DAY_MS),
+            max: Duration(365 * DAY_MS),
+            fallback: Duration(90 * DAY_MS)
+        }
+    );
+    for (c, field, why) in [
+        (
+            "{ factor = 0, min = \"7d\", max = \"9d\", fallback = \"9d\" }",
+            "cadence.factor",
+            "above 0",
+        ),
+        (
+            "{ min = \"9d\", max = \"7d\", fallback = \"9d\" }",
+            "cadence.min",
+            "longer than `max`",
+        ),
+        (
+            "{ min = \"0\", max = \"7d\", fallback = \"9d\" }",
+            "cadence.min",
+            "longer than 0",
+        ),
+        (
+            "{ min = \"1d\", max = \"7d\", fallback = \"soon\" }",
+            "cadence.fallback",
+            "bad duration",
+        ),
+    ] {
+        let errs = messages(load(&with(c)));
+        assert!(
+            errs.iter()
+                .any(|e| e.contains(&format!("thread[0].step[0].{field}")) && e.contains(why)),
+            "{c}: {errs:?}"
+        );
+    }
+    let both = GOOD.replace(
+        "duration = \"90d\"",
+        "duration = \"90d\"\ncadence = { min = \"1d\", max = \"7d\", fallback = \"9d\" }",
+    );
+    assert!(messages(load(&both)).iter().any(|e| e.contains("not both")));
+}
+
+#[test]
 fn send_windows_and_time_zones_compile_and_are_checked() {
     use crate::domain::window::SendWindow;
     let text = GOOD.replace(

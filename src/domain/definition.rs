@@ -244,6 +244,8 @@ pub struct Step {
 #[derive(Debug, Clone)]
 pub enum StepKind {
     Wait(Duration),
+    /// A wait as long as the contact's own cadence (see [`Cadence`]).
+    CadenceWait(Cadence),
     Goto {
         target: StepIdx,
         filter: Option<Filter>,
@@ -265,6 +267,31 @@ pub enum StepKind {
         /// The step's `send_window`, else the conversation's.
         window: Option<super::window::SendWindow>,
     },
+}
+
+/// A wait derived from the contact's order history: its mean gap between
+/// orders times `factor`, within `[min, max]`; `fallback` for a contact with
+/// fewer than two orders.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cadence {
+    pub factor: f64,
+    pub min: Duration,
+    pub max: Duration,
+    pub fallback: Duration,
+}
+
+impl Cadence {
+    pub fn duration(&self, orders: &super::state::OrderStats) -> Duration {
+        match orders.mean_gap() {
+            None => self.fallback,
+            Some(gap) => {
+                // Whole milliseconds of an exact product: the same on every machine.
+                let d = (gap.0 as f64 * self.factor).round();
+                let d = if d.is_finite() { d as i64 } else { self.max.0 };
+                Duration(d.clamp(self.min.0, self.max.0))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -321,8 +321,8 @@ pub fn filter_matches(f: &Filter, st: &ContactState, now: Timestamp) -> bool {
     {
         return false;
     }
-    if f.min_orders.is_some_and(|m| orders.count < m)
-        || f.max_orders.is_some_and(|m| orders.count > m)
+    if f.min_orders.is_some_and(|m| u64::from(orders.count) < m)
+        || f.max_orders.is_some_and(|m| u64::from(orders.count) > m)
     {
         return false;
     }
@@ -572,8 +572,13 @@ impl Run<'_> {
             next = self.conv.next_in_thread(s);
             match &self.conv.steps[s as usize].kind {
                 StepKind::Wait(d) if d.0 == 0 => {}
-                StepKind::Wait(d) => {
-                    let expires_at = at.saturating_add(*d);
+                StepKind::Wait(_) | StepKind::CadenceWait(_) => {
+                    let d = match &self.conv.steps[s as usize].kind {
+                        StepKind::CadenceWait(c) => c.duration(&self.st.orders),
+                        StepKind::Wait(d) => *d,
+                        _ => unreachable!("matched a wait"),
+                    };
+                    let expires_at = at.saturating_add(d);
                     e.waiting_until = expires_at.into();
                     self.emit(&mut e, at, pos, TransitionKind::WaitStarted { expires_at });
                     self.fx.timers.push(TimerChange::Set {

@@ -35,18 +35,29 @@ pub enum CodecError {
 
 fn orders_to_pb(o: &OrderStats) -> pb::OrderStatsRecord {
     pb::OrderStatsRecord {
-        count: o.count,
+        count: u64::from(o.count),
         total_cents: o.total_cents,
         last_order_at_ms: o.last_order_at.get().map(|t| t.0),
+        first_order_at_ms: o.first_order_at().map(|t| t.0),
     }
 }
 
 fn orders_from_pb(o: Option<pb::OrderStatsRecord>) -> Result<OrderStats, CodecError> {
     let o = o.unwrap_or_default();
+    let last_order_at = time_from_pb("last_order_at_ms", o.last_order_at_ms)?;
+    // A state written before the first order was kept knows no gap:
+    // cadence waits use their fallback for it.
+    let span_secs = match (last_order_at.get(), o.first_order_at_ms) {
+        (Some(l), Some(f)) => u32::try_from(l.0.saturating_sub(f).max(0) / 1000)
+            .unwrap_or(crate::domain::state::UNKNOWN_SPAN),
+        (Some(_), None) => crate::domain::state::UNKNOWN_SPAN,
+        (None, _) => 0,
+    };
     Ok(OrderStats {
-        count: o.count,
+        count: u32::try_from(o.count).unwrap_or(u32::MAX),
+        span_secs,
         total_cents: o.total_cents,
-        last_order_at: time_from_pb("last_order_at_ms", o.last_order_at_ms)?,
+        last_order_at,
     })
 }
 

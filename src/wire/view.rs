@@ -180,7 +180,7 @@ fn facts<'a>(defs: &'a Definitions, step: Option<&'a Step>) -> StepFacts<'a> {
             f.outcome = when_exhausted.as_str();
         }
         Some(StepKind::Message { message, .. }) => f.message = message,
-        Some(StepKind::Split { .. }) | None => {}
+        Some(StepKind::Split { .. } | StepKind::CadenceWait(_)) | None => {}
     }
     f
 }
@@ -216,7 +216,11 @@ pub fn view<'a>(defs: &'a Definitions, t: &'a Transition) -> View<'a> {
         }
         TransitionKind::WaitStarted { expires_at } => Detail::WaitStarted {
             expires_at: *expires_at,
-            duration: f.wait,
+            // A cadence wait's length is the contact's: the span it set.
+            duration: match step.map(|s| &s.kind) {
+                Some(StepKind::CadenceWait(_)) => Duration(expires_at.0.saturating_sub(t.at.0)),
+                _ => f.wait,
+            },
         },
         TransitionKind::Goto { taken } => {
             let (target_thread, target_step) = f.target.map_or(("", ""), |s| step_at(conv, s));

@@ -207,3 +207,25 @@ fn a_dedup_ring_is_read_from_its_oldest_slot() {
         Err(CodecError::Invalid(_))
     ));
 }
+
+/// A state stored before the first order was kept (no `first_order_at_ms`)
+/// reads with no known gap: its cadence waits use their fallback. One
+/// stored with it gives the gap back.
+#[test]
+fn a_state_without_its_first_order_knows_no_gap() {
+    let defs = load(&["config/winback-90d.toml"]);
+    let (_, bytes, st) = states(&defs, &events(&[(1, 0, 3), (1, 48, 3), (1, 96, 3)]), 10).remove(0);
+    assert_eq!(st.orders.count, 3);
+    assert_eq!(
+        st.orders.mean_gap(),
+        Some(winback::domain::Duration(48 * HOUR_MS))
+    );
+    assert_eq!(
+        codec::decode(&defs, &bytes).unwrap().orders.mean_gap(),
+        st.orders.mean_gap()
+    );
+    let mut r = pb::ContactStateRecord::decode(bytes.as_slice()).expect("record");
+    r.orders.as_mut().expect("orders").first_order_at_ms = None;
+    let old = codec::decode(&defs, &r.encode_to_vec()).expect("an older state reads");
+    assert_eq!((old.orders.count, old.orders.mean_gap()), (3, None));
+}

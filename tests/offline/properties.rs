@@ -601,3 +601,42 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// The cadence example's waits: a contact's first order waits the
+    /// fallback; later ones wait the mean gap of the orders folded so far
+    /// (first to last, over the gaps) times 1.5, within 7 days and a year.
+    #[test]
+    fn cadence_waits_follow_the_orders_folded_so_far(evs in arb_events(50, false)) {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/examples/winback-cadence.toml");
+        let defs = Arc::new(winback::config::load_files(&[path]).expect("valid").definitions);
+        let mut sim = Simulator::new(defs.clone());
+        let mut out = Vec::new();
+        let mut orders: HashMap<String, Vec<i64>> = HashMap::new();
+        for ev in stream(&evs) {
+            sim.advance_to(ev.occurred_at, &mut out);
+            out.clear();
+            let fresh = sim.feed(&ev, &mut out).expect("valid") == winback::domain::Folded::Applied;
+            if ev.name == "checkout" && fresh {
+                orders.entry(ev.contact_id.clone()).or_default().push(ev.occurred_at.0);
+            }
+            for t in &out {
+                if let TransitionKind::WaitStarted { expires_at } = t.kind {
+                    let seen = &orders[&*t.contact];
+                    let (lo, hi) = (seen.iter().min().unwrap(), seen.iter().max().unwrap());
+                    // Spans are kept to the second.
+                    let span = (hi - lo) / 1000 * 1000;
+                    let want = if seen.len() < 2 {
+                        90 * DAY_MS
+                    } else {
+                        ((span / (seen.len() as i64 - 1)) as f64 * 1.5).round() as i64
+                    }
+                    .clamp(if seen.len() < 2 { 0 } else { 7 * DAY_MS }, if seen.len() < 2 { i64::MAX } else { 365 * DAY_MS });
+                    prop_assert_eq!(expires_at.0 - t.at.0, want, "{} after {:?}", t.contact, seen);
+                }
+            }
+        }
+    }
+}
