@@ -210,7 +210,9 @@ fn step(
                 .collect();
             ("split", "Split".to_string(), Some(parts.join(", ")), None)
         }
-        StepKind::Message { message, window } => (
+        StepKind::Message {
+            message, window, ..
+        } => (
             "message",
             format!("Message {message}"),
             window.map(|w| describe_window(&w, conv)),

@@ -2,6 +2,7 @@
 //! everything first, reporting every problem with its file, line and field; the
 //! engine only ever sees definitions that passed.
 
+mod cap;
 pub mod diagnostic;
 pub mod engine;
 mod events;
@@ -168,12 +169,12 @@ pub fn load_texts(inputs: &[(&Path, &str)], read: ReadFile<'_>) -> Result<Loaded
                     "conversation",
                     "threads need a [conversation] table",
                 ));
-            } else if raw.coupon_pool.is_empty() {
+            } else if raw.coupon_pool.is_empty() && raw.frequency_cap.is_none() {
                 diags.push(src.diag(
                     Severity::Error,
                     None,
                     "",
-                    "the file declares no [conversation] and no [[coupon_pool]]",
+                    "the file declares no [conversation], [[coupon_pool]] or [frequency_cap]",
                 ));
             }
             continue;
@@ -234,20 +235,24 @@ pub fn load_texts(inputs: &[(&Path, &str)], read: ReadFile<'_>) -> Result<Loaded
         }
     }
 
+    let frequency_cap = cap::compile(&parsed, &mut diags);
+
     diags.sort_by(|a, b| {
         (&a.file, a.line, a.column, a.severity).cmp(&(&b.file, b.line, b.column, b.severity))
     });
     if diags.iter().any(|d| d.severity == Severity::Error) {
         return Err(Invalid { diagnostics: diags });
     }
+    let mut definitions = Definitions::new(
+        conversations,
+        pools,
+        purchase.into_iter().collect(),
+        subscribe.into_iter().collect(),
+        unsubscribe.into_iter().collect(),
+    );
+    definitions.frequency_cap = frequency_cap;
     Ok(Loaded {
-        definitions: Definitions::new(
-            conversations,
-            pools,
-            purchase.into_iter().collect(),
-            subscribe.into_iter().collect(),
-            unsubscribe.into_iter().collect(),
-        ),
+        definitions,
         warnings: diags,
     })
 }
@@ -791,7 +796,7 @@ fn compile_step(
             "valid_for",
             "when_exhausted",
         ],
-        "message" => &["message", "send_window"],
+        "message" => &["message", "send_window", "when_capped"],
         "split" => &["branches"],
         other => {
             diags.push(src.diag(
@@ -805,7 +810,7 @@ fn compile_step(
             return None;
         }
     };
-    let present: [(&str, Option<std::ops::Range<usize>>); 13] = [
+    let present: [(&str, Option<std::ops::Range<usize>>); 14] = [
         ("duration", s.duration.as_ref().map(Spanned::span)),
         ("target", s.target.as_ref().map(Spanned::span)),
         ("filter", s.filter.as_ref().map(Spanned::span)),
@@ -825,6 +830,7 @@ fn compile_step(
         ("send_window", s.send_window.as_ref().map(Spanned::span)),
         ("branches", s.branches.as_ref().map(Spanned::span)),
         ("cadence", s.cadence.as_ref().map(Spanned::span)),
+        ("when_capped", s.when_capped.as_ref().map(Spanned::span)),
     ];
     let mut ok = true;
     for (f, span) in present {
@@ -988,6 +994,22 @@ fn compile_step(
                 window: match &s.send_window {
                     Some(w) => Some(window::compile(src, w, &at("send_window"), diags)?),
                     None => default_window,
+                },
+                when_capped: match &s.when_capped {
+                    None => crate::domain::definition::CapOutcome::Suppress,
+                    Some(w) => match w.get_ref().as_str() {
+                        "suppress" => crate::domain::definition::CapOutcome::Suppress,
+                        "wait" => crate::domain::definition::CapOutcome::Wait,
+                        other => {
+                            diags.push(src.diag(
+                                Severity::Error,
+                                Some(w.span()),
+                                at("when_capped"),
+                                format!("{other:?}: use \"suppress\" or \"wait\""),
+                            ));
+                            return None;
+                        }
+                    },
                 },
             },
             None => {

@@ -12,6 +12,15 @@ pub struct RawFile {
     pub thread: Vec<Spanned<RawThread>>,
     #[serde(default)]
     pub coupon_pool: Vec<Spanned<RawPool>>,
+    /// At most one among the loaded files.
+    pub frequency_cap: Option<Spanned<RawCap>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCap {
+    pub messages: u32,
+    pub per: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +113,8 @@ pub struct RawStep {
     pub send_window: Option<Spanned<RawSendWindow>>,
     pub branches: Option<Spanned<Vec<RawBranch>>>,
     pub cadence: Option<Spanned<RawCadence>>,
+    /// `suppress` (default) or `wait`.
+    pub when_capped: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -519,3 +519,76 @@ fn send_windows_and_time_zones_compile_and_are_checked() {
         );
     }
 }
+
+#[test]
+fn a_frequency_cap_is_one_table_checked_with_its_field() {
+    use crate::domain::definition::{CapOutcome, FrequencyCap};
+    let load_two = |a: &str, b: &str| {
+        let (a, b) = (a.to_string(), b.to_string());
+        load_texts(
+            &[
+                (Path::new("conv.toml"), a.as_str()),
+                (Path::new("cap.toml"), b.as_str()),
+            ],
+            &|_p: &Path| Ok("A\nB\n".to_string()),
+        )
+    };
+    let with_wait = GOOD.replace(
+        "message = \"Winback Message\"",
+        "message = \"Winback Message\"\nwhen_capped = \"wait\"",
+    );
+    let l = load_two(&with_wait, "[frequency_cap]\nmessages = 2\nper = \"3d\"\n").expect("valid");
+    assert_eq!(
+        l.definitions.frequency_cap,
+        Some(FrequencyCap {
+            messages: 2,
+            per: Duration(3 * DAY_MS)
+        })
+    );
+    let StepKind::Message { when_capped, .. } = &l.definitions.conversations[0].steps[1].kind
+    else {
+        panic!()
+    };
+    assert_eq!(*when_capped, CapOutcome::Wait);
+    for (cap, field, why) in [
+        (
+            "[frequency_cap]\nmessages = 0\nper = \"7d\"\n",
+            "frequency_cap.messages",
+            "1 to 16",
+        ),
+        (
+            "[frequency_cap]\nmessages = 1\nper = \"0\"\n",
+            "frequency_cap.per",
+            "longer than 0",
+        ),
+        (
+            "[frequency_cap]\nmessages = 1\nper = \"7d\"\nscope = \"all\"\n",
+            "",
+            "unknown field `scope`",
+        ),
+    ] {
+        let errs = messages(load_two(GOOD, cap));
+        assert!(
+            errs.iter().any(|e| e.contains(field) && e.contains(why)),
+            "{cap}: {errs:?}"
+        );
+    }
+    let twice = format!("{GOOD}\n[frequency_cap]\nmessages = 1\nper = \"7d\"\n");
+    let errs = messages(load_two(
+        &twice,
+        "[frequency_cap]\nmessages = 1\nper = \"7d\"\n",
+    ));
+    assert!(
+        errs.iter().any(|e| e.contains("already declared in")),
+        "{errs:?}"
+    );
+    let errs = messages(load(&GOOD.replace(
+        "message = \"Winback Message\"",
+        "message = \"Winback Message\"\nwhen_capped = \"later\"",
+    )));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("when_capped") && e.contains("\"suppress\" or \"wait\"")),
+        "{errs:?}"
+    );
+}

@@ -23,6 +23,9 @@ pub type PoolIdx = u32;
 pub struct Definitions {
     pub conversations: Vec<Conversation>,
     pub pools: Vec<PoolDef>,
+    /// At most this many messages per contact over all conversations
+    /// (`[frequency_cap]`); none when absent.
+    pub frequency_cap: Option<FrequencyCap>,
     /// Union of every conversation's `purchase_events`: behaviour (last order date,
     /// order count, total spent) is kept per contact, not per conversation.
     pub purchase_events: Vec<String>,
@@ -154,6 +157,7 @@ impl Definitions {
             routes,
             route_index,
             coupon_fields,
+            frequency_cap: None,
         }
     }
 
@@ -266,7 +270,28 @@ pub enum StepKind {
         message: Arc<str>,
         /// The step's `send_window`, else the conversation's.
         window: Option<super::window::SendWindow>,
+        /// What a message over the frequency cap does.
+        when_capped: CapOutcome,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrequencyCap {
+    /// At most this many (1 to [`MAX_CAPPED_MESSAGES`]) ...
+    pub messages: u32,
+    /// ... in any span this long.
+    pub per: Duration,
+}
+
+/// The largest `messages` of a cap: the state keeps that many send instants.
+pub const MAX_CAPPED_MESSAGES: u32 = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapOutcome {
+    /// `suppressed`, reason `frequency_cap`: the entry goes on without it.
+    Suppress,
+    /// `held` until the cap allows it, then the step runs again.
+    Wait,
 }
 
 /// A wait derived from the contact's order history: its mean gap between

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use super::coupon::{CouponPools, Take};
 use super::definition::{
-    ConvIdx, Conversation, Definitions, EntryPolicy, ExhaustedOutcome, Filter, Route, RouteIdx,
-    StepIdx, StepKind, ThreadIdx,
+    CapOutcome, ConvIdx, Conversation, Definitions, EntryPolicy, ExhaustedOutcome, Filter, Route,
+    RouteIdx, StepIdx, StepKind, ThreadIdx,
 };
 use super::event::{Event, EventError};
 use super::experiment;
@@ -382,6 +382,31 @@ impl Run<'_> {
         }
     }
 
+    /// With a frequency cap that the contact reached: when it allows the
+    /// next message (its oldest counted send plus the cap's span).
+    fn capped_until(&self, at: Timestamp) -> Option<Timestamp> {
+        let cap = self.engine.defs.frequency_cap?;
+        let sends = self.st.fields.sends();
+        let n = cap.messages as usize;
+        // The n-th latest send: within the span, the cap is reached.
+        let nth = sends.len().checked_sub(n).map(|i| sends[i])?;
+        let until = nth.saturating_add(cap.per);
+        (until > at).then_some(until)
+    }
+
+    /// Keeps a send's instant for the frequency cap (the last `messages`).
+    fn log_send(&mut self, at: Timestamp) {
+        let Some(cap) = self.engine.defs.frequency_cap else {
+            return;
+        };
+        let mut log: Vec<Timestamp> = self.st.fields.sends().to_vec();
+        log.push(at);
+        log.sort();
+        let keep = log.len().saturating_sub(cap.messages as usize);
+        log.drain(..keep);
+        self.st.fields = self.st.fields.with_sends(Some(log.into_boxed_slice()));
+    }
+
     /// Whether the contact is in the conversation's holdout.
     fn held_out(&self) -> bool {
         self.conv.holdout > 0.0
@@ -661,7 +686,11 @@ impl Run<'_> {
                         }
                     }
                 },
-                StepKind::Message { window, .. } => {
+                StepKind::Message {
+                    window,
+                    when_capped,
+                    ..
+                } => {
                     let gate =
                         self.conv
                             .list
@@ -692,11 +721,30 @@ impl Run<'_> {
                                 });
                                 return Some(e);
                             }
-                            if self.held_out() {
-                                TransitionKind::HeldOut
-                            } else {
-                                TransitionKind::Send {
-                                    fields: self.st.fields.clone(),
+                            match self.capped_until(at) {
+                                Some(until) if *when_capped == CapOutcome::Wait => {
+                                    e.waiting_until = until.into();
+                                    let held = TransitionKind::Held {
+                                        until,
+                                        reason: HoldReason::FrequencyCap,
+                                    };
+                                    self.emit(&mut e, at, pos, held);
+                                    self.fx.timers.push(TimerChange::Set {
+                                        conversation: self.ci,
+                                        entry: e.seq,
+                                        at: until,
+                                    });
+                                    return Some(e);
+                                }
+                                Some(_) => TransitionKind::Suppressed {
+                                    reason: SuppressReason::FrequencyCap,
+                                },
+                                None if self.held_out() => TransitionKind::HeldOut,
+                                None => {
+                                    self.log_send(at);
+                                    TransitionKind::Send {
+                                        fields: self.st.fields.clone(),
+                                    }
                                 }
                             }
                         }

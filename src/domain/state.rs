@@ -44,8 +44,16 @@ impl fmt::Display for FieldValue {
 /// (short) list and a send costs a reference count. A thin pointer (the
 /// length lives in the allocation): one word in every contact's state
 /// instead of two.
+///
+/// The allocation's header keeps the instants of the contact's last messages
+/// (only with a frequency cap): in the state, one word more would cost a
+/// cache line per contact.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Fields(Option<ThinArc<(), Field>>);
+pub struct Fields(Option<ThinArc<SendLog, Field>>);
+
+/// The instants of a contact's last sends, oldest first; empty without a
+/// frequency cap.
+pub type SendLog = Option<Box<[Timestamp]>>;
 
 /// A profile field: name and value.
 pub type Field = (Arc<str>, FieldValue);
@@ -56,13 +64,33 @@ impl From<Vec<Field>> for Fields {
         v.reverse();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v.dedup_by(|later, first| later.0 == first.0);
-        Fields((!v.is_empty()).then(|| ThinArc::from_header_and_iter((), v.into_iter())))
+        Fields((!v.is_empty()).then(|| ThinArc::from_header_and_iter(None, v.into_iter())))
     }
 }
 
 impl Fields {
     pub fn as_slice(&self) -> &[Field] {
         self.0.as_ref().map_or(&[], |a| &a.slice)
+    }
+
+    /// The instants of the contact's last sends, oldest first.
+    pub fn sends(&self) -> &[Timestamp] {
+        self.0
+            .as_ref()
+            .and_then(|a| a.header.header.as_deref())
+            .unwrap_or(&[])
+    }
+
+    /// The same fields with `sends` as the send log.
+    pub fn with_sends(&self, sends: SendLog) -> Fields {
+        let sends = sends.filter(|s| !s.is_empty());
+        if sends.is_none() && self.as_slice().is_empty() {
+            return Fields(None);
+        }
+        Fields(Some(ThinArc::from_header_and_iter(
+            sends,
+            self.as_slice().iter().cloned(),
+        )))
     }
 
     pub fn get(&self, name: &str) -> Option<&FieldValue> {
@@ -108,7 +136,8 @@ impl Fields {
                 (Arc::clone(n), v)
             }
         });
-        self.0 = Some(ThinArc::from_header_and_iter((), fields));
+        let log = self.0.as_ref().and_then(|a| a.header.header.clone());
+        self.0 = Some(ThinArc::from_header_and_iter(log, fields));
     }
 }
 
@@ -300,7 +329,8 @@ impl ContactState {
                 },
             )
         }));
-        self.fields = Fields::from(all);
+        let log: SendLog = (!self.fields.sends().is_empty()).then(|| self.fields.sends().into());
+        self.fields = Fields::from(all).with_sends(log);
         true
     }
 

@@ -86,12 +86,15 @@ pub enum TransitionKind {
 pub enum HoldReason {
     /// Outside the step's send window in the contact's time zone.
     SendWindow,
+    /// The frequency cap allows the message only later (`when_capped = "wait"`).
+    FrequencyCap,
 }
 
 impl HoldReason {
     pub fn as_str(self) -> &'static str {
         match self {
             HoldReason::SendWindow => "send_window",
+            HoldReason::FrequencyCap => "frequency_cap",
         }
     }
 }
@@ -159,6 +162,8 @@ pub enum SuppressReason {
     Unsubscribed,
     /// No subscription event for the list was ever seen for the contact.
     NotSubscribed,
+    /// The contact got as many messages as the frequency cap allows lately.
+    FrequencyCap,
 }
 
 impl SuppressReason {
@@ -166,6 +171,7 @@ impl SuppressReason {
         match self {
             SuppressReason::Unsubscribed => "unsubscribed",
             SuppressReason::NotSubscribed => "not_subscribed",
+            SuppressReason::FrequencyCap => "frequency_cap",
         }
     }
 }

@@ -115,6 +115,7 @@ pub fn encode(defs: &Definitions, st: &ContactState) -> Vec<u8> {
                 }),
             })
             .collect(),
+        sent_at_ms: st.fields.sends().iter().map(|t| t.0).collect(),
         conversations: st
             .conversations
             .iter()
@@ -240,7 +241,8 @@ pub fn decode(defs: &Definitions, bytes: &[u8]) -> Result<ContactState, CodecErr
                 at: Timestamp(s.at_ms),
             })
             .collect(),
-        fields: Fields::from(fields),
+        fields: Fields::from(fields)
+            .with_sends(Some(r.sent_at_ms.iter().map(|&ms| Timestamp(ms)).collect())),
         conversations,
     })
 }

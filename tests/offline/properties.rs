@@ -640,3 +640,38 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// With a frequency cap over both seeds (one message per 7 days, or two
+    /// per 3 days), no contact is ever sent more than the cap allows in any
+    /// span of that length, whatever the purchases and their arrival order;
+    /// and without the cap the same stream sends at least as much.
+    #[test]
+    fn never_more_messages_than_the_cap_in_any_window(evs in arb_events(60, false)) {
+        use winback::domain::definition::FrequencyCap;
+        let events = stream(&evs);
+        for (messages, per_days) in [(1u32, 7i64), (2, 3)] {
+            let mut defs = (*both_seeds()).clone();
+            defs.frequency_cap = Some(FrequencyCap { messages, per: winback::domain::Duration(per_days * DAY_MS) });
+            let defs = Arc::new(defs);
+            let all = run(&defs, &events, |_, _| {});
+            let mut by_contact: HashMap<&str, Vec<i64>> = HashMap::new();
+            for t in &all {
+                if matches!(t.kind, TransitionKind::Send { .. }) {
+                    by_contact.entry(&t.contact).or_default().push(t.at.0);
+                }
+            }
+            for (c, mut at) in by_contact {
+                at.sort();
+                for w in at.windows(messages as usize + 1) {
+                    prop_assert!(w[messages as usize] - w[0] >= per_days * DAY_MS, "{}: {:?}", c, at);
+                }
+            }
+            let uncapped = run(&both_seeds(), &events, |_, _| {});
+            let count = |ts: &[Transition]| ts.iter().filter(|t| matches!(t.kind, TransitionKind::Send { .. })).count();
+            prop_assert!(count(&uncapped) >= count(&all));
+        }
+    }
+}
