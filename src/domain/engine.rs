@@ -382,6 +382,26 @@ impl Run<'_> {
         }
     }
 
+    /// Holds the entry at its message step until `until`, when the step
+    /// runs again.
+    fn hold(
+        &mut self,
+        mut e: Entry,
+        at: Timestamp,
+        pos: Option<StepIdx>,
+        until: Timestamp,
+        reason: HoldReason,
+    ) -> Entry {
+        e.waiting_until = until.into();
+        self.emit(&mut e, at, pos, TransitionKind::Held { until, reason });
+        self.fx.timers.push(TimerChange::Set {
+            conversation: self.ci,
+            entry: e.seq,
+            at: until,
+        });
+        e
+    }
+
     /// With a frequency cap that the contact reached: when it allows the
     /// next message (its oldest counted send plus the cap's span).
     fn capped_until(&self, at: Timestamp) -> Option<Timestamp> {
@@ -708,33 +728,17 @@ impl Run<'_> {
                                 && let Some(open) = w.next_open(self.zone(), at)
                                 && open > at
                             {
-                                e.waiting_until = open.into();
-                                let held = TransitionKind::Held {
-                                    until: open,
-                                    reason: HoldReason::SendWindow,
-                                };
-                                self.emit(&mut e, at, pos, held);
-                                self.fx.timers.push(TimerChange::Set {
-                                    conversation: self.ci,
-                                    entry: e.seq,
-                                    at: open,
-                                });
-                                return Some(e);
+                                return Some(self.hold(e, at, pos, open, HoldReason::SendWindow));
                             }
                             match self.capped_until(at) {
                                 Some(until) if *when_capped == CapOutcome::Wait => {
-                                    e.waiting_until = until.into();
-                                    let held = TransitionKind::Held {
+                                    return Some(self.hold(
+                                        e,
+                                        at,
+                                        pos,
                                         until,
-                                        reason: HoldReason::FrequencyCap,
-                                    };
-                                    self.emit(&mut e, at, pos, held);
-                                    self.fx.timers.push(TimerChange::Set {
-                                        conversation: self.ci,
-                                        entry: e.seq,
-                                        at: until,
-                                    });
-                                    return Some(e);
+                                        HoldReason::FrequencyCap,
+                                    ));
                                 }
                                 Some(_) => TransitionKind::Suppressed {
                                     reason: SuppressReason::FrequencyCap,
