@@ -65,7 +65,9 @@ pub fn view(
             let v = match v {
                 FieldValue::Text(t) => Value::String(t.to_string()),
                 FieldValue::Time(t) => Value::String(t.to_string()),
-                FieldValue::Attribute { text, at } => json!({"value": text.as_ref(), "set_at": at.to_string()}),
+                FieldValue::Attribute(a) => {
+                    json!({"value": &*a.text, "set_at": a.at.to_string()})
+                }
             };
             (k.to_string(), v)
         }).collect::<serde_json::Map<_, _>>(),

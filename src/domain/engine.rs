@@ -22,6 +22,7 @@ use super::state::{ContactState, Entry, FieldValue, OrderStats};
 use super::time::{MaybeTimestamp, Timestamp};
 use super::transition::{ExitReason, HoldReason, SuppressReason, Transition, TransitionKind};
 use smallvec::SmallVec;
+use triomphe::ThinArc;
 
 /// Valid definitions never run this many steps without a wait (GoTo loops without
 /// a wait are rejected); the guard turns a bug into an `exited` instead of a hang.
@@ -274,14 +275,18 @@ pub fn check_state_limits(st: &ContactState, ev: &Event, route: &Route) -> Resul
     {
         return Err(EventError::TooManyLists(st.subscriptions.len()));
     }
-    let fields = st.fields.as_slice().len();
-    let added = ev
-        .attributes
-        .iter()
-        .filter(|(k, _)| st.fields.get(k).is_none())
-        .count();
-    if added > 0 && fields + added > super::event::MAX_FIELDS_PER_CONTACT {
-        return Err(EventError::TooManyFields(fields));
+    // Only with attributes: the fields are a pointer away, and most events
+    // carry none.
+    if !ev.attributes.is_empty() {
+        let fields = st.fields.as_slice().len();
+        let added = ev
+            .attributes
+            .iter()
+            .filter(|(k, _)| st.fields.get(k).is_none())
+            .count();
+        if added > 0 && fields + added > super::event::MAX_FIELDS_PER_CONTACT {
+            return Err(EventError::TooManyFields(fields));
+        }
     }
     Ok(())
 }
@@ -424,7 +429,10 @@ impl Run<'_> {
         log.sort();
         let keep = log.len().saturating_sub(cap.messages as usize);
         log.drain(..keep);
-        self.st.fields = self.st.fields.with_sends(Some(log.into_boxed_slice()));
+        self.st.fields = self
+            .st
+            .fields
+            .with_sends(Some(ThinArc::from_header_and_iter((), log.into_iter())));
     }
 
     /// Whether the contact is in the conversation's holdout.

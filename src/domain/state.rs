@@ -21,11 +21,15 @@ pub enum FieldValue {
     Text(Arc<str>),
     Time(Timestamp),
     /// Set by an event's `attributes`, with the event's time: an update
-    /// stamped earlier (arriving late) does not replace it.
-    Attribute {
-        text: Arc<str>,
-        at: Timestamp,
-    },
+    /// stamped earlier (arriving late) does not replace it. Behind one
+    /// pointer, so a field stays as small as a coupon code's.
+    Attribute(Arc<Attribute>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attribute {
+    pub text: Box<str>,
+    pub at: Timestamp,
 }
 
 impl fmt::Display for FieldValue {
@@ -33,7 +37,7 @@ impl fmt::Display for FieldValue {
         match self {
             FieldValue::Text(s) => f.write_str(s),
             FieldValue::Time(t) => write!(f, "{t}"),
-            FieldValue::Attribute { text, .. } => f.write_str(text),
+            FieldValue::Attribute(a) => f.write_str(&a.text),
         }
     }
 }
@@ -51,9 +55,9 @@ impl fmt::Display for FieldValue {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Fields(Option<ThinArc<SendLog, Field>>);
 
-/// The instants of a contact's last sends, oldest first; empty without a
-/// frequency cap.
-pub type SendLog = Option<Box<[Timestamp]>>;
+/// The instants of a contact's last sends, oldest first; none without a
+/// frequency cap. A thin pointer: every fields allocation carries it.
+pub type SendLog = Option<ThinArc<(), Timestamp>>;
 
 /// A profile field: name and value.
 pub type Field = (Arc<str>, FieldValue);
@@ -77,13 +81,18 @@ impl Fields {
     pub fn sends(&self) -> &[Timestamp] {
         self.0
             .as_ref()
-            .and_then(|a| a.header.header.as_deref())
-            .unwrap_or(&[])
+            .and_then(|a| a.header.header.as_ref())
+            .map_or(&[], |log| &log.slice)
+    }
+
+    /// The send log itself, shared.
+    pub fn send_log(&self) -> SendLog {
+        self.0.as_ref().and_then(|a| a.header.header.clone())
     }
 
     /// The same fields with `sends` as the send log.
     pub fn with_sends(&self, sends: SendLog) -> Fields {
-        let sends = sends.filter(|s| !s.is_empty());
+        let sends = sends.filter(|s| !s.slice.is_empty());
         if sends.is_none() && self.as_slice().is_empty() {
             return Fields(None);
         }
@@ -310,9 +319,7 @@ impl ContactState {
         let updates: Vec<&(String, String)> = attributes
             .iter()
             .filter(|(k, v)| match self.fields.get(k) {
-                Some(FieldValue::Attribute { at: was, text }) => {
-                    *was < at || (*was == at && **text != **v)
-                }
+                Some(FieldValue::Attribute(a)) => a.at < at || (a.at == at && *a.text != **v),
                 _ => true,
             })
             .collect();
@@ -323,13 +330,13 @@ impl ContactState {
         all.extend(updates.into_iter().map(|(k, v)| {
             (
                 Arc::from(k.as_str()),
-                FieldValue::Attribute {
-                    text: Arc::from(v.as_str()),
+                FieldValue::Attribute(Arc::new(Attribute {
+                    text: v.as_str().into(),
                     at,
-                },
+                })),
             )
         }));
-        let log: SendLog = (!self.fields.sends().is_empty()).then(|| self.fields.sends().into());
+        let log = self.fields.send_log();
         self.fields = Fields::from(all).with_sends(log);
         true
     }

@@ -106,10 +106,10 @@ pub fn encode(defs: &Definitions, st: &ContactState) -> Vec<u8> {
                 value: Some(match v {
                     FieldValue::Text(t) => pb::field_record::Value::Text(t.to_string()),
                     FieldValue::Time(t) => pb::field_record::Value::TimeMs(t.0),
-                    FieldValue::Attribute { text, at } => {
+                    FieldValue::Attribute(a) => {
                         pb::field_record::Value::Attribute(pb::AttributeRecord {
-                            text: text.to_string(),
-                            at_ms: at.0,
+                            text: a.text.to_string(),
+                            at_ms: a.at.0,
                         })
                     }
                 }),
@@ -170,10 +170,12 @@ pub fn decode(defs: &Definitions, bytes: &[u8]) -> Result<ContactState, CodecErr
         let value = match f.value {
             Some(pb::field_record::Value::Text(t)) => FieldValue::Text(t.into()),
             Some(pb::field_record::Value::TimeMs(ms)) => FieldValue::Time(Timestamp(ms)),
-            Some(pb::field_record::Value::Attribute(a)) => FieldValue::Attribute {
-                text: a.text.into(),
-                at: Timestamp(a.at_ms),
-            },
+            Some(pb::field_record::Value::Attribute(a)) => {
+                FieldValue::Attribute(Arc::new(crate::domain::state::Attribute {
+                    text: a.text.into(),
+                    at: Timestamp(a.at_ms),
+                }))
+            }
             None => {
                 return Err(CodecError::Invalid(format!(
                     "field {:?} has no value",
@@ -241,8 +243,10 @@ pub fn decode(defs: &Definitions, bytes: &[u8]) -> Result<ContactState, CodecErr
                 at: Timestamp(s.at_ms),
             })
             .collect(),
-        fields: Fields::from(fields)
-            .with_sends(Some(r.sent_at_ms.iter().map(|&ms| Timestamp(ms)).collect())),
+        fields: Fields::from(fields).with_sends(Some(triomphe::ThinArc::from_header_and_iter(
+            (),
+            r.sent_at_ms.iter().map(|&ms| Timestamp(ms)),
+        ))),
         conversations,
     })
 }
