@@ -442,7 +442,7 @@ impl Run<'_> {
                 experiment::draw(
                     &self.conv.experiment_salt,
                     &self.conv.name,
-                    "holdout",
+                    experiment::Scope::Holdout,
                     self.contact,
                 ),
                 self.conv.holdout,
@@ -647,7 +647,7 @@ impl Run<'_> {
                     let d = experiment::draw(
                         &self.conv.experiment_salt,
                         &self.conv.name,
-                        step_id,
+                        experiment::Scope::Split(step_id),
                         self.contact,
                     );
                     let branch = experiment::pick(d, &weights);

@@ -50,7 +50,12 @@ fn experimenting(defs: &Definitions, ci: ConvIdx) -> bool {
 
 fn group(defs: &Definitions, ci: ConvIdx, contact: &str) -> &'static str {
     let c = &defs.conversations[ci as usize];
-    let d = experiment::draw(&c.experiment_salt, &c.name, "holdout", contact);
+    let d = experiment::draw(
+        &c.experiment_salt,
+        &c.name,
+        experiment::Scope::Holdout,
+        contact,
+    );
     if c.holdout > 0.0 && experiment::within(d, c.holdout) {
         "holdout"
     } else {

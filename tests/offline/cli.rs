@@ -583,7 +583,7 @@ fn simulate_over_partitions_draws_codes_as_run_does() {
 
 /// `simulate` over the experiment example prints the per-variant report:
 /// entries, sends, held-out messages and conversions (a purchase 3 days
-/// after c0's message converts it for A; c1 is held out).
+/// after c0's message converts it for B; c3 is held out).
 #[test]
 fn simulate_prints_the_experiment_report_per_variant() {
     let dir = tempfile::tempdir().unwrap();
@@ -593,11 +593,11 @@ fn simulate_prints_the_experiment_report_per_variant() {
         concat!(
             r#"{"event_id":"s0","name":"subscribe","contact_id":"c0","list_id":"master","occurred_at":"2026-01-01T00:00:00Z"}"#,
             "\n",
-            r#"{"event_id":"s1","name":"subscribe","contact_id":"c1","list_id":"master","occurred_at":"2026-01-01T00:00:00Z"}"#,
+            r#"{"event_id":"s1","name":"subscribe","contact_id":"c3","list_id":"master","occurred_at":"2026-01-01T00:00:00Z"}"#,
             "\n",
             r#"{"event_id":"o0","name":"checkout","contact_id":"c0","occurred_at":"2026-01-05T10:00:00Z"}"#,
             "\n",
-            r#"{"event_id":"o1","name":"checkout","contact_id":"c1","occurred_at":"2026-01-05T10:00:00Z"}"#,
+            r#"{"event_id":"o1","name":"checkout","contact_id":"c3","occurred_at":"2026-01-05T10:00:00Z"}"#,
             "\n",
             r#"{"event_id":"o2","name":"checkout","contact_id":"c0","occurred_at":"2026-04-08T10:00:00Z"}"#,
             "\n",
@@ -630,6 +630,6 @@ fn simulate_prints_the_experiment_report_per_variant() {
             .unwrap_or_else(|| panic!("no row {variant}: {err}"))
     };
     // entries, sent, held out, conversions, rate
-    assert_eq!(row("control / A"), ["1", "1", "0", "1", "100.0%"], "{err}");
+    assert_eq!(row("control / B"), ["1", "1", "0", "1", "100.0%"], "{err}");
     assert_eq!(row("holdout / B"), ["1", "0", "1", "0", "0.0%"], "{err}");
 }

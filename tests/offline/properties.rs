@@ -675,3 +675,53 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// With the experiment example, a contact's variant never changes: every
+    /// split of a contact takes one branch, a contact is never both sent to
+    /// and held out, and folding the same events in time order instead of
+    /// arrival order gives each contact the same branch and group.
+    #[test]
+    fn a_contacts_variant_never_changes(evs in arb_events(60, false)) {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/examples/winback-experiment.toml");
+        let defs = Arc::new(winback::config::load_files(&[path]).expect("valid").definitions);
+        // Per contact: the branch taken, and whether its messages were held out.
+        type Variants = HashMap<String, (Option<u16>, Option<bool>)>;
+        let variants = |events: &[Event]| -> Result<Variants, TestCaseError> {
+            let mut v = Variants::new();
+            for t in run(&defs, events, |_, _| {}) {
+                let slot = v.entry(t.contact.to_string()).or_default();
+                match t.kind {
+                    TransitionKind::Split { branch } => {
+                        prop_assert!(slot.0.is_none_or(|b| b == branch), "{} took two branches", t.contact);
+                        slot.0 = Some(branch);
+                    }
+                    TransitionKind::HeldOut | TransitionKind::Send { .. } => {
+                        let held = matches!(t.kind, TransitionKind::HeldOut);
+                        prop_assert!(slot.1.is_none_or(|h| h == held), "{} both sent and held out", t.contact);
+                        slot.1 = Some(held);
+                    }
+                    _ => {}
+                }
+            }
+            Ok(v)
+        };
+        let events = stream(&evs);
+        let a = variants(&events)?;
+        let mut in_time = events.clone();
+        in_time.sort_by_key(|e| e.occurred_at);
+        let b = variants(&in_time)?;
+        for (c, (branch, held)) in &a {
+            if let Some((branch2, held2)) = b.get(c) {
+                if let (Some(x), Some(y)) = (branch, branch2) {
+                    prop_assert_eq!(x, y, "{}", c);
+                }
+                if let (Some(x), Some(y)) = (held, held2) {
+                    prop_assert_eq!(x, y, "{}", c);
+                }
+            }
+        }
+    }
+}

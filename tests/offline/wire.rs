@@ -39,8 +39,12 @@ fn protobuf_and_json_transitions_agree() {
     let held = (0..)
         .map(|i| format!("h{i}"))
         .find(|c| {
-            let d =
-                winback::domain::experiment::draw("2026-q1", "Winback Experiment", "holdout", c);
+            let d = winback::domain::experiment::draw(
+                "2026-q1",
+                "Winback Experiment",
+                winback::domain::experiment::Scope::Holdout,
+                c,
+            );
             winback::domain::experiment::within(d, 0.1)
         })
         .expect("a held-out contact");

@@ -155,7 +155,9 @@ function showContact(id, v) {
     ", last " + (v.orders.last_order_at || "never")));
   parts.push(table(["list", "subscribed", "since"],
     v.subscriptions.map((s) => [s.list, s.subscribed ? "yes" : "no", s.at])));
-  const fields = Object.entries(v.fields);
+  // An attribute comes with the event time it was set at.
+  const fields = Object.entries(v.fields).map(([k, f]) =>
+    [k, f !== null && typeof f === "object" ? f.value + " (set " + f.set_at + ")" : f]);
   if (fields.length) parts.push(table(["field", "value"], fields));
   parts.push(table(["conversation", "mailable", "entries", "thread", "step", "waiting until"],
     v.conversations.flatMap((c) => {
