@@ -161,7 +161,7 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     for p in 0..partitions {
         let mut written = 0usize;
         let mut emit = |t: &Transition, summary: &mut Summary| -> Result<(), CliError> {
-            summary.count(&defs, t);
+            summary.count(&defs, t, p);
             if t.kind.type_name() == "coupon_assigned" {
                 coupons += 1;
             }
@@ -345,7 +345,7 @@ fn process_partition(
                 emit(&tr, summary)?;
             }
             if matches!(fed, Ok(Fed::Folded(Folded::Applied))) {
-                summary.folded(defs, &ev);
+                summary.folded(defs, &ev, p);
             }
             folded += 1;
             // Bounded memory: the scratch store takes the state every so often.

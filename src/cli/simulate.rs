@@ -71,8 +71,9 @@ pub(super) struct Summary {
 }
 
 impl Summary {
-    pub fn count(&mut self, defs: &crate::domain::Definitions, t: &Transition) {
-        self.experiments.transition(defs, t);
+    /// A transition made in partition `p`.
+    pub fn count(&mut self, defs: &crate::domain::Definitions, t: &Transition, p: u32) {
+        self.experiments.transition(defs, t, p);
         *self.by_type.entry(t.kind.type_name()).or_default() += 1;
         if matches!(t.kind, TransitionKind::Send { .. })
             && let Some(dt) = chrono::DateTime::from_timestamp_millis(t.at.0)
@@ -82,9 +83,10 @@ impl Summary {
         }
     }
 
-    /// A folded event, after the transitions it made were counted.
-    pub fn folded(&mut self, defs: &crate::domain::Definitions, ev: &Event) {
-        self.experiments.event(defs, ev);
+    /// An event folded in partition `p`, after the transitions it made were
+    /// counted.
+    pub fn folded(&mut self, defs: &crate::domain::Definitions, ev: &Event, p: u32) {
+        self.experiments.event(defs, ev, p);
     }
 
     pub fn print(&self, defs: &crate::domain::Definitions, clock: Option<Timestamp>) {
@@ -178,12 +180,19 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     };
     let mut summary = Summary::default();
     let mut batch: Vec<Transition> = Vec::new();
+    let partition_of = |contact: &str| -> u32 {
+        if partitions == 1 {
+            0
+        } else {
+            crate::source::partition_for_key(contact.as_bytes(), partitions as u32)
+        }
+    };
     let emit = |batch: &mut Vec<Transition>,
                 out: &mut Box<dyn Write>,
                 summary: &mut Summary|
      -> Result<(), CliError> {
         for t in batch.drain(..) {
-            summary.count(&defs, &t);
+            summary.count(&defs, &t, partition_of(&t.contact));
             let line = match args.format {
                 Format::Json => wire::json::encode_transition(&defs, &t),
                 Format::Text => wire::text::render(&defs, &t),
@@ -238,7 +247,7 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
                 }
                 failed = emit(batch, out, summary);
                 if applied {
-                    summary.folded(&defs, ev);
+                    summary.folded(&defs, ev, partition_of(&ev.contact_id));
                 }
                 if failed.is_err() || stopped {
                     if stopped {

@@ -9,6 +9,14 @@
 //! converts at most once, on the first purchase strictly after it and within
 //! the window; a purchase converts every such message of the contact (one
 //! per conversation it was mailed by).
+//!
+//! Memory stays bounded over a long history: a message no purchase has
+//! converted is dropped once its partition's newest folded event is more
+//! than one attribution window past the message's own window (at the next
+//! sweep, every shortest attribution window of event time). A purchase
+//! folded later than that (dated inside the window, so late by more than a
+//! whole window) is not counted; `simulate --partitions N` and `reprocess`
+//! over N partitions drop the same messages.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -35,8 +43,33 @@ pub struct Experiments {
     counts: BTreeMap<(ConvIdx, Variant), Counts>,
     /// The branch each running entry took last: (contact, conversation, entry).
     branch: HashMap<(Arc<str>, ConvIdx, u32), Arc<str>>,
-    /// Messages not converted yet, per contact: (conversation, at, variant).
-    open: HashMap<Arc<str>, Vec<(ConvIdx, Timestamp, Variant)>>,
+    /// Per partition, messages not converted yet, per contact:
+    /// (conversation, at, variant).
+    open: Vec<HashMap<Arc<str>, Vec<Open>>>,
+    /// Per partition, the newest event time folded and the last sweep's.
+    clocks: Vec<(Timestamp, Timestamp)>,
+    /// The shortest attribution window (ms) of a conversation the report
+    /// covers: how often the open messages are swept; 0 until known.
+    sweep_every: i64,
+}
+
+/// A message not converted yet: (conversation, at, variant).
+type Open = (ConvIdx, Timestamp, Variant);
+
+/// The slot of partition `p` in `v`, grown as partitions show up.
+fn slot<T: Default>(v: &mut Vec<T>, p: u32) -> &mut T {
+    let i = p as usize;
+    if v.len() <= i {
+        v.resize_with(i + 1, T::default);
+    }
+    &mut v[i]
+}
+
+/// Whether an open message sent at `at` by conversation `ci` can no longer
+/// convert, for the report, when its partition's newest event is `newest`.
+fn closed(defs: &Definitions, ci: ConvIdx, at: Timestamp, newest: Timestamp) -> bool {
+    let w = defs.conversations[ci as usize].attribution_window.0;
+    newest.0.saturating_sub(at.0) > w.saturating_mul(2)
 }
 
 /// Whether the conversation runs an experiment the report covers.
@@ -64,8 +97,8 @@ fn group(defs: &Definitions, ci: ConvIdx, contact: &str) -> &'static str {
 }
 
 impl Experiments {
-    /// Counts a transition made (in output order).
-    pub fn transition(&mut self, defs: &Definitions, t: &Transition) {
+    /// Counts a transition made (in output order) in partition `p`.
+    pub fn transition(&mut self, defs: &Definitions, t: &Transition, p: u32) {
         let ci = t.conversation;
         if !experimenting(defs, ci) {
             return;
@@ -104,7 +137,7 @@ impl Experiments {
                 } else {
                     c.held_out += 1;
                 }
-                self.open
+                slot(&mut self.open, p)
                     .entry(Arc::clone(&t.contact))
                     .or_default()
                     .push((ci, t.at, v));
@@ -116,28 +149,70 @@ impl Experiments {
         }
     }
 
-    /// A folded event: a purchase converts the contact's open messages.
-    pub fn event(&mut self, defs: &Definitions, ev: &Event) {
+    /// An event folded in partition `p`: a purchase converts the contact's
+    /// open messages.
+    pub fn event(&mut self, defs: &Definitions, ev: &Event, p: u32) {
+        self.advance(defs, p, ev.occurred_at);
         if !defs.route(&ev.name).is_some_and(|r| r.purchase) {
             return;
         }
-        let Some(open) = self.open.get_mut(ev.contact_id.as_str()) else {
+        let open = slot(&mut self.open, p);
+        let Some(mine) = open.get_mut(ev.contact_id.as_str()) else {
             return;
         };
-        let p = ev.occurred_at;
-        open.retain(|(ci, at, v)| {
+        let at_p = ev.occurred_at;
+        let counts = &mut self.counts;
+        mine.retain(|(ci, at, v)| {
             let window = defs.conversations[*ci as usize].attribution_window;
-            if p <= *at {
+            if at_p <= *at {
                 return true;
             }
-            if p.0.saturating_sub(at.0) <= window.0 {
-                self.counts.entry((*ci, v.clone())).or_default().conversions += 1;
+            if at_p.0.saturating_sub(at.0) <= window.0 {
+                counts.entry((*ci, v.clone())).or_default().conversions += 1;
             }
             false
         });
-        if open.is_empty() {
-            self.open.remove(ev.contact_id.as_str());
+        if mine.is_empty() {
+            open.remove(ev.contact_id.as_str());
         }
+    }
+
+    /// Partition `p` folded an event dated `t`: once its newest event has
+    /// moved on by the shortest attribution window since the last sweep, the
+    /// messages that can no longer convert are dropped.
+    fn advance(&mut self, defs: &Definitions, p: u32, t: Timestamp) {
+        if self.sweep_every == 0 {
+            self.sweep_every = (0..defs.conversations.len() as ConvIdx)
+                .filter(|&ci| experimenting(defs, ci))
+                .map(|ci| defs.conversations[ci as usize].attribution_window.0)
+                .min()
+                .unwrap_or(i64::MAX)
+                .max(1);
+        }
+        let (newest, swept) = slot(&mut self.clocks, p);
+        if t <= *newest {
+            return;
+        }
+        *newest = t;
+        if t.0.saturating_sub(swept.0) < self.sweep_every {
+            return;
+        }
+        *swept = t;
+        if let Some(open) = self.open.get_mut(p as usize) {
+            open.retain(|_, mine| {
+                mine.retain(|(ci, at, _)| !closed(defs, *ci, *at, t));
+                !mine.is_empty()
+            });
+        }
+    }
+
+    /// Messages kept for a conversion still to come (all partitions).
+    pub fn open_messages(&self) -> usize {
+        self.open
+            .iter()
+            .flat_map(HashMap::values)
+            .map(Vec::len)
+            .sum()
     }
 
     /// The counts, per conversation name and variant (`group / branch`).
@@ -184,5 +259,80 @@ impl Experiments {
                 c.entries, c.sent, c.held_out, c.conversions
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400_000;
+
+    fn defs() -> Definitions {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("config/examples/winback-experiment.toml");
+        crate::config::load_files(&[path])
+            .expect("the example loads")
+            .definitions
+    }
+
+    fn sent(contact: &str, at: i64) -> Transition {
+        Transition {
+            seq: 3,
+            conversation: 0,
+            contact: contact.into(),
+            at: Timestamp(at),
+            entry: 1,
+            thread: 0,
+            step: None,
+            kind: TransitionKind::HeldOut,
+        }
+    }
+
+    fn event(name: &str, contact: &str, at: i64) -> Event {
+        Event {
+            event_id: format!("{name}-{contact}-{at}"),
+            name: name.into(),
+            contact_id: contact.into(),
+            occurred_at: Timestamp(at),
+            merchant_id: None,
+            order_id: None,
+            total_cents: None,
+            list_id: None,
+            attributes: Vec::new(),
+        }
+    }
+
+    fn conversions(r: &Experiments, d: &Definitions) -> u64 {
+        r.rows(d).iter().map(|(_, _, c)| c.conversions).sum()
+    }
+
+    #[test]
+    fn unconverted_messages_are_dropped_a_window_after_theirs_closed() {
+        let d = defs();
+        assert_eq!(d.conversations[0].attribution_window.0, 7 * DAY);
+        let mut r = Experiments::default();
+        for i in 0..1_000 {
+            r.transition(&d, &sent(&format!("c{i}"), 10 * DAY), 0);
+        }
+        r.transition(&d, &sent("late", 10 * DAY), 1);
+        assert_eq!(r.open_messages(), 1_001);
+        // Within the window and the grace after it: all still open.
+        r.event(&d, &event("profile_updated", "x", 24 * DAY), 0);
+        assert_eq!(r.open_messages(), 1_001);
+        r.event(&d, &event("checkout", "c1", 12 * DAY), 0);
+        assert_eq!((r.open_messages(), conversions(&r, &d)), (1_000, 1));
+        // Past two windows, the next sweep (a window after the last) drops
+        // partition 0's messages; partition 1's clock has not moved, so its
+        // message stays and a late purchase converts it.
+        r.event(&d, &event("profile_updated", "x", 25 * DAY), 0);
+        assert_eq!(r.open_messages(), 1_000);
+        r.event(&d, &event("profile_updated", "x", 31 * DAY), 0);
+        assert_eq!(r.open_messages(), 1);
+        r.event(&d, &event("checkout", "late", 16 * DAY), 1);
+        assert_eq!((r.open_messages(), conversions(&r, &d)), (0, 2));
+        // A purchase of a dropped contact, dated in its window, no longer counts.
+        r.event(&d, &event("checkout", "c2", 12 * DAY), 0);
+        assert_eq!(conversions(&r, &d), 2);
     }
 }

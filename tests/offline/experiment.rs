@@ -77,15 +77,15 @@ fn run(
         let p = winback::source::partition_for_key(e.contact_id.as_bytes(), partitions as u32);
         sims[p as usize].feed(e, &mut out).expect("valid");
         for t in out.drain(..) {
-            report.transition(defs, &t);
+            report.transition(defs, &t, p);
             all.push(t);
         }
-        report.event(defs, e);
+        report.event(defs, e, p);
     }
-    for sim in &mut sims {
+    for (p, sim) in sims.iter_mut().enumerate() {
         sim.advance_to(Timestamp(T0 + 250 * DAY_MS), &mut out);
         for t in out.drain(..) {
-            report.transition(defs, &t);
+            report.transition(defs, &t, p as u32);
             all.push(t);
         }
     }
