@@ -157,15 +157,22 @@ fn step(
     counts: &Counts,
 ) -> Value {
     let s = &conv.steps[si as usize];
+    let in_window = s
+        .window
+        .map(|w| format!("ends {}", describe_window(&w, conv)));
     let (kind, label, detail, target) = match &s.kind {
-        StepKind::Wait(d) if d.0 == 0 => ("wait", "No Wait".to_string(), None, None),
-        StepKind::Wait(d) => ("wait", format!("Wait {d}"), None, None),
+        StepKind::Wait(d) if d.0 == 0 => ("wait", "No Wait".to_string(), in_window, None),
+        StepKind::Wait(d) => ("wait", format!("Wait {d}"), in_window, None),
         StepKind::CadenceWait(c) => (
             "wait",
             "Wait for the contact's cadence".to_string(),
             Some(format!(
-                "mean gap between orders x {}, {} to {}; one order: {}",
-                c.factor, c.min, c.max, c.fallback
+                "mean gap between orders x {}, {} to {}; one order: {}{}",
+                c.factor,
+                c.min,
+                c.max,
+                c.fallback,
+                in_window.map_or_else(String::new, |w| format!("; {w}"))
             )),
             None,
         ),
@@ -215,7 +222,7 @@ fn step(
         } => (
             "message",
             format!("Message {message}"),
-            window.map(|w| describe_window(&w, conv)),
+            window.map(|w| format!("sends {}", describe_window(&w, conv))),
             None,
         ),
     };
@@ -232,7 +239,7 @@ fn step(
     })
 }
 
-/// A send window in the marketer's words.
+/// A send window in the marketer's words (after "sends" or "ends").
 fn describe_window(w: &crate::domain::window::SendWindow, conv: &Conversation) -> String {
     const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
     let days: Vec<&str> = DAYS
@@ -242,7 +249,7 @@ fn describe_window(w: &crate::domain::window::SendWindow, conv: &Conversation) -
         .collect();
     let hm = |m: u32| format!("{:02}:{:02}", m / 60, m % 60);
     format!(
-        "sends {} {}-{} in the contact's {} (default {})",
+        "{} {}-{} in the contact's {} (default {})",
         days.join(" "),
         hm(w.from_min),
         hm(w.to_min),

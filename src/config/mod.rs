@@ -668,7 +668,7 @@ fn compile_conversation(
     let mut step_at: Vec<(usize, usize)> = Vec::new();
     for (ti, t) in threads.iter().enumerate() {
         for (si, s) in t.get_ref().step.iter().enumerate() {
-            let kind = step::compile_step(
+            let (kind, window) = step::compile_step(
                 src,
                 ti,
                 si,
@@ -678,11 +678,13 @@ fn compile_conversation(
                 pool_index,
                 conv_window,
                 diags,
-            );
+            )
+            .unwrap_or((StepKind::Wait(Duration::ZERO), None));
             steps.push(Step {
                 id: s.get_ref().id.get_ref().trim().into(),
                 thread: ti as ThreadIdx,
-                kind: kind.unwrap_or(StepKind::Wait(Duration::ZERO)),
+                kind,
+                window,
             });
             step_at.push((ti, si));
         }

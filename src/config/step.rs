@@ -21,11 +21,11 @@ pub(super) fn compile_step(
     pool_index: &HashMap<String, PoolIdx>,
     default_window: Option<SendWindow>,
     diags: &mut Vec<Diagnostic>,
-) -> Option<StepKind> {
+) -> Option<(StepKind, Option<SendWindow>)> {
     let at = |f: &str| format!("thread[{ti}].step[{si}].{f}");
     let kind = s.kind.get_ref().as_str();
     let allowed: &[&str] = match kind {
-        "wait" => &["duration", "cadence"],
+        "wait" => &["duration", "cadence", "send_window"],
         "goto" => &["target", "filter"],
         "action" => &[
             "action",
@@ -258,7 +258,13 @@ pub(super) fn compile_step(
         },
         _ => return None,
     };
-    ok.then_some(kind)
+    let window = match (&kind, &s.send_window) {
+        (StepKind::Wait(_) | StepKind::CadenceWait(_), Some(w)) => {
+            Some(window::compile(src, w, &at("send_window"), diags)?)
+        }
+        _ => None,
+    };
+    ok.then_some((kind, window))
 }
 
 /// A cadence wait's bounds: durations, `0 < min <= max`, a fallback of at

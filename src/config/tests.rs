@@ -472,6 +472,19 @@ fn send_windows_and_time_zones_compile_and_are_checked() {
         panic!()
     };
     assert_eq!(window.map(|w| (w.days, w.from_min)), Some(([true; 7], 600)));
+    // A wait has a window only of its own, never the conversation's.
+    assert_eq!(c.steps[0].window, None);
+    let wait = text.replace(
+        "duration = \"90d\"",
+        "duration = \"90d\"\nsend_window = { days = [\"tue\"], from = \"10:00\", to = \"11:00\" }",
+    );
+    let l = load(&wait).expect("valid");
+    let steps = &l.definitions.conversations[0].steps;
+    assert_eq!(
+        steps[0].window.map(|w| (w.days[1], w.from_min)),
+        Some((true, 600))
+    );
+    assert_eq!(steps[1].window, None);
 
     for (from, to, field, why) in [
         (
@@ -506,9 +519,9 @@ fn send_windows_and_time_zones_compile_and_are_checked() {
         ),
         (
             "duration = \"90d\"",
-            "duration = \"90d\"\nsend_window = { from = \"09:00\", to = \"10:00\" }",
-            "thread[0].step[0].send_window",
-            "does not apply to a wait step",
+            "duration = \"90d\"\nsend_window = { from = \"09:00\", to = \"9:60\" }",
+            "thread[0].step[0].send_window.to",
+            "not a time",
         ),
     ] {
         let errs = messages(load(&GOOD.replace(from, to)));

@@ -243,6 +243,10 @@ pub struct Step {
     pub id: Arc<str>,
     pub thread: ThreadIdx,
     pub kind: StepKind,
+    /// A wait step's `send_window`: the wait ends only inside it (in the
+    /// contact's zone), else the entry is held at the wait until it opens.
+    /// A message step's window is in [`StepKind::Message`].
+    pub window: Option<super::window::SendWindow>,
 }
 
 #[derive(Debug, Clone)]

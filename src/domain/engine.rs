@@ -242,7 +242,8 @@ impl Engine {
         let mut e = cs.active.remove(pos);
         e.waiting_until = MaybeTimestamp::NONE;
         let conv = &self.defs.conversations[conversation as usize];
-        // A wait goes on to the next step; a held message step runs again.
+        // A wait goes on to the next step (inside its window, if it has
+        // one); a held message step runs again.
         let next = match conv.steps[e.step as usize].kind {
             StepKind::Message { .. } => Some(e.step),
             _ => conv.next_in_thread(e.step),
@@ -257,7 +258,11 @@ impl Engine {
             pools,
             fx,
         };
-        if let Some(e) = run.run(e, pos, next, now) {
+        let kept = match run.wait_window_opens(e.step, now) {
+            Some(open) => Some(run.hold(e, now, pos, open, HoldReason::SendWindow)),
+            None => run.run(e, pos, next, now),
+        };
+        if let Some(e) = kept {
             st.insert_entry(conversation, self.defs.conversations.len(), e);
         }
         true
@@ -387,8 +392,19 @@ impl Run<'_> {
         }
     }
 
-    /// Holds the entry at its message step until `until`, when the step
-    /// runs again.
+    /// When step `s` is a wait with a send window that is shut at `at`: when
+    /// it opens, in the contact's zone.
+    fn wait_window_opens(&self, s: StepIdx, at: Timestamp) -> Option<Timestamp> {
+        let step = &self.conv.steps[s as usize];
+        if !matches!(step.kind, StepKind::Wait(_) | StepKind::CadenceWait(_)) {
+            return None;
+        }
+        let open = step.window.as_ref()?.next_open(self.zone(), at)?;
+        (open > at).then_some(open)
+    }
+
+    /// Holds the entry at its step until `until`: a message step then runs
+    /// again, a wait then ends (see [`Engine::on_timer`]).
     fn hold(
         &mut self,
         mut e: Entry,
@@ -624,7 +640,12 @@ impl Run<'_> {
             e.thread = self.conv.steps[s as usize].thread;
             next = self.conv.next_in_thread(s);
             match &self.conv.steps[s as usize].kind {
-                StepKind::Wait(d) if d.0 == 0 => {}
+                StepKind::Wait(d) if d.0 == 0 => {
+                    // No Wait, but only inside its window.
+                    if let Some(open) = self.wait_window_opens(s, at) {
+                        return Some(self.hold(e, at, pos, open, HoldReason::SendWindow));
+                    }
+                }
                 StepKind::Wait(_) | StepKind::CadenceWait(_) => {
                     let d = match &self.conv.steps[s as usize].kind {
                         StepKind::CadenceWait(c) => c.duration(&self.st.orders),

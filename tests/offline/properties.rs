@@ -58,6 +58,25 @@ fn event(i: usize, e: &Ev) -> Event {
     }
 }
 
+/// Folds `(arrival, event)` pairs in arrival order, then runs the clock 400
+/// days past the last event: the simulator and every transition.
+fn fold_in_arrival_order(
+    defs: &Arc<Definitions>,
+    mut events: Vec<(i64, Event)>,
+) -> (Simulator, Vec<Transition>) {
+    events.sort_by_key(|(arrival, _)| *arrival);
+    let mut sim = Simulator::new(defs.clone());
+    let mut out = Vec::new();
+    for (_, ev) in &events {
+        sim.feed(ev, &mut out).expect("valid");
+    }
+    let end = sim
+        .clock()
+        .map_or(Timestamp(T0), |c| Timestamp(c.0 + 400 * DAY_MS));
+    sim.advance_to(end, &mut out);
+    (sim, out)
+}
+
 /// Events in arrival order; a `dup_of_prev` event repeats the previous one's id.
 fn stream(evs: &[Ev]) -> Vec<Event> {
     let mut sorted: Vec<&Ev> = evs.iter().collect();
@@ -569,14 +588,7 @@ proptest! {
             }
             events.push((at + delay_h * HOUR_MS, ev));
         }
-        events.sort_by_key(|(arrival, _)| *arrival);
-        let mut sim = Simulator::new(defs.clone());
-        let mut out = Vec::new();
-        for (_, ev) in &events {
-            sim.feed(ev, &mut out).expect("valid");
-        }
-        let end = sim.clock().map_or(Timestamp(T0), |c| Timestamp(c.0 + 400 * DAY_MS));
-        sim.advance_to(end, &mut out);
+        let (sim, out) = fold_in_arrival_order(&defs, events);
         for t in &out {
             if let TransitionKind::Send { fields } = &t.kind {
                 let tz: chrono_tz::Tz = fields
@@ -596,6 +608,75 @@ proptest! {
             for c in &st.conversations {
                 for e in &c.active {
                     prop_assert!(&*defs.conversations[0].steps[e.step as usize].id != "winback-message", "still held: {:?}", e);
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Waits with a send window (the coupon-in-hours example's No Wait, and,
+    /// when `timed`, its 90-day wait given the same window): an entry moves
+    /// on from such a wait only inside the window in the contact's zone (the
+    /// GoTo after the 90 days, the coupon, the message), whatever the
+    /// purchase times, zones and arrival order; no entry stays held.
+    #[test]
+    fn a_wait_with_a_window_ends_only_inside_it(
+        evs in prop::collection::vec((0u8..5, 0i64..200 * 24 * 4, 0i64..48), 1..50),
+        timed: bool,
+    ) {
+        use chrono::{Datelike, Timelike};
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/examples/winback-coupon-in-hours.toml");
+        let mut loaded = winback::config::load_files(&[path]).expect("valid").definitions;
+        let conv = &mut loaded.conversations[0];
+        let step = |id: &str| conv.steps.iter().position(|s| &*s.id == id).expect("a step");
+        let (filter_wait, no_wait) = (step("filter-wait"), step("message-wait"));
+        prop_assert!(conv.steps[no_wait].window.is_some());
+        if timed {
+            conv.steps[filter_wait].window = conv.steps[no_wait].window;
+        }
+        let defs = Arc::new(loaded);
+        let zones = ["", "Europe/Paris", "Asia/Tokyo", "Australia/Sydney"];
+        let mut zone_of: HashMap<String, chrono_tz::Tz> = HashMap::new();
+        let mut events: Vec<(i64, Event)> = Vec::new();
+        for c in 0..5 {
+            let mut ev = event(0, &Ev { contact: c, at_ms: -DAY_MS, arrival_ms: 0, kind: 0, dup_of_prev: false });
+            ev.event_id = format!("s{c}");
+            // A contact's zone is set once, up front: the check below reads it.
+            let z = zones[c as usize % zones.len()];
+            if !z.is_empty() {
+                ev.attributes = vec![("time_zone".into(), z.into())];
+                zone_of.insert(ev.contact_id.clone(), z.parse().expect("a zone"));
+            }
+            events.push((-1, ev));
+        }
+        for (i, &(contact, quarter_hours, delay_h)) in evs.iter().enumerate() {
+            let at = quarter_hours * 15 * 60_000;
+            let ev = event(i, &Ev { contact, at_ms: at, arrival_ms: 0, kind: 2, dup_of_prev: false });
+            events.push((at + delay_h * HOUR_MS, ev));
+        }
+        let (sim, out) = fold_in_arrival_order(&defs, events);
+        let goto = defs.conversations[0].steps.iter().position(|s| &*s.id == "goto-message").expect("goto") as u32;
+        for t in &out {
+            let after_no_wait = matches!(t.kind, TransitionKind::CouponAssigned { .. } | TransitionKind::Send { .. });
+            let after_timed = timed && t.step == Some(goto) && matches!(t.kind, TransitionKind::Goto { .. });
+            if !(after_no_wait || after_timed) {
+                continue;
+            }
+            let tz = zone_of.get(&*t.contact).copied().unwrap_or(chrono_tz::America::Chicago);
+            let local = chrono::DateTime::from_timestamp_millis(t.at.0).unwrap().with_timezone(&tz);
+            let minutes = local.hour() * 60 + local.minute();
+            prop_assert!(
+                local.weekday().num_days_from_monday() < 5 && (9 * 60..17 * 60).contains(&minutes),
+                "{} at {} local ({})", t.kind.type_name(), local, tz
+            );
+        }
+        for (_, st) in sim.states() {
+            for c in &st.conversations {
+                for e in &c.active {
+                    prop_assert!(e.step as usize != no_wait, "still held: {:?}", e);
                 }
             }
         }
