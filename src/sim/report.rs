@@ -112,6 +112,12 @@ impl Experiments {
         };
         match &t.kind {
             TransitionKind::Entered { .. } | TransitionKind::Reentered { .. } => {
+                // A restart ends the entry it pulled the contact out of
+                // (without an `exited`): its branch is no longer needed.
+                if let TransitionKind::Reentered { previous_entry, .. } = t.kind {
+                    self.branch
+                        .remove(&(Arc::clone(&t.contact), ci, previous_entry));
+                }
                 let v = variant(None);
                 self.counts.entry((ci, v)).or_default().entries += 1;
             }
@@ -204,6 +210,11 @@ impl Experiments {
                 !mine.is_empty()
             });
         }
+    }
+
+    /// Running entries whose branch is kept.
+    pub fn branches_kept(&self) -> usize {
+        self.branch.len()
     }
 
     /// Messages kept for a conversion still to come (all partitions).
@@ -334,5 +345,31 @@ mod tests {
         // A purchase of a dropped contact, dated in its window, no longer counts.
         r.event(&d, &event("checkout", "c2", 12 * DAY), 0);
         assert_eq!(conversions(&r, &d), 2);
+    }
+
+    #[test]
+    fn a_restart_forgets_the_branch_of_the_entry_it_ends() {
+        let d = defs();
+        let split = d.conversations[0]
+            .steps
+            .iter()
+            .position(|s| matches!(s.kind, StepKind::Split { .. }))
+            .expect("a split step") as crate::domain::definition::StepIdx;
+        let mut r = Experiments::default();
+        let mut t = sent("ann", DAY);
+        t.step = Some(split);
+        t.kind = TransitionKind::Split { branch: 0 };
+        r.transition(&d, &t, 0);
+        assert_eq!(r.branches_kept(), 1);
+        t.entry = 2;
+        t.step = None;
+        t.kind = TransitionKind::Reentered {
+            event_id: "o2".into(),
+            event: 0,
+            previous_entry: 1,
+            left_step: split,
+        };
+        r.transition(&d, &t, 0);
+        assert_eq!(r.branches_kept(), 0);
     }
 }
