@@ -213,12 +213,14 @@ impl Experiments {
     }
 
     /// Running entries whose branch is kept.
-    pub fn branches_kept(&self) -> usize {
+    #[cfg(test)]
+    fn branches_kept(&self) -> usize {
         self.branch.len()
     }
 
     /// Messages kept for a conversion still to come (all partitions).
-    pub fn open_messages(&self) -> usize {
+    #[cfg(test)]
+    fn open_messages(&self) -> usize {
         self.open
             .iter()
             .flat_map(HashMap::values)

@@ -126,10 +126,11 @@ fn experiment_report(stderr: &str) -> Vec<&str> {
 fn with_conversions(
     defs: &std::sync::Arc<winback::domain::Definitions>,
     lines: Vec<String>,
+    until: Timestamp,
+    partitions: i32,
 ) -> Vec<String> {
-    let until = Timestamp::parse_rfc3339("2026-12-31T00:00:00Z").unwrap();
     let mut more = lines.clone();
-    let messages = kafka::simulate_partitioned(defs, &lines, until, 2)
+    let messages = kafka::simulate_partitioned(defs, &lines, until, partitions)
         .into_iter()
         .filter(|l| l.contains("\"conversation\":\"Winback Experiment\""))
         .filter(|l| l.contains("\"type\":\"send\"") || l.contains("\"type\":\"held_out\""));
@@ -156,7 +157,8 @@ fn reprocessing_the_examples_gives_the_transitions_and_experiment_report_of_simu
     files.retain(|f| !f.ends_with("frequency-cap.toml"));
     let conv: Vec<&str> = files.iter().map(String::as_str).collect();
     let defs = definitions(&conv);
-    let lines = with_conversions(&defs, lines);
+    let until = "2026-12-31T00:00:00Z";
+    let lines = with_conversions(&defs, lines, Timestamp::parse_rfc3339(until).unwrap(), N);
     let topics = Topics::fresh();
     topics.create(N);
     kafka::produce_partitioned(&topics.input, &lines, N);
@@ -164,7 +166,6 @@ fn reprocessing_the_examples_gives_the_transitions_and_experiment_report_of_simu
     let config = dir.path().join("winback.toml");
     let text = topics.config_text(&kafka::brokers(), &dir.path().join("state"), &conv, "");
     std::fs::write(&config, text).unwrap();
-    let until = "2026-12-31T00:00:00Z";
     let expected =
         kafka::simulate_partitioned(&defs, &lines, Timestamp::parse_rfc3339(until).unwrap(), N);
     for kind in ["held", "split", "held_out", "exited", "coupon_assigned"] {
